@@ -1,0 +1,20 @@
+# DAMT: FreeSurfer SUBJECTS_DIR -> feature tables -> QC manifest -> pretrained 3D Swin encoder.
+# Rules live in rules/*.smk and call functions of the `damt` package; see README.md.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "damt/resources/config.schema.yaml")
+
+
+include: "rules/common.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

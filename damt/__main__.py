@@ -1,0 +1,3 @@
+from damt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,348 @@
+"""Subject discovery: which folders of the configured SUBJECTS_DIRs are subjects, and which are not.
+
+This is the one place that decides the cohort. The Snakefile calls :func:`discover_for_workflow`
+at parse time; the files it writes (``discovery/subjects.tsv``, ``discovery/report.tsv`` and one
+membership file per shard) are inputs of the rules, rewritten only when their content changes, so
+that Snakemake reruns exactly the jobs whose subjects changed.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import hashlib
+import io
+import logging
+import os
+import re
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from damt.io import write_text_if_changed
+
+log = logging.getLogger(__name__)
+
+SUBJECT_ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+# Files whose change means "this subject was reprocessed" beyond the required volumes.
+RECON_MARKERS = ("scripts/recon-all.done", "stats")
+
+INCLUDED, FLAGGED, SKIPPED = "included", "flagged", "skipped"
+
+
+class DiscoveryError(RuntimeError):
+    """The configuration points at something that cannot be searched (e.g. a missing folder)."""
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A subject the workflow will process."""
+
+    subject_id: str
+    path: str
+    source: str
+    fingerprint: str
+    shard: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One row of the discovery report: a candidate folder and what discovery decided."""
+
+    subject_id: str
+    folder: str
+    status: str  # included | flagged (QC failure) | skipped (by configuration)
+    reason: str  # machine-readable code; empty for included subjects
+    detail: str
+
+
+@dataclass
+class Discovery:
+    """The outcome of a discovery run."""
+
+    subjects: list[Subject]
+    report: list[Finding]
+    n_shards: int = 0
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def subject_ids(self) -> list[str]:
+        return [s.subject_id for s in self.subjects]
+
+    def shards(self) -> dict[str, list[Subject]]:
+        """Shard id → its subjects, both sorted."""
+        out: dict[str, list[Subject]] = {}
+        for s in self.subjects:
+            out.setdefault(s.shard, []).append(s)
+        return dict(sorted(out.items()))
+
+
+def is_valid_subject_id(name: str) -> bool:
+    """True for ids made of ``[A-Za-z0-9._-]`` that do not start with a dot."""
+    return SUBJECT_ID_RE.fullmatch(name) is not None
+
+
+def shard_of(subject_id: str, n_shards: int) -> str:
+    """Stable shard id of a subject: the id itself when unsharded, else a crc32 bucket."""
+    if n_shards <= 0:
+        return subject_id
+    width = len(str(n_shards - 1))
+    return f"shard{zlib.crc32(subject_id.encode('utf-8')) % n_shards:0{width}d}"
+
+
+def read_subjects_list(path: str | Path) -> list[str]:
+    """Read a subjects list: one id per line, blank lines and ``#`` comments ignored."""
+    ids: list[str] = []
+    seen: set[str] = set()
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            sid = line.split("#", 1)[0].strip()
+            if sid and sid not in seen:
+                seen.add(sid)
+                ids.append(sid)
+    return ids
+
+
+def _fingerprint(folder: Path, required: Sequence[str]) -> str:
+    """Hash of size and mtime of the required files and of FreeSurfer's 'done' markers."""
+    h = hashlib.sha1()
+    for rel in (*required, *RECON_MARKERS):
+        try:
+            st = os.stat(folder / rel)
+        except FileNotFoundError:
+            if rel in required:
+                raise
+            continue
+        h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+def _printable(name: str) -> str:
+    return name if name.isprintable() else repr(name)
+
+
+def discover_subjects(
+    dirs: Sequence[dict],
+    required_files: Sequence[str] = ("mri/brainmask.mgz", "mri/aparc+aseg.mgz"),
+    exclude: Sequence[str] = ("fsaverage*",),
+    subjects_list: Iterable[str] | None = None,
+    n_shards: int = 0,
+) -> Discovery:
+    """Search ``dirs`` (``[{"path": ..., "optional": bool}]``) for subject folders.
+
+    A folder is a subject when its name is a legal id and it holds every ``required_files``
+    entry. Everything else that looks like a candidate is written to the report with a reason:
+    ``illegal_id``, ``missing_required``, ``broken_link``, ``unreadable``, ``duplicate_id``,
+    ``listed_not_found`` (flagged: the QC manifest fails them) or ``excluded_pattern`` and
+    ``not_listed`` (skipped by configuration).
+    """
+    listed = list(subjects_list) if subjects_list is not None else None
+    listed_set = set(listed) if listed is not None else None
+    subjects: dict[str, Subject] = {}
+    report: list[Finding] = []
+    notices: list[str] = []
+
+    def flag(sid: str, folder: Path | str, reason: str, detail: str, status: str = FLAGGED):
+        report.append(Finding(sid, str(folder), status, reason, detail))
+        if status == FLAGGED:
+            log.warning("subject folder %s: %s", _printable(str(folder)), detail)
+
+    for entry in dirs:
+        root = Path(entry["path"])
+        if not root.is_dir():
+            if entry.get("optional", False):
+                notices.append(f"optional subjects folder {root} does not exist; skipped")
+                continue
+            raise DiscoveryError(
+                f"subjects folder {root} does not exist (configured in subjects.dirs); "
+                "create it, fix the path, or mark it `optional: true`"
+            )
+        try:
+            entries = sorted(os.scandir(root), key=lambda e: e.name)
+        except PermissionError as exc:
+            raise DiscoveryError(
+                f"subjects folder {root} cannot be listed: {exc.strerror}"
+            ) from exc
+
+        for de in entries:
+            name = de.name
+            folder = root / name
+            if de.is_symlink() and not os.path.exists(folder):
+                if listed_set is None or name in listed_set:
+                    flag(name, folder, "broken_link", f"{folder} is a broken symbolic link")
+                continue
+            if not de.is_dir():
+                continue  # files (README, phenotypes.tsv, ...) are not candidates
+            if listed_set is not None and name not in listed_set:
+                report.append(
+                    Finding(name, str(folder), SKIPPED, "not_listed", "not in the subjects list")
+                )
+                continue
+            if not is_valid_subject_id(name):
+                flag(
+                    _printable(name),
+                    folder,
+                    "illegal_id",
+                    f"folder name {_printable(name)!s} in {root} is not a valid subject id "
+                    "(allowed: letters, digits, '.', '_', '-'; not starting with '.'); "
+                    "rename the folder to include it",
+                )
+                continue
+            if listed_set is None and any(fnmatch.fnmatchcase(name, p) for p in exclude):
+                report.append(
+                    Finding(
+                        name, str(folder), SKIPPED, "excluded_pattern", "matches subjects.exclude"
+                    )
+                )
+                continue
+            if name in subjects:
+                flag(
+                    name,
+                    folder,
+                    "duplicate_id",
+                    f"subject id {name} also found in {subjects[name].path}; "
+                    "the first configured folder wins, this copy is ignored",
+                )
+                continue
+            try:
+                missing = [rel for rel in required_files if not (folder / rel).is_file()]
+                fingerprint = None if missing else _fingerprint(folder, required_files)
+            except PermissionError as exc:
+                flag(name, folder, "unreadable", f"{folder} cannot be read: {exc.strerror}")
+                continue
+            if missing:
+                flag(
+                    name,
+                    folder,
+                    "missing_required",
+                    f"{folder} lacks required file(s): {', '.join(missing)}",
+                )
+                continue
+            subjects[name] = Subject(
+                name, str(folder), str(root), fingerprint, shard_of(name, n_shards)
+            )
+            report.append(Finding(name, str(folder), INCLUDED, "", ""))
+
+    if listed is not None:
+        found = {f.subject_id for f in report}
+        for sid in listed:
+            if sid not in found:
+                flag(
+                    sid,
+                    "",
+                    "listed_not_found",
+                    f"subject {sid} is in the subjects list but no folder of that name exists "
+                    f"in {', '.join(str(d['path']) for d in dirs)}",
+                )
+
+    ordered = [subjects[k] for k in sorted(subjects)]
+    report.sort(key=lambda f: (f.subject_id, f.folder))
+    return Discovery(ordered, report, n_shards, notices)
+
+
+# --- files exchanged with the workflow ---------------------------------------------------------
+
+SUBJECT_COLUMNS = ("subject_id", "path", "source", "fingerprint", "shard")
+REPORT_COLUMNS = ("subject_id", "folder", "status", "reason", "detail")
+MEMBER_COLUMNS = ("subject_id", "path", "fingerprint")
+
+
+def _tsv(rows: Iterable[Sequence[str]], header: Sequence[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _read_tsv(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def discovery_paths(outdir: str | Path) -> dict[str, Path]:
+    """Where the discovery files live under the results folder."""
+    base = Path(outdir) / "discovery"
+    return {
+        "subjects": base / "subjects.tsv",
+        "report": base / "report.tsv",
+        "shards": base / "shards",
+    }
+
+
+def shard_file(outdir: str | Path, shard: str) -> Path:
+    """Membership file of one shard."""
+    return discovery_paths(outdir)["shards"] / f"{shard}.tsv"
+
+
+def write_discovery(discovery: Discovery, outdir: str | Path) -> list[Path]:
+    """Write the discovery files, touching only those whose content changed; drop stale shards.
+
+    Returns the paths that were (re)written.
+    """
+    paths = discovery_paths(outdir)
+    written: list[Path] = []
+    subj_rows = [[getattr(s, c) for c in SUBJECT_COLUMNS] for s in discovery.subjects]
+    if write_text_if_changed(paths["subjects"], _tsv(subj_rows, SUBJECT_COLUMNS)):
+        written.append(paths["subjects"])
+    rep_rows = [[getattr(f, c) for c in REPORT_COLUMNS] for f in discovery.report]
+    if write_text_if_changed(paths["report"], _tsv(rep_rows, REPORT_COLUMNS)):
+        written.append(paths["report"])
+
+    shards = discovery.shards()
+    for shard, members in shards.items():
+        rows = [[s.subject_id, s.path, s.fingerprint] for s in members]
+        target = shard_file(outdir, shard)
+        if write_text_if_changed(target, _tsv(rows, MEMBER_COLUMNS)):
+            written.append(target)
+    if paths["shards"].is_dir():
+        for stale in paths["shards"].glob("*.tsv"):
+            if stale.stem not in shards:
+                stale.unlink()
+    return written
+
+
+def read_discovery(outdir: str | Path) -> Discovery:
+    """Load the discovery files written by :func:`write_discovery`."""
+    paths = discovery_paths(outdir)
+    subjects = [Subject(**row) for row in _read_tsv(paths["subjects"])]
+    report = [Finding(**row) for row in _read_tsv(paths["report"])]
+    shard_ids = {s.shard for s in subjects}
+    n_shards = 0 if all(s.shard == s.subject_id for s in subjects) else len(shard_ids)
+    return Discovery(subjects, report, n_shards)
+
+
+def read_shard(path: str | Path) -> list[dict[str, str]]:
+    """Rows (subject_id, path, fingerprint) of one shard membership file."""
+    return _read_tsv(Path(path))
+
+
+def discover_from_config(config: dict) -> Discovery:
+    """Run :func:`discover_subjects` with the settings of a validated configuration."""
+    sub = config["subjects"]
+    listed = read_subjects_list(sub["list"]) if sub.get("list") else None
+    return discover_subjects(
+        sub["dirs"],
+        required_files=sub["required_files"],
+        exclude=sub["exclude"],
+        subjects_list=listed,
+        n_shards=config["sharding"]["n_shards"],
+    )
+
+
+def discover_for_workflow(config: dict, main_process: bool = True) -> Discovery:
+    """Discovery as the Snakefile needs it.
+
+    The main Snakemake process scans the folders and writes the discovery files; job processes
+    (cluster jobs re-parse the Snakefile) read those files instead of scanning again, so that
+    every job sees the cohort the main process planned with.
+    """
+    outdir = config["outdir"]
+    if not main_process and discovery_paths(outdir)["subjects"].exists():
+        return read_discovery(outdir)
+    discovery = discover_from_config(config)
+    for notice in discovery.notices:
+        log.info("%s", notice)
+    write_discovery(discovery, outdir)
+    return discovery

@@ -1,0 +1,136 @@
+"""FreeSurfer label ids and names (from FreeSurferColorLUT.txt) that the package needs offline.
+
+A user's own LUT file can always be read with :func:`read_color_lut`; the tables below let the
+demo generator and the default label table work on machines without a FreeSurfer install.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Rows of aseg.stats in FreeSurfer 7 (ASegStatsLUT order): segmentation id → structure name.
+ASEG_STATS_ROWS: dict[int, str] = {
+    4: "Left-Lateral-Ventricle",
+    5: "Left-Inf-Lat-Vent",
+    7: "Left-Cerebellum-White-Matter",
+    8: "Left-Cerebellum-Cortex",
+    10: "Left-Thalamus",
+    11: "Left-Caudate",
+    12: "Left-Putamen",
+    13: "Left-Pallidum",
+    14: "3rd-Ventricle",
+    15: "4th-Ventricle",
+    16: "Brain-Stem",
+    17: "Left-Hippocampus",
+    18: "Left-Amygdala",
+    24: "CSF",
+    26: "Left-Accumbens-area",
+    28: "Left-VentralDC",
+    30: "Left-vessel",
+    31: "Left-choroid-plexus",
+    43: "Right-Lateral-Ventricle",
+    44: "Right-Inf-Lat-Vent",
+    46: "Right-Cerebellum-White-Matter",
+    47: "Right-Cerebellum-Cortex",
+    49: "Right-Thalamus",
+    50: "Right-Caudate",
+    51: "Right-Putamen",
+    52: "Right-Pallidum",
+    53: "Right-Hippocampus",
+    54: "Right-Amygdala",
+    58: "Right-Accumbens-area",
+    60: "Right-VentralDC",
+    62: "Right-vessel",
+    63: "Right-choroid-plexus",
+    72: "5th-Ventricle",
+    77: "WM-hypointensities",
+    78: "Left-WM-hypointensities",
+    79: "Right-WM-hypointensities",
+    80: "non-WM-hypointensities",
+    81: "Left-non-WM-hypointensities",
+    82: "Right-non-WM-hypointensities",
+    85: "Optic-Chiasm",
+    251: "CC_Posterior",
+    252: "CC_Mid_Posterior",
+    253: "CC_Central",
+    254: "CC_Mid_Anterior",
+    255: "CC_Anterior",
+}
+
+CEREBRAL_LABELS: dict[int, str] = {
+    2: "Left-Cerebral-White-Matter",
+    3: "Left-Cerebral-Cortex",
+    41: "Right-Cerebral-White-Matter",
+    42: "Right-Cerebral-Cortex",
+}
+
+# Desikan-Killiany parcels as FreeSurfer 7 writes them (1004/2004 corpuscallosum is never used).
+DESIKAN_PARCELS: dict[int, str] = {
+    1: "bankssts",
+    2: "caudalanteriorcingulate",
+    3: "caudalmiddlefrontal",
+    5: "cuneus",
+    6: "entorhinal",
+    7: "fusiform",
+    8: "inferiorparietal",
+    9: "inferiortemporal",
+    10: "isthmuscingulate",
+    11: "lateraloccipital",
+    12: "lateralorbitofrontal",
+    13: "lingual",
+    14: "medialorbitofrontal",
+    15: "middletemporal",
+    16: "parahippocampal",
+    17: "paracentral",
+    18: "parsopercularis",
+    19: "parsorbitalis",
+    20: "parstriangularis",
+    21: "pericalcarine",
+    22: "postcentral",
+    23: "posteriorcingulate",
+    24: "precentral",
+    25: "precuneus",
+    26: "rostralanteriorcingulate",
+    27: "rostralmiddlefrontal",
+    28: "superiorfrontal",
+    29: "superiorparietal",
+    30: "superiortemporal",
+    31: "supramarginal",
+    32: "frontalpole",
+    33: "temporalpole",
+    34: "transversetemporal",
+    35: "insula",
+}
+
+HEMI_OFFSET = {"lh": 1000, "rh": 2000}
+# aparc+aseg labels of the voxels that ventricles/choroid plexus occupy (BrainSegNotVent).
+VENTRICLE_LABELS = (4, 5, 14, 15, 31, 43, 44, 63, 72)
+
+
+def cortical_label(hemi: str, parcel_index: int) -> int:
+    """aparc+aseg id of a Desikan parcel (e.g. ``('lh', 28)`` → 1028)."""
+    return HEMI_OFFSET[hemi] + parcel_index
+
+
+def aparc_aseg_names() -> dict[int, str]:
+    """Names of every label a FreeSurfer 7 aparc+aseg may hold (``ctx-lh-*`` for parcels)."""
+    names = {0: "Unknown", 2: CEREBRAL_LABELS[2], 41: CEREBRAL_LABELS[41]}
+    names.update(ASEG_STATS_ROWS)
+    for hemi, off in HEMI_OFFSET.items():
+        for idx, parcel in DESIKAN_PARCELS.items():
+            names[off + idx] = f"ctx-{hemi}-{parcel}"
+    return dict(sorted(names.items()))
+
+
+def read_color_lut(path: str | Path) -> dict[int, str]:
+    """Read a FreeSurferColorLUT-style file into ``{label id: name}``."""
+    names: dict[int, str] = {}
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            fields = line.split("#", 1)[0].split()
+            if not fields:
+                continue
+            if len(fields) < 2 or not fields[0].lstrip("-").isdigit():
+                raise ValueError(f"{path}:{lineno}: expected 'id name [r g b a]', got {line!r}")
+            names[int(fields[0])] = fields[1]
+    return names

@@ -1,0 +1,87 @@
+"""Shared fixtures: the real FreeSurfer data in ../shared/data and a small generated cohort."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_SUBJECTS = (REPO.parent / "shared" / "data" / "freesurfer" / "subjects").resolve()
+SHARED_LUT = SHARED_SUBJECTS.parent / "FreeSurferColorLUT.txt"
+BIN = Path(sys.executable).parent
+
+
+def _require_shared() -> Path:
+    if not (SHARED_SUBJECTS / "bert").is_dir():
+        pytest.skip(f"real FreeSurfer data not found at {SHARED_SUBJECTS} (CI has it)")
+    return SHARED_SUBJECTS
+
+
+@pytest.fixture(scope="session")
+def shared_subjects() -> Path:
+    """``SUBJECTS_DIR`` holding FreeSurfer's real ``bert`` and ``fsaverage``."""
+    return _require_shared()
+
+
+@pytest.fixture(scope="session")
+def bert(shared_subjects: Path) -> Path:
+    return shared_subjects / "bert"
+
+
+@pytest.fixture(scope="session")
+def fsaverage(shared_subjects: Path) -> Path:
+    return shared_subjects / "fsaverage"
+
+
+@pytest.fixture(scope="session")
+def demo_cohort(tmp_path_factory) -> Path:
+    """Four synthetic subjects (seed 7), generated once per test session. Do not modify."""
+    from damt.demo.cohort import generate_cohort
+
+    out = tmp_path_factory.mktemp("demo") / "subjects"
+    generate_cohort(out, 4, seed=7)
+    return out
+
+
+@pytest.fixture
+def demo_copy(demo_cohort: Path, tmp_path: Path) -> Path:
+    """A private, modifiable copy of the demo cohort."""
+    dst = tmp_path / "subjects"
+    shutil.copytree(demo_cohort, dst)
+    return dst
+
+
+def workflow_config(tmp_path: Path, subjects_dirs: list[dict], **sections) -> Path:
+    """Write a config override file for running the real Snakefile on test data."""
+    cfg = {
+        "outdir": str(tmp_path / "results"),
+        "subjects": {"dirs": subjects_dirs},
+        "demo": {"enabled": False},
+    }
+    for key, value in sections.items():
+        cfg[key] = value
+    path = tmp_path / "config.override.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_snakemake(
+    *args: str, cwd: Path = REPO, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run this environment's snakemake on the repository's Snakefile."""
+    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), *args]
+    full_env = {**os.environ, **(env or {})}
+    full_env["PATH"] = f"{BIN}{os.pathsep}{full_env.get('PATH', '')}"
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+        )
+    return proc

@@ -1,0 +1,90 @@
+"""Configuration loading and validation: defaults, and errors that name the offending key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from damt.config import ConfigError, load_config, validate_config
+from tests.conftest import REPO, run_snakemake, workflow_config
+
+
+def test_default_config_is_valid_and_filled():
+    cfg = load_config(REPO / "config" / "config.yaml")
+    assert cfg["outdir"] == "results"
+    assert cfg["sharding"]["n_shards"] == 0
+    assert cfg["subjects"]["required_files"] == ["mri/brainmask.mgz", "mri/aparc+aseg.mgz"]
+    assert cfg["subjects"]["list"] is None
+
+
+def test_minimal_config_gets_schema_defaults():
+    cfg = validate_config({"subjects": {"dirs": [{"path": "x"}]}})
+    assert cfg["subjects"]["exclude"] == ["fsaverage*"]
+    assert cfg["subjects"]["dirs"][0]["optional"] is False
+    assert cfg["demo"] == {
+        "enabled": False,
+        "out": "results/demo/subjects",
+        "subjects": 16,
+        "seed": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"subjects": {"dirs": [{"path": "x"}]}, "shardng": {}}, "'shardng' was unexpected"),
+        ({"subjects": {"dirs": [{"path": "x"}], "exlude": []}}, "subjects: Additional"),
+        ({"subjects": {"dirs": [{"path": 5}]}}, "subjects.dirs[0].path: 5 is not of type"),
+        ({"subjects": {"dirs": []}}, "subjects.dirs: [] should be non-empty"),
+        (
+            {"subjects": {"dirs": [{"path": "x"}]}, "sharding": {"n_shards": -1}},
+            "sharding.n_shards: -1 is less than the minimum",
+        ),
+        ({}, "subjects: 'dirs' is a required property"),
+    ],
+)
+def test_invalid_config_names_the_key(config, expected):
+    with pytest.raises(ConfigError) as err:
+        validate_config(config)
+    assert expected in str(err.value)
+
+
+def test_every_error_is_listed():
+    with pytest.raises(ConfigError) as err:
+        validate_config({"subjects": {"dirs": [{"path": 1}]}, "sharding": {"n_shards": "a"}})
+    msg = str(err.value)
+    assert "subjects.dirs[0].path" in msg and "sharding.n_shards" in msg
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path):
+    with pytest.raises(ConfigError, match="cannot read configuration file"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("subjects: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(scalar)
+
+
+def test_overrides_merge_deeply(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"subjects": {"dirs": [{"path": "a"}]}}))
+    cfg = load_config(path, {"sharding": {"n_shards": 8}, "subjects": {"exclude": []}})
+    assert cfg["sharding"]["n_shards"] == 8
+    assert cfg["subjects"]["exclude"] == []
+    assert cfg["subjects"]["dirs"] == [{"path": "a", "optional": False}]
+
+
+@pytest.mark.slow
+def test_snakemake_stops_on_bad_config_naming_the_key(tmp_path: Path, demo_cohort: Path):
+    override = workflow_config(
+        tmp_path, [{"path": str(demo_cohort)}], sharding={"n_shards": 0, "n_shardz": 3}
+    )
+    proc = run_snakemake("-n", "--configfile", str(override), check=False)
+    assert proc.returncode != 0
+    assert "n_shardz" in proc.stderr + proc.stdout

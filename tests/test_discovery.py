@@ -1,0 +1,214 @@
+"""Subject discovery: ids, required files, templates, lists, links, shards, change tracking."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from damt.discovery import (
+    DiscoveryError,
+    discover_subjects,
+    is_valid_subject_id,
+    read_discovery,
+    read_shard,
+    read_subjects_list,
+    shard_file,
+    shard_of,
+    write_discovery,
+)
+
+REQUIRED = ("mri/brainmask.mgz", "mri/aparc+aseg.mgz")
+
+
+def make_subject(root: Path, name: str, files=REQUIRED) -> Path:
+    folder = root / name
+    for rel in files:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def by_id(discovery):
+    return {f.subject_id: f for f in discovery.report}
+
+
+@pytest.mark.parametrize("name", ["bert", "sub-01", "sub_01.long", "A", "0001", "x.y-z_1"])
+def test_valid_ids(name):
+    assert is_valid_subject_id(name)
+
+
+@pytest.mark.parametrize("name", [".hidden", "sub 01", "sub/01", "é", "sub:1", "", "a\tb"])
+def test_invalid_ids(name):
+    assert not is_valid_subject_id(name)
+
+
+def test_basic_discovery_sorted_with_report(tmp_path: Path):
+    for name in ("s2", "s1"):
+        make_subject(tmp_path, name)
+    (tmp_path / "README").write_text("not a subject")
+    d = discover_subjects([{"path": str(tmp_path)}])
+    assert d.subject_ids == ["s1", "s2"]
+    assert {f.status for f in d.report} == {"included"}
+    assert d.subjects[0].path == str(tmp_path / "s1")
+    assert d.subjects[0].shard == "s1"
+
+
+def test_illegal_id_is_refused_with_folder_named(tmp_path: Path, caplog):
+    make_subject(tmp_path, "good")
+    make_subject(tmp_path, "bad id")
+    make_subject(tmp_path, ".hidden")
+    d = discover_subjects([{"path": str(tmp_path)}])
+    assert d.subject_ids == ["good"]
+    rep = by_id(d)
+    assert rep["bad id"].reason == "illegal_id" and rep["bad id"].status == "flagged"
+    assert str(tmp_path / "bad id") in rep["bad id"].folder
+    assert "bad id" in rep["bad id"].detail and "not a valid subject id" in rep["bad id"].detail
+    assert rep[".hidden"].reason == "illegal_id"
+    assert "bad id" in caplog.text
+
+
+def test_missing_required_volume_and_empty_folder_are_reported(tmp_path: Path):
+    make_subject(tmp_path, "full")
+    make_subject(tmp_path, "half", files=("mri/brainmask.mgz",))
+    (tmp_path / "empty").mkdir()
+    d = discover_subjects([{"path": str(tmp_path)}])
+    assert d.subject_ids == ["full"]
+    rep = by_id(d)
+    assert rep["half"].reason == "missing_required"
+    assert "mri/aparc+aseg.mgz" in rep["half"].detail
+    assert "mri/brainmask.mgz" not in rep["half"].detail
+    assert rep["empty"].reason == "missing_required"
+    assert "mri/brainmask.mgz, mri/aparc+aseg.mgz" in rep["empty"].detail
+
+
+def test_required_file_names_are_configurable(tmp_path: Path):
+    make_subject(tmp_path, "a", files=("mri/T1.mgz",))
+    d = discover_subjects([{"path": str(tmp_path)}], required_files=["mri/T1.mgz"])
+    assert d.subject_ids == ["a"]
+
+
+def test_symlinked_subject_is_followed_and_broken_link_flagged(tmp_path: Path):
+    real = make_subject(tmp_path / "elsewhere", "real")
+    root = tmp_path / "subjects"
+    root.mkdir()
+    os.symlink(real, root / "linked")
+    os.symlink(tmp_path / "nowhere", root / "dangling")
+    d = discover_subjects([{"path": str(root)}])
+    assert d.subject_ids == ["linked"]
+    assert by_id(d)["dangling"].reason == "broken_link"
+
+
+def test_templates_excluded_by_default_unless_listed(tmp_path: Path):
+    make_subject(tmp_path, "fsaverage")
+    make_subject(tmp_path, "fsaverage5")
+    make_subject(tmp_path, "s1")
+    d = discover_subjects([{"path": str(tmp_path)}])
+    assert d.subject_ids == ["s1"]
+    assert by_id(d)["fsaverage"].reason == "excluded_pattern"
+    assert by_id(d)["fsaverage"].status == "skipped"
+    d = discover_subjects([{"path": str(tmp_path)}], subjects_list=["s1", "fsaverage"])
+    assert d.subject_ids == ["fsaverage", "s1"]
+    assert by_id(d)["fsaverage5"].reason == "not_listed"
+    d = discover_subjects([{"path": str(tmp_path)}], exclude=[])
+    assert d.subject_ids == ["fsaverage", "fsaverage5", "s1"]
+
+
+def test_subjects_list_restricts_and_reports_absent_subjects(tmp_path: Path):
+    for name in ("s1", "s2", "s3"):
+        make_subject(tmp_path, name)
+    lst = tmp_path.parent / "list.txt"
+    lst.write_text("# cohort A\ns3\n\ns1  # trailing comment\nghost\ns1\n")
+    ids = read_subjects_list(lst)
+    assert ids == ["s3", "s1", "ghost"]
+    d = discover_subjects([{"path": str(tmp_path)}], subjects_list=ids)
+    assert d.subject_ids == ["s1", "s3"]
+    rep = by_id(d)
+    assert rep["ghost"].reason == "listed_not_found" and rep["ghost"].status == "flagged"
+    assert rep["s2"].status == "skipped"
+
+
+def test_several_dirs_first_wins_duplicates_reported(tmp_path: Path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_subject(a, "s1")
+    make_subject(b, "s1")
+    make_subject(b, "s2")
+    d = discover_subjects([{"path": str(a)}, {"path": str(b)}])
+    assert d.subject_ids == ["s1", "s2"]
+    assert d.subjects[0].source == str(a)
+    dup = [f for f in d.report if f.reason == "duplicate_id"]
+    assert len(dup) == 1 and dup[0].folder == str(b / "s1") and str(a / "s1") in dup[0].detail
+
+
+def test_missing_dir_is_an_error_unless_optional(tmp_path: Path):
+    with pytest.raises(DiscoveryError, match="does not exist"):
+        discover_subjects([{"path": str(tmp_path / "nope")}])
+    d = discover_subjects([{"path": str(tmp_path / "nope"), "optional": True}])
+    assert d.subjects == [] and "does not exist" in d.notices[0]
+
+
+def test_unreadable_subject_folder_is_flagged(tmp_path: Path):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores file permissions")
+    folder = make_subject(tmp_path, "locked")
+    folder.chmod(0)
+    try:
+        d = discover_subjects([{"path": str(tmp_path)}])
+    finally:
+        folder.chmod(0o755)
+    assert by_id(d)["locked"].reason in ("unreadable", "missing_required")
+
+
+def test_shards_are_stable_hash_buckets():
+    assert shard_of("bert", 0) == "bert"
+    assert shard_of("bert", 16) == shard_of("bert", 16)
+    assert shard_of("bert", 1000).startswith("shard") and len(shard_of("bert", 1000)) == 8
+    buckets = {shard_of(f"sub-{i:05d}", 64) for i in range(5000)}
+    assert len(buckets) == 64  # every bucket used: crc32 spreads ids
+
+
+def test_write_discovery_touches_only_changed_files(tmp_path: Path):
+    root = tmp_path / "subjects"
+    for name in ("s1", "s2"):
+        make_subject(root, name)
+    out = tmp_path / "results"
+    d = discover_subjects([{"path": str(root)}])
+    written = write_discovery(d, out)
+    assert len(written) == 4  # subjects, report and two shards
+    before = {p: p.stat().st_mtime_ns for p in (out / "discovery").rglob("*.tsv")}
+    assert write_discovery(discover_subjects([{"path": str(root)}]), out) == []
+    assert before == {p: p.stat().st_mtime_ns for p in (out / "discovery").rglob("*.tsv")}
+
+    make_subject(root, "s3")
+    written = write_discovery(discover_subjects([{"path": str(root)}]), out)
+    assert set(written) == {
+        out / "discovery" / "subjects.tsv",
+        out / "discovery" / "report.tsv",
+        shard_file(out, "s3"),
+    }
+    loaded = read_discovery(out)
+    assert loaded.subject_ids == ["s1", "s2", "s3"]
+    assert read_shard(shard_file(out, "s3"))[0]["subject_id"] == "s3"
+
+    (root / "s1" / "mri" / "brainmask.mgz").unlink()
+    write_discovery(discover_subjects([{"path": str(root)}]), out)
+    assert not shard_file(out, "s1").exists()  # a removed subject's shard disappears
+
+
+def test_changed_volume_changes_the_fingerprint(tmp_path: Path):
+    make_subject(tmp_path, "s1")
+    first = discover_subjects([{"path": str(tmp_path)}]).subjects[0].fingerprint
+    target = tmp_path / "s1" / "mri" / "aparc+aseg.mgz"
+    target.write_bytes(b"changed")
+    second = discover_subjects([{"path": str(tmp_path)}]).subjects[0].fingerprint
+    assert first != second
+
+
+def test_real_subjects_dir(shared_subjects: Path):
+    d = discover_subjects([{"path": str(shared_subjects)}])
+    assert d.subject_ids == ["bert"]
+    assert by_id(d)["fsaverage"].reason == "excluded_pattern"
+    d = discover_subjects([{"path": str(shared_subjects)}], exclude=[])
+    assert d.subject_ids == ["bert", "fsaverage"]
