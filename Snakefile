@@ -12,6 +12,8 @@ validate(config, "damt/resources/config.schema.yaml")
 
 
 include: "rules/common.smk"
+include: "rules/radiomics.smk"
+include: "rules/cache.smk"
 
 
 rule all:

@@ -12,23 +12,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from damt import __version__
+from damt.logs import setup_logging
 
 log = logging.getLogger("damt")
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def setup_logging(verbose: bool = False, log_file: str | None = None) -> None:
-    """Log to stderr (and to ``log_file`` when given) with timestamps."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8"))
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
-        force=True,
-    )
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
@@ -58,6 +46,53 @@ def _cmd_discover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_radiomics(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from damt.config import load_config, validate_config
+    from damt.features.radiomics import RadiomicsStage, radiomics_for_files, write_row
+    from damt.shards import SubjectError, SubjectTask
+
+    try:
+        if args.subject_dir is not None:
+            if args.image or args.mask or args.label is not None:
+                raise ValueError("give either SUBJECT_DIR or --image/--mask, not both")
+            config = (
+                load_config(args.config)
+                if args.config
+                else validate_config({"subjects": {"dirs": [{"path": "."}]}})
+            )
+            rc = config["radiomics"]
+            stage = RadiomicsStage(
+                args.params or rc["params"], rc["rois"], rc["image"], rc["atlas"], args.threads
+            )
+            stage.setup()
+            subject = Path(args.subject_dir)
+            task = SubjectTask(args.subject_id or subject.resolve().name, subject)
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            result = stage.compute(task, out.parent)
+            (out.parent / "radiomics.parquet").replace(out)
+            for roi, err in result.info["roi_errors"].items():
+                log.warning("ROI %s: %s", roi, err)
+            print(f"{task.subject_id}: {result.info['n_features']} features -> {out}")
+        else:
+            if not (args.image and args.mask and args.params):
+                raise ValueError("--image, --mask and --params are required without SUBJECT_DIR")
+            frame = radiomics_for_files(
+                args.image, args.mask, args.params, args.label, args.threads, args.subject_id
+            )
+            write_row(
+                Path(args.out),
+                frame["subject_id"][0],
+                frame.drop(columns="subject_id").iloc[0].to_dict(),
+            )
+            print(f"{frame.shape[1] - 1} features -> {args.out}")
+    except SubjectError as exc:
+        raise ValueError(f"{exc.reason}: {exc.detail}") from exc
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="damt", description=__doc__.splitlines()[0])
@@ -82,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the discovery files under the results folder",
     )
     p.set_defaults(handler=_cmd_discover)
+
+    p = sub.add_parser("radiomics", help="PyRadiomics texture features of a subject or image/mask")
+    p.add_argument("subject_dir", nargs="?", help="FreeSurfer subject folder (ROIs from config)")
+    p.add_argument("-o", "--out", required=True, help="output Parquet (one row)")
+    p.add_argument("--image", help="any SimpleITK/nibabel-readable image (.nrrd, .nii.gz, .mgz)")
+    p.add_argument("--mask", help="mask or label image on the same grid as --image")
+    p.add_argument("--label", type=int, help="mask value of the ROI (default: every non-zero)")
+    p.add_argument("--params", help="PyRadiomics params YAML (default: the config's)")
+    p.add_argument("--config", help="workflow config (ROIs, image/atlas names, params)")
+    p.add_argument("--subject-id", help="subject_id written to the table")
+    p.add_argument("--threads", type=int, default=1, help="SimpleITK threads")
+    p.set_defaults(handler=_cmd_radiomics)
     return parser
 
 

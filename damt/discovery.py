@@ -346,3 +346,8 @@ def discover_for_workflow(config: dict, main_process: bool = True) -> Discovery:
         log.info("%s", notice)
     write_discovery(discovery, outdir)
     return discovery
+
+
+def read_discovery_subject_ids(subjects_tsv: str | Path) -> list[str]:
+    """Subject ids of a ``discovery/subjects.tsv`` file, sorted."""
+    return sorted(row["subject_id"] for row in _read_tsv(Path(subjects_tsv)))

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 OK, FAILED = "ok", "failed"
 RESULT_FILE = "result.json"
-SUMMARY_COLUMNS = ("subject_id", "status", "reason", "detail", "cached", "outputs")
+SUMMARY_COLUMNS = ("subject_id", "status", "reason", "detail", "cached", "outputs", "info")
 
 
 class SubjectError(Exception):
@@ -245,26 +245,22 @@ def run_shard(
     """Process one shard (a discovery membership file) and write its summary table (TSV)."""
     tasks = [SubjectTask(row["subject_id"], Path(row["path"])) for row in read_shard(members_file)]
     done = run_tasks(stage, tasks, outdir, workers=workers, force=force)
-    frame = pd.DataFrame(
-        [
+    rows = []
+    for r, cached in done:
+        where = stage_dir(outdir, r.subject_id, stage.name)
+        outputs = {k: str(where / v) for k, v in r.outputs.items()}
+        rows.append(
             [
                 r.subject_id,
                 r.status,
                 r.reason,
                 r.detail,
                 cached,
-                json.dumps(
-                    {
-                        k: str(stage_dir(outdir, r.subject_id, stage.name) / v)
-                        for k, v in r.outputs.items()
-                    },
-                    sort_keys=True,
-                ),
+                json.dumps(outputs, sort_keys=True),
+                json.dumps(r.info, sort_keys=True, default=str),
             ]
-            for r, cached in done
-        ],
-        columns=list(SUMMARY_COLUMNS),
-    )
+        )
+    frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     summary = Path(summary)
     summary.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(summary, sep="\t", index=False)
@@ -279,4 +275,5 @@ def read_summaries(paths: Sequence[str | Path]) -> pd.DataFrame:
     out = pd.concat(frames, ignore_index=True)
     out["cached"] = out["cached"].map({"True": True, "False": False})
     out["outputs"] = out["outputs"].map(json.loads)
+    out["info"] = out["info"].map(json.loads)
     return out.sort_values("subject_id", ignore_index=True)

@@ -12,6 +12,11 @@ logging.getLogger("damt").setLevel(logging.INFO)
 
 OUT = config["outdir"]
 
+
+wildcard_constraints:
+    shard=r"[A-Za-z0-9._-]+",
+
+
 if workflow.is_main_process:
     ensure_demo_cohort(config)
 
@@ -30,4 +35,7 @@ def shard_members(wildcards):
 
 def all_targets():
     """Final outputs of the workflow."""
-    return [DISCOVERY_FILES["subjects"], DISCOVERY_FILES["report"]]
+    return [
+        f"{OUT}/features/radiomics.parquet",
+        expand(f"{OUT}/cache/shards/{{shard}}.tsv", shard=SHARDS),
+    ]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 # Rows of aseg.stats in FreeSurfer 7 (ASegStatsLUT order): segmentation id → structure name.
 ASEG_STATS_ROWS: dict[int, str] = {
     4: "Left-Lateral-Ventricle",
@@ -134,3 +136,58 @@ def read_color_lut(path: str | Path) -> dict[int, str]:
                 raise ValueError(f"{path}:{lineno}: expected 'id name [r g b a]', got {line!r}")
             names[int(fields[0])] = fields[1]
     return names
+
+
+class LabelTable:
+    """Atlas label → class index mapping of the training cache (``index, label, name`` TSV)."""
+
+    def __init__(self, labels: list[int], names: list[str]):
+        if not labels or labels[0] != 0:
+            raise ValueError("label table: row 0 must map label 0 (background)")
+        if len(set(labels)) != len(labels):
+            raise ValueError("label table: a label is listed twice")
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.names = list(names)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.labels)
+
+    def remap(self, atlas: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
+        """Class indices of an atlas, and ``{unknown label: voxel count}`` (mapped to 0)."""
+        atlas = np.asarray(atlas)
+        if atlas.dtype.kind == "f":
+            atlas = np.rint(atlas)
+        atlas = atlas.astype(np.int64)
+        if atlas.size and atlas.min() < 0:
+            raise ValueError("atlas holds negative labels")
+        size = int(max(atlas.max(initial=0), self.labels.max())) + 1
+        lut = np.full(size, -1, dtype=np.int64)
+        lut[self.labels] = np.arange(self.n_classes)
+        classes = lut[atlas]
+        unknown_mask = classes < 0
+        unknown: dict[int, int] = {}
+        if unknown_mask.any():
+            ids, counts = np.unique(atlas[unknown_mask], return_counts=True)
+            unknown = {int(i): int(c) for i, c in zip(ids, counts, strict=True)}
+            classes[unknown_mask] = 0
+        dtype = np.uint8 if self.n_classes <= 256 else np.uint16
+        return classes.astype(dtype), unknown
+
+
+def read_label_table(path: str | Path) -> LabelTable:
+    """Read a label table: TSV with header ``index label name``; ``#`` lines are comments."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        lines = [ln.rstrip("\n") for ln in fh if ln.strip() and not ln.startswith("#")]
+    if not lines or lines[0].split("\t")[:3] != ["index", "label", "name"]:
+        raise ValueError(f"{path}: expected a header line 'index<TAB>label<TAB>name'")
+    for lineno, line in enumerate(lines[1:], 2):
+        fields = line.split("\t")
+        try:
+            rows.append((int(fields[0]), int(fields[1]), fields[2]))
+        except (IndexError, ValueError) as exc:
+            raise ValueError(f"{path}: bad row {lineno} {line!r}") from exc
+    if [r[0] for r in rows] != list(range(len(rows))):
+        raise ValueError(f"{path}: indices must run 0..K-1 in order")
+    return LabelTable([r[1] for r in rows], [r[2] for r in rows])

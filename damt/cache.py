@@ -1,0 +1,193 @@
+"""The training cache: each subject's volumes preprocessed once, stored memory-mappable.
+
+The preprocessing is the original DAMT chain of MONAI transforms (crop to foreground, resample,
+pad, percentile scaling, atlas remapping), plus a reorientation to RAS so that every subject's
+voxel axes mean the same anatomical directions. The original ran it on every volume at every
+epoch; here it runs once per subject and the trainer reads ``image.npy`` (float16) and
+``atlas.npy`` (class indices) with ``mmap_mode="r"``.
+
+The stage also records the per-volume QC measures the manifest needs (grid agreement, voxel
+size, shape, intensity percentiles, labels present/unexpected), since it reads both volumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from damt.freesurfer.labels import LabelTable, read_label_table
+from damt.io import sha256_file
+from damt.shards import OK, Stage, SubjectError, SubjectResult, SubjectTask
+from damt.volumes import Volume, VolumeError, grid_difference, load_volume
+
+IMAGE_FILE, ATLAS_FILE = "image.npy", "atlas.npy"
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Preprocessing settings (all part of the cache key)."""
+
+    spacing: float = 1.25
+    min_size: int = 128
+    percentiles: tuple[float, float] = (0.05, 99.95)
+    orientation: str = "RAS"
+
+
+def monai_chain(settings: CacheSettings):
+    """The MONAI dictionary transforms applied to ``{"image", "atlas"}`` channel-first tensors.
+
+    Also used by ``bench/loader.py`` to time the original per-sample preprocessing.
+    """
+    from monai import transforms as T
+
+    lo, hi = settings.percentiles
+    return T.Compose(
+        [
+            T.Orientationd(keys=["image", "atlas"], axcodes=settings.orientation, labels=None),
+            T.CropForegroundd(keys=["image", "atlas"], source_key="image", allow_smaller=True),
+            T.Spacingd(
+                keys=["image", "atlas"],
+                pixdim=[settings.spacing] * 3,
+                mode=("bilinear", "nearest"),
+                dtype=np.float32,
+            ),
+            T.SpatialPadd(keys=["image", "atlas"], spatial_size=[settings.min_size] * 3),
+            T.ScaleIntensityRangePercentilesd(
+                keys="image", lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True
+            ),
+        ]
+    )
+
+
+def to_metatensors(image: Volume, atlas: Volume) -> dict:
+    """Channel-first MONAI MetaTensors carrying each volume's affine."""
+    import torch
+    from monai.data import MetaTensor
+
+    return {
+        "image": MetaTensor(
+            torch.from_numpy(image.data.astype(np.float32))[None],
+            affine=torch.from_numpy(image.affine),
+        ),
+        "atlas": MetaTensor(
+            torch.from_numpy(atlas.data.astype(np.float32))[None],
+            affine=torch.from_numpy(atlas.affine),
+        ),
+    }
+
+
+def preprocess(
+    image: Volume, atlas: Volume, settings: CacheSettings, table: LabelTable
+) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
+    """Run the chain once: (float16 image, class-index atlas, unknown labels → voxel count)."""
+    out = monai_chain(settings)(to_metatensors(image, atlas))
+    img = np.asarray(out["image"][0].numpy(), dtype=np.float16)
+    classes, unknown = table.remap(np.asarray(out["atlas"][0].numpy()))
+    return np.ascontiguousarray(img), np.ascontiguousarray(classes), unknown
+
+
+def volume_qc(
+    image: Volume, atlas: Volume, table: LabelTable, expected_labels: Sequence[int]
+) -> dict:
+    """Per-volume QC measures: geometry, intensity percentiles, labels present and unexpected."""
+    labels, counts = np.unique(atlas.data, return_counts=True)
+    present = {int(lab): int(c) for lab, c in zip(labels, counts, strict=True) if lab != 0}
+    foreground = image.data[atlas.data > 0]
+    pct = (
+        np.percentile(foreground, [1, 50, 99]).round(3).tolist()
+        if foreground.size
+        else [float("nan")] * 3
+    )
+    known = set(table.labels.tolist())
+    return {
+        "shape": list(image.data.shape),
+        "voxel_size": [round(v, 5) for v in image.spacing],
+        "image_dtype": str(image.data.dtype),
+        "intensity_p1_p50_p99": pct,
+        "intensity_max": float(image.data.max()),
+        "n_labels": len(present),
+        "missing_expected_labels": [int(x) for x in expected_labels if int(x) not in present],
+        "unexpected_labels": {str(k): v for k, v in present.items() if k not in known},
+        "foreground_voxels": int(foreground.size),
+    }
+
+
+class CacheStage(Stage):
+    """Per-subject training cache (and volume QC measures)."""
+
+    name = "cache"
+    version = "1"
+
+    def __init__(
+        self,
+        label_table: str | Path,
+        settings: CacheSettings,
+        image: str = "mri/brainmask.mgz",
+        atlas: str = "mri/aparc+aseg.mgz",
+        expected_labels: Sequence[int] = (),
+    ):
+        self.label_table_path = str(label_table)
+        self.label_table_hash = sha256_file(label_table)
+        self.settings = settings
+        self.image, self.atlas = image, atlas
+        self.expected_labels = [int(x) for x in expected_labels]
+        self.table: LabelTable | None = None
+
+    def setup(self) -> None:
+        self.table = read_label_table(self.label_table_path)
+
+    def params(self) -> dict:
+        return {
+            "settings": self.settings.__dict__,
+            "label_table": self.label_table_hash,
+            "image": self.image,
+            "atlas": self.atlas,
+            "expected": self.expected_labels,
+        }
+
+    def input_files(self, task: SubjectTask) -> list[Path]:
+        return [task.path / self.image, task.path / self.atlas]
+
+    def compute(self, task: SubjectTask, workdir: Path) -> SubjectResult:
+        assert self.table is not None, "setup() reads the label table"
+        try:
+            image = load_volume(task.path / self.image)
+            atlas = load_volume(task.path / self.atlas)
+        except VolumeError as exc:
+            raise SubjectError("volume_unreadable", str(exc)) from exc
+        diff = grid_difference(image.grid, atlas.grid)
+        if diff is not None:
+            raise SubjectError("grid_mismatch", f"image and atlas grids differ: {diff}")
+        if image.data.dtype.kind == "f" and not np.isfinite(image.data).all():
+            bad = int((~np.isfinite(image.data)).sum())
+            raise SubjectError("nonfinite_intensities", f"{self.image} has {bad} non-finite voxels")
+        if not (image.data > 0).any():
+            raise SubjectError("empty_image", f"{self.image} has no voxel above 0")
+        qc = volume_qc(image, atlas, self.table, self.expected_labels)
+        img, classes, unknown = preprocess(image, atlas, self.settings, self.table)
+        np.save(workdir / IMAGE_FILE, img)
+        np.save(workdir / ATLAS_FILE, classes)
+        qc.update(
+            {
+                "cache_shape": list(img.shape),
+                "cache_unknown_labels": {str(k): v for k, v in unknown.items()},
+                "n_classes": self.table.n_classes,
+            }
+        )
+        return SubjectResult(
+            task.subject_id, OK, outputs={"image": IMAGE_FILE, "atlas": ATLAS_FILE}, info=qc
+        )
+
+
+def stage_from_config(config: dict) -> CacheStage:
+    """The cache stage with the workflow configuration's settings."""
+    cc = config["cache"]
+    settings = CacheSettings(
+        cc["spacing"], cc["min_size"], tuple(cc["percentiles"]), cc["orientation"]
+    )
+    return CacheStage(
+        cc["label_table"], settings, cc["image"], cc["atlas"], config["qc"]["expected_labels"]
+    )

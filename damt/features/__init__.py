@@ -1,0 +1,1 @@
+"""Feature tables: morphometry (FreeSurfer stats), radiomics, and their normalisation."""

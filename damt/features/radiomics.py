@@ -1,0 +1,270 @@
+"""PyRadiomics texture features of a T1 volume inside atlas-defined regions of interest.
+
+One code path serves the workflow (a subject folder, ROIs as label groups of ``aparc+aseg``) and
+the command line on any image/mask pair (``--image/--mask [--label]``): both build a binary ROI
+mask on the atlas grid and call PyRadiomics' extractor on the untouched image.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from damt.features.tables import cohort_frame, write_table
+from damt.io import sha256_file, write_atomic
+from damt.shards import OK, Stage, SubjectError, SubjectResult, SubjectTask, read_summaries
+from damt.volumes import VolumeError, grid_difference, load_sitk, sitk_geometry
+
+log = logging.getLogger(__name__)
+RANGE_RE = re.compile(r"^(\d+)-(\d+)$")
+ORIGINAL_PREFIX = "original_"
+OUTPUT_FILE = "radiomics.parquet"
+
+
+@dataclass(frozen=True)
+class Roi:
+    """A region of interest: a name (column prefix) and the atlas labels it unites."""
+
+    name: str
+    labels: tuple[int, ...] | None  # None: every non-zero label
+
+    def mask(self, atlas: np.ndarray) -> np.ndarray:
+        if self.labels is None:
+            return atlas != 0
+        return np.isin(atlas, self.labels)
+
+
+def parse_rois(spec: Mapping[str, Sequence[int | str]]) -> list[Roi]:
+    """ROIs from config: each a list of label ids, ``"a-b"`` ranges, or ``"nonzero"``."""
+    rois = []
+    for name, items in spec.items():
+        if list(items) == ["nonzero"]:
+            rois.append(Roi(name, None))
+            continue
+        labels: set[int] = set()
+        for item in items:
+            if isinstance(item, int):
+                labels.add(item)
+            elif m := RANGE_RE.match(str(item)):
+                lo, hi = int(m.group(1)), int(m.group(2))
+                if lo > hi:
+                    raise ValueError(f"radiomics ROI {name}: empty range {item!r}")
+                labels.update(range(lo, hi + 1))
+            else:
+                raise ValueError(
+                    f"radiomics ROI {name}: {item!r} is not a label, 'a-b' range "
+                    "or 'nonzero' (alone)"
+                )
+        rois.append(Roi(name, tuple(sorted(labels))))
+    return rois
+
+
+def feature_name(roi: str, key: str) -> str:
+    """Column name: ``{roi}_{class}_{feature}``, keeping the image type unless it is original."""
+    if key.startswith(ORIGINAL_PREFIX):
+        key = key[len(ORIGINAL_PREFIX) :]
+    return f"{roi}_{key}"
+
+
+class Extractor:
+    """A PyRadiomics extractor built once from a params file (PyRadiomics' own YAML format)."""
+
+    def __init__(self, params: str | Path, threads: int = 1):
+        import radiomics
+        from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+        radiomics.setVerbosity(logging.ERROR)
+        # PyRadiomics logs every feature class at INFO and notes settings at WARNING.
+        logging.getLogger("radiomics").setLevel(logging.ERROR)
+        logging.getLogger("pykwalify").setLevel(logging.WARNING)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, threads))
+        self.params = Path(params)
+        self.extractor = RadiomicsFeatureExtractor(str(self.params))
+
+    def extract(self, image: sitk.Image, mask: sitk.Image, label: int = 1) -> dict[str, float]:
+        """Feature values (PyRadiomics names, diagnostics dropped) of one mask label."""
+        result = self.extractor.execute(image, mask, label=label)
+        return {k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}
+
+
+def extract_rois(
+    extractor: Extractor, image: sitk.Image, atlas: sitk.Image, rois: Sequence[Roi]
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Features of every ROI; a failing ROI gives an error entry, not an exception.
+
+    Returns ``(features, errors)`` where errors maps ROI name → ``reason: detail``.
+    """
+    diff = grid_difference(sitk_geometry(image), sitk_geometry(atlas))
+    if diff is not None:
+        raise SubjectError("grid_mismatch", f"image and atlas grids differ: {diff}")
+    values = sitk.GetArrayViewFromImage(image)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        n_bad = int((~np.isfinite(values)).sum())
+        raise SubjectError("nonfinite_intensities", f"image has {n_bad} non-finite voxels")
+    labels = sitk.GetArrayViewFromImage(atlas)
+    features: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    for roi in rois:
+        mask = roi.mask(labels)
+        if not mask.any():
+            errors[roi.name] = "empty_roi: no voxel of the atlas carries the ROI's labels"
+            continue
+        mask_img = sitk.GetImageFromArray(mask.astype(np.uint8))
+        mask_img.CopyInformation(atlas)
+        try:
+            for key, val in extractor.extract(image, mask_img, 1).items():
+                features[feature_name(roi.name, key)] = val
+        except (ValueError, RuntimeError, IndexError, ZeroDivisionError) as exc:
+            errors[roi.name] = f"pyradiomics_error: {type(exc).__name__}: {exc}"
+    return features, errors
+
+
+def write_row(path: Path, subject_id: str, features: Mapping[str, float]) -> None:
+    """One-row Parquet of a subject's features."""
+    frame = pd.DataFrame([features], dtype="float64")
+    frame.insert(0, "subject_id", subject_id)
+    write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def radiomics_for_files(
+    image: str | Path,
+    mask: str | Path,
+    params: str | Path,
+    label: int | None = None,
+    threads: int = 1,
+    subject_id: str | None = None,
+) -> pd.DataFrame:
+    """Features of an image inside ``mask == label`` (or ``mask != 0``), as a one-row frame.
+
+    Raises :class:`SubjectError` for a grid mismatch, empty ROI or PyRadiomics failure.
+    """
+    extractor = Extractor(params, threads)
+    roi = Roi(f"label{label}" if label is not None else "mask", None if label is None else (label,))
+    features, errors = extract_rois(extractor, load_sitk(image), load_sitk(mask), [roi])
+    if errors:
+        reason, _, detail = errors[roi.name].partition(": ")
+        raise SubjectError(reason, f"{mask}: {detail}")
+    frame = pd.DataFrame([features], dtype="float64")
+    frame.insert(0, "subject_id", subject_id or Path(image).name.split(".")[0])
+    return frame
+
+
+class RadiomicsStage(Stage):
+    """Per-subject radiomics of the workflow (image and atlas from the subject folder)."""
+
+    name = "radiomics"
+    version = "1"
+
+    def __init__(
+        self,
+        params: str | Path,
+        rois: Mapping[str, Sequence[int | str]],
+        image: str = "mri/brainmask.mgz",
+        atlas: str = "mri/aparc+aseg.mgz",
+        threads: int = 1,
+    ):
+        self.params_path = str(params)
+        self.params_hash = sha256_file(params)
+        self.roi_spec = {k: list(v) for k, v in rois.items()}
+        self.rois = parse_rois(self.roi_spec)
+        self.image, self.atlas, self.threads = image, atlas, threads
+        self.extractor: Extractor | None = None
+
+    def setup(self) -> None:
+        self.extractor = Extractor(self.params_path, self.threads)
+
+    def params(self) -> dict:
+        return {
+            "params_sha256": self.params_hash,
+            "rois": self.roi_spec,
+            "image": self.image,
+            "atlas": self.atlas,
+        }
+
+    def input_files(self, task: SubjectTask) -> list[Path]:
+        return [task.path / self.image, task.path / self.atlas]
+
+    def compute(self, task: SubjectTask, workdir: Path) -> SubjectResult:
+        assert self.extractor is not None, "setup() builds the extractor"
+        try:
+            image = load_sitk(task.path / self.image)
+            atlas = load_sitk(task.path / self.atlas)
+        except VolumeError as exc:
+            raise SubjectError("volume_unreadable", str(exc)) from exc
+        features, errors = extract_rois(self.extractor, image, atlas, self.rois)
+        if not features:
+            reasons = sorted({e.split(":", 1)[0] for e in errors.values()})
+            raise SubjectError(
+                reasons[0] if len(reasons) == 1 else "all_rois_failed",
+                "; ".join(f"{k}: {v}" for k, v in errors.items()),
+            )
+        write_row(workdir / OUTPUT_FILE, task.subject_id, features)
+        return SubjectResult(
+            task.subject_id,
+            OK,
+            outputs={"features": OUTPUT_FILE},
+            info={"roi_errors": errors, "n_features": len(features)},
+        )
+
+
+def stage_from_config(config: dict) -> RadiomicsStage:
+    """The radiomics stage with the workflow configuration's settings."""
+    rc = config["radiomics"]
+    return RadiomicsStage(rc["params"], rc["rois"], rc["image"], rc["atlas"], rc["threads"])
+
+
+def build_radiomics_table(
+    summaries: Sequence[str | Path],
+    subject_ids: Sequence[str],
+    params: str | Path,
+    rois: Mapping[str, Sequence[int | str]],
+    out: str | Path,
+) -> pd.DataFrame:
+    """Cohort table from the shard summaries: one row per subject, NaN for failed subjects.
+
+    Columns are every ROI × feature seen, in ROI order, then PyRadiomics' order.
+    """
+    summary = read_summaries(summaries)
+    wanted = set(subject_ids)
+    rows: dict[str, dict[str, float]] = {}
+    for rec in summary.itertuples():
+        if rec.status == OK and rec.subject_id in wanted:
+            frame = pd.read_parquet(rec.outputs["features"])
+            rows[rec.subject_id] = frame.drop(columns="subject_id").iloc[0].to_dict()
+    order = [r.name for r in parse_rois(rois)]
+    seen: dict[str, None] = {}
+    for row in rows.values():
+        seen.update(dict.fromkeys(row))
+
+    def roi_index(column: str) -> int:
+        # Longest matching prefix: ROI names may prefix each other ("gm", "gm_left").
+        return max((len(r), i) for i, r in enumerate(order) if column.startswith(f"{r}_"))[1]
+
+    columns = sorted(seen, key=roi_index)  # stable: PyRadiomics' order within an ROI
+    table = cohort_frame(subject_ids, rows, columns)
+    failed = {
+        r.subject_id: f"{r.reason}: {r.detail}" for r in summary.itertuples() if r.status != OK
+    }
+    write_table(
+        table,
+        out,
+        {
+            "group": "radiomics",
+            "params_file": str(params),
+            "params_sha256": sha256_file(params),
+            "pyradiomics_version": version("pyradiomics"),
+            "rois": {k: list(v) for k, v in rois.items()},
+            "n_subjects": len(table),
+            "n_features": len(columns),
+            "failed": failed,
+        },
+    )
+    return table

@@ -1,0 +1,290 @@
+"""Quality control: per-subject checks and the manifest that decides who trains.
+
+Each check yields issues with a machine-readable code (``stage:reason``, e.g.
+``cache:grid_mismatch``, ``stats:stats_missing``, ``qc:surface_holes``) and a human-readable
+detail. A code's severity is ``fail`` (the subject cannot train), ``warn`` (trains; a missing
+feature group is masked out of its task) or ``ignore``: discovery and cache problems fail by
+default, everything else warns; ``qc.severity`` in the config overrides single codes. A subject's
+status is the worst severity among its issues (``pass`` when none).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from damt.features.tables import KEY, feature_columns
+from damt.shards import OK
+
+PASS, WARN, FAIL, IGNORE = "pass", "warn", "fail", "ignore"
+_RANK = {PASS: 0, IGNORE: 0, WARN: 1, FAIL: 2}
+FAIL_BY_DEFAULT = ("discovery:", "cache:")
+FEATURE_GROUPS = ("morphometry_global", "morphometry_local", "radiomics")
+
+
+@dataclass(frozen=True)
+class QcSettings:
+    """Thresholds of the checks (``qc`` section of the config)."""
+
+    expected_labels: tuple[int, ...] = ()
+    voxel_size_range: tuple[float, float] = (0.5, 1.5)
+    shape_range: tuple[int, int] = (128, 512)
+    intensity_p99_range: tuple[float, float] = (50.0, 5000.0)
+    etiv_range: tuple[float, float] = (900_000.0, 2_200_000.0)
+    max_surface_holes: float = 200.0
+    outlier_z: float = 5.0
+    max_outliers: int = 5
+    severity: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, qc: Mapping) -> QcSettings:
+        return cls(
+            tuple(qc["expected_labels"]),
+            tuple(qc["voxel_size_range"]),
+            tuple(qc["shape_range"]),
+            tuple(qc["intensity_p99_range"]),
+            tuple(qc["etiv_range"]),
+            qc["max_surface_holes"],
+            qc["outlier_z"],
+            qc["max_outliers"],
+            dict(qc["severity"]),
+        )
+
+
+def severity_of(code: str, overrides: Mapping[str, str]) -> str:
+    """Severity of an issue code: the config's override, else the default by stage."""
+    if code in overrides:
+        return overrides[code]
+    return FAIL if code.startswith(FAIL_BY_DEFAULT) else WARN
+
+
+def status_of(codes: Sequence[str], overrides: Mapping[str, str]) -> str:
+    """Worst severity among issue codes (``pass`` when there is none)."""
+    worst = PASS
+    for code in codes:
+        sev = severity_of(code, overrides)
+        if _RANK[sev] > _RANK[worst]:
+            worst = sev
+    return worst
+
+
+def _outside(value: float, bounds: Sequence[float]) -> bool:
+    return not (bounds[0] <= value <= bounds[1])
+
+
+def volume_issues(info: Mapping, s: QcSettings) -> list[tuple[str, str]]:
+    """Issues from the volume measures the cache stage records."""
+    out = []
+    vox = info.get("voxel_size", [])
+    if any(_outside(v, s.voxel_size_range) for v in vox):
+        out.append(("qc:voxel_size", f"voxel size {vox} mm outside {list(s.voxel_size_range)}"))
+    shape = info.get("shape", [])
+    if any(_outside(v, s.shape_range) for v in shape):
+        out.append(("qc:shape", f"shape {shape} outside {list(s.shape_range)} per axis"))
+    p99 = info.get("intensity_p1_p50_p99", [np.nan] * 3)[2]
+    if not np.isfinite(p99) or _outside(p99, s.intensity_p99_range):
+        out.append(
+            (
+                "qc:intensity",
+                f"99th intensity percentile in the brain {p99} outside "
+                f"{list(s.intensity_p99_range)}",
+            )
+        )
+    if info.get("missing_expected_labels"):
+        out.append(
+            ("qc:missing_labels", f"expected labels absent: {info['missing_expected_labels']}")
+        )
+    if info.get("unexpected_labels"):
+        listed = ", ".join(f"{k} ({v} voxels)" for k, v in info["unexpected_labels"].items())
+        out.append(
+            (
+                "qc:unexpected_labels",
+                f"labels outside the label table (background in the cache): {listed}",
+            )
+        )
+    return out
+
+
+def stage_issues(stage: str, row: Mapping | None) -> list[tuple[str, str]]:
+    """Issues of a per-subject stage result (a shard summary row)."""
+    if row is None:
+        return [(f"{stage}:not_run", f"no {stage} result for this subject")]
+    if row["status"] != OK:
+        return [(f"{stage}:{row['reason']}", row["detail"])]
+    info = row.get("info") or {}
+    out = []
+    if info.get("file_errors"):
+        out.append((f"{stage}:file_errors", "; ".join(info["file_errors"].values())))
+    if info.get("roi_errors"):
+        out.append(
+            (f"{stage}:roi_errors", "; ".join(f"{k}: {v}" for k, v in info["roi_errors"].items()))
+        )
+    return out
+
+
+def freesurfer_issues(holes: float, etiv: float, s: QcSettings) -> list[tuple[str, str]]:
+    """FreeSurfer's own QC numbers: surface defect holes (Euler number) and eTIV."""
+    out = []
+    if np.isfinite(holes) and holes > s.max_surface_holes:
+        euler = 2 - 2 * holes
+        out.append(
+            (
+                "qc:surface_holes",
+                f"{holes:g} surface defect holes before fixing (Euler "
+                f"number {euler:g}) > {s.max_surface_holes:g}",
+            )
+        )
+    if np.isfinite(etiv) and _outside(etiv, s.etiv_range):
+        out.append(("qc:etiv", f"eTIV {etiv:.0f} mm^3 outside {list(s.etiv_range)}"))
+    return out
+
+
+def _available(tables: Mapping[str, pd.DataFrame]) -> dict[str, set[str]]:
+    """Subjects with at least one value in each feature table."""
+    out = {}
+    for group, frame in tables.items():
+        cols = feature_columns(frame)
+        has = frame[cols].notna().any(axis=1) if cols else pd.Series(False, index=frame.index)
+        out[group] = set(frame.loc[has, KEY])
+    return out
+
+
+def build_checks(
+    subjects: pd.DataFrame,
+    report: pd.DataFrame,
+    summaries: Mapping[str, pd.DataFrame],
+    fs_qc: pd.DataFrame,
+    tables: Mapping[str, pd.DataFrame],
+    s: QcSettings,
+) -> pd.DataFrame:
+    """One row per discovered subject (included and flagged) with issues and status.
+
+    ``summaries`` maps stage → shard summaries; ``fs_qc`` has ``subject_id, surface_holes,
+    etiv``; ``tables`` maps feature group → cohort table. Outliers are added later by
+    :func:`add_outliers` (they need the normalised tables, fitted on these statuses).
+    """
+    by_stage = {
+        st: {r["subject_id"]: r for r in df.to_dict("records")} for st, df in summaries.items()
+    }
+    fsq = fs_qc.set_index(KEY) if len(fs_qc) else pd.DataFrame(columns=["surface_holes", "etiv"])
+    available = _available(tables)
+    rows = []
+    for rec in subjects.itertuples():
+        sid = rec.subject_id
+        issues: list[tuple[str, str]] = []
+        cache = by_stage.get("cache", {}).get(sid)
+        for stage in ("cache", "stats", "radiomics"):
+            if stage in by_stage:
+                issues += stage_issues(stage, by_stage[stage].get(sid))
+        if cache is not None and cache["status"] == OK:
+            issues += volume_issues(cache["info"], s)
+        holes = float(fsq.loc[sid, "surface_holes"]) if sid in fsq.index else np.nan
+        etiv = float(fsq.loc[sid, "etiv"]) if sid in fsq.index else np.nan
+        issues += freesurfer_issues(holes, etiv, s)
+        for group in tables:
+            if sid not in available[group]:
+                issues.append((f"features:{group}_missing", f"no {group} values"))
+        stats_row = by_stage.get("stats", {}).get(sid)
+        rows.append(
+            {
+                KEY: sid,
+                "path": rec.path,
+                "discovery": "included",
+                "issues": issues,
+                "has_cache": cache is not None and cache["status"] == OK,
+                "cache_dir": (
+                    os.path.dirname(cache["outputs"]["image"])
+                    if cache is not None and cache["status"] == OK
+                    else ""
+                ),
+                **{f"has_{g}": sid in available.get(g, set()) for g in FEATURE_GROUPS},
+                "fs_version": ((stats_row or {}).get("info") or {}).get("fs_version", ""),
+                "surface_holes": holes,
+                "etiv": etiv,
+            }
+        )
+    for rec in report[report["status"] == "flagged"].itertuples():
+        rows.append(
+            {
+                KEY: rec.subject_id,
+                "path": rec.folder,
+                "discovery": "flagged",
+                "issues": [(f"discovery:{rec.reason}", rec.detail)],
+                "has_cache": False,
+                "cache_dir": "",
+                **{f"has_{g}": False for g in FEATURE_GROUPS},
+                "fs_version": "",
+                "surface_holes": np.nan,
+                "etiv": np.nan,
+            }
+        )
+    frame = pd.DataFrame(rows)
+    return _finish(frame, s).sort_values(KEY, ignore_index=True)
+
+
+def _finish(frame: pd.DataFrame, s: QcSettings) -> pd.DataFrame:
+    """Derive ``reasons``, ``detail`` and ``status`` from the issue list."""
+    active = [
+        [(c, d) for c, d in issues if severity_of(c, s.severity) != IGNORE]
+        for issues in frame["issues"]
+    ]
+    frame = frame.copy()
+    frame["reasons"] = [[c for c, _ in iss] for iss in active]
+    frame["detail"] = ["; ".join(f"{c}: {d}" for c, d in iss) for iss in active]
+    frame["status"] = [status_of(r, s.severity) for r in frame["reasons"]]
+    return frame
+
+
+def count_outliers(z_tables: Sequence[pd.DataFrame], threshold: float) -> pd.Series:
+    """Per subject, the number of normalised values with ``|z| > threshold`` (NaN ignored)."""
+    counts: dict[str, int] = {}
+    for frame in z_tables:
+        cols = feature_columns(frame)
+        if not cols:
+            continue
+        n = (frame[cols].abs() > threshold).sum(axis=1)
+        for sid, k in zip(frame[KEY], n, strict=True):
+            counts[sid] = counts.get(sid, 0) + int(k)
+    return pd.Series(counts, dtype="int64")
+
+
+def add_outliers(checks: pd.DataFrame, outliers: pd.Series, s: QcSettings) -> pd.DataFrame:
+    """Final manifest: outlier counts added as an issue where above ``max_outliers``."""
+    frame = checks.copy()
+    frame["n_outliers"] = [int(outliers.get(sid, 0)) for sid in frame[KEY]]
+    issues = []
+    for iss, n in zip(frame["issues"], frame["n_outliers"], strict=True):
+        extra = (
+            [("qc:outliers", f"{n} feature values with |z| > {s.outlier_z:g}")]
+            if n > s.max_outliers
+            else []
+        )
+        issues.append(list(iss) + extra)
+    frame["issues"] = issues
+    return _finish(frame, s)
+
+
+MANIFEST_COLUMNS = [
+    KEY,
+    "status",
+    "reasons",
+    "detail",
+    "path",
+    "discovery",
+    "has_cache",
+    "cache_dir",
+    *(f"has_{g}" for g in FEATURE_GROUPS),
+    "fs_version",
+    "surface_holes",
+    "etiv",
+    "n_outliers",
+]
+
+
+def manifest_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The manifest's columns, in order (the issue tuples are folded into reasons/detail)."""
+    return frame[MANIFEST_COLUMNS].reset_index(drop=True)

@@ -1,0 +1,113 @@
+"""The QC page of the Snakemake report: distributions, failures, and a slice montage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt  # without a display matplotlib falls back to Agg
+import numpy as np
+import pandas as pd
+
+from damt.cache import ATLAS_FILE, IMAGE_FILE
+from damt.features.tables import KEY
+from damt.io import write_atomic
+
+STATUS_COLOURS = {"pass": "tab:green", "warn": "tab:orange", "fail": "tab:red"}
+
+
+def measure_frame(
+    manifest: pd.DataFrame, tables: Mapping[str, pd.DataFrame], measures: Sequence[str]
+) -> pd.DataFrame:
+    """Key measures per subject: manifest columns or columns of any feature table."""
+    out = manifest[[KEY, "status"]].copy()
+    for name in measures:
+        if name in manifest.columns:
+            out[name] = manifest[name].to_numpy()
+            continue
+        for frame in tables.values():
+            if name in frame.columns:
+                out = out.merge(frame[[KEY, name]], on=KEY, how="left")
+                break
+    return out
+
+
+def plot_distributions(measures: pd.DataFrame, path: str | Path, outlier_z: float) -> None:
+    """One strip plot per measure, coloured by QC status; robust-z outliers are labelled."""
+    cols = [
+        c for c in measures.columns if c not in (KEY, "status") and measures[c].notna().sum() > 0
+    ]
+    n = max(len(cols), 1)
+    ncols = min(4, n)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    rng = np.random.default_rng(0)
+    for ax, col in zip(axes.ravel(), cols, strict=False):
+        vals = measures[col].to_numpy(dtype=float)
+        ok = np.isfinite(vals)
+        med = np.nanmedian(vals)
+        mad = np.nanmedian(np.abs(vals - med)) * 1.4826
+        z = (vals - med) / mad if mad > 0 else np.zeros_like(vals)
+        jitter = rng.uniform(-0.2, 0.2, size=len(vals))
+        for status, colour in STATUS_COLOURS.items():
+            sel = ok & (measures["status"].to_numpy() == status)
+            ax.scatter(jitter[sel], vals[sel], s=18, c=colour, label=status, alpha=0.8)
+        for i in np.flatnonzero(ok & (np.abs(z) > outlier_z)):
+            ax.annotate(measures[KEY].iloc[i], (jitter[i], vals[i]), fontsize=7, color="red")
+        ax.set_title(col, fontsize=9)
+        ax.set_xticks([])
+    for ax in axes.ravel()[len(cols) :]:
+        ax.axis("off")
+    if cols:
+        axes.ravel()[0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"Key measures by QC status (labelled: robust |z| > {outlier_z:g})")
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)
+
+
+def write_failures(manifest: pd.DataFrame, path: str | Path) -> pd.DataFrame:
+    """TSV of every subject that does not pass, with its reasons (the report's table)."""
+    rows = manifest[manifest["status"] != "pass"]
+    table = pd.DataFrame(
+        {
+            KEY: rows[KEY],
+            "status": rows["status"],
+            "reasons": [", ".join(r) for r in rows["reasons"]],
+            "detail": rows["detail"],
+        }
+    ).sort_values(["status", KEY], ascending=[True, True])
+    write_atomic(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False))
+    return table
+
+
+def plot_montage(manifest: pd.DataFrame, path: str | Path, n_subjects: int) -> None:
+    """Mid-slices (three planes) of a few cached subjects with the atlas overlaid."""
+    cached = manifest[manifest["has_cache"]].sort_values(["status", KEY])
+    picks = cached.head(n_subjects)
+    n = max(len(picks), 1)
+    fig, axes = plt.subplots(3, n, figsize=(2.6 * n, 7.8), squeeze=False)
+    for col, rec in enumerate(picks.itertuples()):
+        image = np.load(Path(rec.cache_dir) / IMAGE_FILE, mmap_mode="r")
+        atlas = np.load(Path(rec.cache_dir) / ATLAS_FILE, mmap_mode="r")
+        centre = [s // 2 for s in image.shape]
+        planes = [
+            (np.asarray(image[centre[0]]), np.asarray(atlas[centre[0]])),
+            (np.asarray(image[:, centre[1]]), np.asarray(atlas[:, centre[1]])),
+            (np.asarray(image[:, :, centre[2]]), np.asarray(atlas[:, :, centre[2]])),
+        ]
+        for row, (img, lab) in enumerate(planes):
+            ax = axes[row, col]
+            ax.imshow(np.rot90(img.astype(np.float32)), cmap="gray", vmin=0, vmax=1)
+            overlay = np.ma.masked_equal(np.rot90(lab.astype(np.int32)), 0)
+            ax.imshow(overlay % 20, cmap="tab20", alpha=0.35, interpolation="nearest")
+            ax.axis("off")
+        axes[0, col].set_title(
+            f"{rec.subject_id} ({rec.status})", fontsize=8, color=STATUS_COLOURS[rec.status]
+        )
+    for ax in axes[:, len(picks) :].ravel():
+        ax.axis("off")
+    fig.suptitle("Training cache: mid-slices with the atlas classes overlaid")
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    plt.close(fig)

@@ -1,0 +1,172 @@
+"""Training cache: the MONAI chain once per subject, label remapping, QC measures, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from damt.cache import ATLAS_FILE, IMAGE_FILE, CacheSettings, CacheStage, monai_chain
+from damt.freesurfer.labels import LabelTable, read_label_table
+from damt.shards import FAILED, OK, SubjectTask, run_tasks, stage_dir
+from tests.conftest import REPO
+from tests.volume_fixtures import blob_volumes, make_subject, save_mgz
+
+TABLE = REPO / "config" / "labels" / "freesurfer7_aparc+aseg.tsv"
+
+
+def _stage(settings: CacheSettings | None = None, expected=(2, 17)) -> CacheStage:
+    stage = CacheStage(TABLE, settings or CacheSettings(min_size=48), expected_labels=expected)
+    stage.setup()
+    return stage
+
+
+def _run(stage, subject: Path, out: Path):
+    ((res, _),) = run_tasks(stage, [SubjectTask(subject.name, subject)], out)
+    return res
+
+
+def test_label_table():
+    table = read_label_table(TABLE)
+    assert table.n_classes == 112
+    assert table.labels[0] == 0 and table.names[0] == "Unknown"
+    assert "ctx-rh-insula" in table.names and 1004 not in table.labels
+    classes, unknown = table.remap(np.array([0, 2, 2035, 1004, 1004, 9999]))
+    assert classes.tolist() == [0, 1, 111, 0, 0, 0] and classes.dtype == np.uint8
+    assert unknown == {1004: 2, 9999: 1}
+
+
+def test_label_table_errors(tmp_path: Path):
+    bad = tmp_path / "t.tsv"
+    bad.write_text("index\tlabel\tname\n0\t2\tWM\n")
+    with pytest.raises(ValueError, match="row 0 must map label 0"):
+        read_label_table(bad)
+    bad.write_text("index\tlabel\tname\n0\t0\tUnknown\n2\t4\tX\n")
+    with pytest.raises(ValueError, match=r"run 0\.\.K-1"):
+        read_label_table(bad)
+    bad.write_text("id\tlabel\n")
+    with pytest.raises(ValueError, match="header"):
+        read_label_table(bad)
+    with pytest.raises(ValueError, match="twice"):
+        LabelTable([0, 2, 2], ["a", "b", "c"])
+
+
+def test_cache_of_a_subject(tmp_path: Path):
+    subject = make_subject(tmp_path)
+    res = _run(_stage(), subject, tmp_path / "out")
+    assert res.status == OK
+    where = stage_dir(tmp_path / "out", subject.name, "cache")
+    image = np.load(where / IMAGE_FILE, mmap_mode="r")
+    atlas = np.load(where / ATLAS_FILE, mmap_mode="r")
+    assert isinstance(image, np.memmap) and image.dtype == np.float16
+    assert atlas.dtype == np.uint8 and atlas.shape == image.shape
+    assert min(image.shape) >= 48  # padded to min_size
+    assert float(image.min()) == 0.0 and float(image.max()) == 1.0
+    table = read_label_table(TABLE)
+    assert set(np.unique(atlas)) == {
+        0,
+        *(int(np.flatnonzero(table.labels == lab)[0]) for lab in (2, 17, 1001)),
+    }
+    assert res.info["n_classes"] == 112 and res.info["missing_expected_labels"] == []
+    assert res.info["voxel_size"] == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.slow
+def test_cache_matches_original_monai_chain_on_bert(tmp_path: Path, bert: Path):
+    """The stage's arrays equal the original per-sample MONAI chain (LoadImaged from file)."""
+    from monai import transforms as T
+
+    settings = CacheSettings()
+    res = _run(_stage(settings), bert, tmp_path)
+    where = stage_dir(tmp_path, "bert", "cache")
+    load = T.Compose(
+        [
+            T.LoadImaged(keys=["image", "atlas"], reader="NibabelReader", image_only=True),
+            T.EnsureChannelFirstd(keys=["image", "atlas"]),
+        ]
+    )
+    sample = load(
+        {"image": str(bert / "mri/brainmask.mgz"), "atlas": str(bert / "mri/aparc+aseg.mgz")}
+    )
+    out = monai_chain(settings)(sample)
+    np.testing.assert_array_equal(
+        np.load(where / IMAGE_FILE), out["image"][0].numpy().astype(np.float16)
+    )
+    classes, _ = read_label_table(TABLE).remap(out["atlas"][0].numpy())
+    np.testing.assert_array_equal(np.load(where / ATLAS_FILE), classes)
+    # RAS voxel axes: the left hemisphere (ctx-lh-*) lies at lower first-axis indices.
+    atlas = np.load(where / ATLAS_FILE)
+    table = read_label_table(TABLE)
+    lh = np.isin(atlas, np.flatnonzero((table.labels >= 1000) & (table.labels < 2000)))
+    rh = np.isin(atlas, np.flatnonzero(table.labels >= 2000))
+    assert np.argwhere(lh)[:, 0].mean() < np.argwhere(rh)[:, 0].mean()
+    assert res.info["unexpected_labels"] == {} and len(np.unique(atlas)) == 110
+    assert all(s >= 128 for s in atlas.shape)
+
+
+@pytest.mark.slow
+def test_fsaverage_labels_outside_the_table_are_reported(tmp_path: Path, fsaverage: Path):
+    res = _run(_stage(CacheSettings()), fsaverage, tmp_path)
+    assert res.status == OK
+    assert set(res.info["unexpected_labels"]) == {"1000", "1004", "2000", "2004"}
+    assert set(res.info["cache_unknown_labels"]) == {"1000", "1004", "2000", "2004"}
+
+
+def test_corrupt_volume(tmp_path: Path):
+    subject = make_subject(tmp_path)
+    target = subject / "mri" / "aparc+aseg.mgz"
+    target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])
+    res = _run(_stage(), subject, tmp_path / "out")
+    assert (res.status, res.reason) == (FAILED, "volume_unreadable")
+    assert "aparc+aseg.mgz" in res.detail
+    assert sorted(p.name for p in stage_dir(tmp_path / "out", "s1", "cache").iterdir()) == [
+        "result.json"
+    ]
+
+
+def test_grid_mismatch(tmp_path: Path):
+    image, labels = blob_volumes()
+    subject = make_subject(tmp_path, "s1", image, labels)
+    save_mgz(labels, subject / "mri" / "aparc+aseg.mgz", np.diag([1.2, 1.2, 1.2, 1.0]))
+    res = _run(_stage(), subject, tmp_path / "out")
+    assert (res.status, res.reason) == (FAILED, "grid_mismatch")
+    assert "spacing" in res.detail
+
+
+def test_nonfinite_and_empty_images(tmp_path: Path):
+    image, labels = blob_volumes()
+    bad = image.astype(np.float32)
+    bad[5, 5, 5] = np.inf
+    res = _run(_stage(), make_subject(tmp_path, "inf", bad, labels), tmp_path / "out")
+    assert (res.reason, res.detail) == (
+        "nonfinite_intensities",
+        "mri/brainmask.mgz has 1 non-finite voxels",
+    )
+    res = _run(
+        _stage(), make_subject(tmp_path, "zero", np.zeros_like(image), labels), tmp_path / "out"
+    )
+    assert res.reason == "empty_image"
+
+
+def test_unknown_label_is_background_and_reported(tmp_path: Path):
+    image, labels = blob_volumes()
+    labels[labels == 17] = 12345
+    res = _run(_stage(), make_subject(tmp_path, "s1", image, labels), tmp_path / "out")
+    assert res.status == OK
+    assert res.info["unexpected_labels"] == {"12345": int((labels == 12345).sum())}
+    assert res.info["missing_expected_labels"] == [17]
+    assert "12345" in res.info["cache_unknown_labels"]
+
+
+def test_settings_change_recomputes(tmp_path: Path):
+    subject = make_subject(tmp_path)
+    out = tmp_path / "out"
+    _run(_stage(), subject, out)
+    ((_, cached),) = run_tasks(_stage(), [SubjectTask("s1", subject)], out)
+    assert cached
+    ((res, cached),) = run_tasks(
+        _stage(CacheSettings(spacing=2.0, min_size=16)), [SubjectTask("s1", subject)], out
+    )
+    assert not cached
+    assert max(res.info["cache_shape"]) < 25  # 2 mm voxels: about half of the 40-voxel blob

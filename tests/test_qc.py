@@ -1,0 +1,203 @@
+"""QC checks and the manifest: issues, severities, availability flags, outliers, report assets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from damt.features.tables import cohort_frame
+from damt.qc import (
+    QcSettings,
+    add_outliers,
+    build_checks,
+    count_outliers,
+    manifest_frame,
+    severity_of,
+    status_of,
+)
+from damt.qc_report import measure_frame, plot_distributions, plot_montage, write_failures
+
+GOOD_VOLUME = {
+    "voxel_size": [1.0, 1.0, 1.0],
+    "shape": [256, 256, 256],
+    "intensity_p1_p50_p99": [40.0, 90.0, 112.0],
+    "missing_expected_labels": [],
+    "unexpected_labels": {},
+}
+
+
+def summary(stage_rows: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in stage_rows:
+        rows.append(
+            {
+                "subject_id": r["id"],
+                "status": r.get("status", "ok"),
+                "reason": r.get("reason", ""),
+                "detail": r.get("detail", ""),
+                "cached": False,
+                "outputs": r.get("outputs", {}),
+                "info": r.get("info", {}),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def inputs(tmp_path: Path):
+    ids = ["a", "b", "c", "d"]
+    subjects = pd.DataFrame({"subject_id": ids, "path": [f"/s/{i}" for i in ids]})
+    report = pd.DataFrame(
+        [
+            {"subject_id": i, "folder": f"/s/{i}", "status": "included", "reason": "", "detail": ""}
+            for i in ids
+        ]
+        + [
+            {
+                "subject_id": "bad id",
+                "folder": "/s/bad id",
+                "status": "flagged",
+                "reason": "illegal_id",
+                "detail": "not a valid subject id",
+            },
+            {
+                "subject_id": "fsaverage5",
+                "folder": "/s/fsaverage5",
+                "status": "skipped",
+                "reason": "excluded_pattern",
+                "detail": "",
+            },
+        ]
+    )
+    cache_dir = tmp_path / "cache"
+    outputs = {"image": f"{cache_dir}/image.npy", "atlas": f"{cache_dir}/atlas.npy"}
+    cache = summary(
+        [
+            {"id": "a", "info": GOOD_VOLUME, "outputs": outputs},
+            {
+                "id": "b",
+                "info": {
+                    **GOOD_VOLUME,
+                    "unexpected_labels": {"1000": 50},
+                    "voxel_size": [2.0, 2.0, 2.0],
+                },
+                "outputs": outputs,
+            },
+            {"id": "c", "status": "failed", "reason": "grid_mismatch", "detail": "size differs"},
+            {"id": "d", "info": GOOD_VOLUME, "outputs": outputs},
+        ]
+    )
+    stats = summary(
+        [
+            {"id": "a", "info": {"fs_version": "7.2.0"}},
+            {"id": "b", "status": "failed", "reason": "stats_missing", "detail": "no stats/"},
+            {"id": "c"},
+            {"id": "d", "info": {"file_errors": {"wmparc.stats": "wmparc.stats:70: bad row"}}},
+        ]
+    )
+    radiomics = summary([{"id": i} for i in ids])
+    fs_qc = pd.DataFrame(
+        {
+            "subject_id": ["a", "c", "d"],
+            "surface_holes": [29.0, 12.0, 450.0],
+            "etiv": [1.5e6, 1.4e6, 3.1e6],
+        }
+    )
+    morph = cohort_frame(ids, {"a": {"x": 1.0}, "c": {"x": 2.0}, "d": {"x": 3.0}}, ["x"])
+    rad = cohort_frame(ids, {i: {"t": 1.0} for i in ids}, ["t"])
+    return (
+        subjects,
+        report,
+        {"cache": cache, "stats": stats, "radiomics": radiomics},
+        fs_qc,
+        {"morphometry_global": morph, "radiomics": rad},
+    )
+
+
+def test_severity_defaults_and_overrides():
+    assert severity_of("cache:grid_mismatch", {}) == "fail"
+    assert severity_of("discovery:illegal_id", {}) == "fail"
+    assert severity_of("stats:stats_missing", {}) == "warn"
+    assert severity_of("qc:unexpected_labels", {"qc:unexpected_labels": "ignore"}) == "ignore"
+    assert status_of([], {}) == "pass"
+    assert status_of(["qc:etiv", "cache:volume_unreadable"], {}) == "fail"
+    assert status_of(["qc:etiv"], {"qc:etiv": "fail"}) == "fail"
+
+
+def test_checks_statuses_and_reasons(inputs):
+    checks = build_checks(*inputs, QcSettings())
+    rows = checks.set_index("subject_id")
+    assert list(checks.subject_id) == ["a", "b", "bad id", "c", "d"]  # skipped ones absent
+    assert rows.loc["a", "status"] == "pass" and rows.loc["a", "reasons"] == []
+    assert rows.loc["a", "has_cache"] and rows.loc["a", "cache_dir"].endswith("cache")
+    assert rows.loc["a", "fs_version"] == "7.2.0"
+    assert rows.loc["b", "status"] == "warn"
+    assert set(rows.loc["b", "reasons"]) == {
+        "stats:stats_missing",
+        "qc:voxel_size",
+        "qc:unexpected_labels",
+        "features:morphometry_global_missing",
+    }
+    assert "1000 (50 voxels)" in rows.loc["b", "detail"]
+    assert rows.loc["c", "status"] == "fail" and "cache:grid_mismatch" in rows.loc["c", "reasons"]
+    assert not rows.loc["c", "has_cache"]
+    assert rows.loc["bad id", "status"] == "fail"
+    assert rows.loc["bad id", "reasons"] == ["discovery:illegal_id"]
+    assert set(rows.loc["d", "reasons"]) == {"stats:file_errors", "qc:surface_holes", "qc:etiv"}
+    assert "Euler number -898" in rows.loc["d", "detail"]
+    assert rows.loc["d", "has_morphometry_global"] and not rows.loc["b", "has_morphometry_global"]
+    assert rows.loc["b", "has_radiomics"] and not rows.loc["bad id", "has_radiomics"]
+
+
+def test_severity_override_changes_status(inputs):
+    s = QcSettings(severity={"qc:voxel_size": "fail"})
+    rows = build_checks(*inputs, s).set_index("subject_id")
+    assert rows.loc["b", "status"] == "fail"
+    s = QcSettings(
+        severity={"qc:surface_holes": "ignore", "qc:etiv": "ignore", "stats:file_errors": "ignore"}
+    )
+    rows = build_checks(*inputs, s).set_index("subject_id")
+    assert rows.loc["d", "status"] == "pass" and rows.loc["d", "reasons"] == []
+
+
+def test_outliers_turn_pass_into_warn(inputs):
+    checks = build_checks(*inputs, QcSettings())
+    z = cohort_frame(
+        ["a", "b", "d"],
+        {"a": {f"f{i}": 9.0 for i in range(7)}, "b": {"f0": -6.0, "f1": np.nan}},
+        [f"f{i}" for i in range(7)],
+    )
+    counts = count_outliers([z], threshold=5.0)
+    assert counts.to_dict() == {"a": 7, "b": 1, "d": 0}
+    final = manifest_frame(add_outliers(checks, counts, QcSettings(max_outliers=5)))
+    rows = final.set_index("subject_id")
+    assert rows.loc["a", "status"] == "warn" and rows.loc["a", "reasons"] == ["qc:outliers"]
+    assert rows.loc["a", "n_outliers"] == 7 and rows.loc["c", "n_outliers"] == 0
+    assert "qc:outliers" not in rows.loc["b", "reasons"]
+
+
+def test_report_assets(inputs, tmp_path: Path):
+    checks = build_checks(*inputs, QcSettings())
+    manifest = manifest_frame(add_outliers(checks, pd.Series(dtype="int64"), QcSettings()))
+    failures = write_failures(manifest, tmp_path / "failures.tsv")
+    assert set(failures.subject_id) == {"b", "bad id", "c", "d"}
+    assert "discovery:illegal_id" in (tmp_path / "failures.tsv").read_text()
+    measures = measure_frame(manifest, inputs[4], ["etiv", "surface_holes", "x", "absent"])
+    assert list(measures.columns) == ["subject_id", "status", "etiv", "surface_holes", "x"]
+    plot_distributions(measures, tmp_path / "dist.png", outlier_z=3.0)
+    assert (tmp_path / "dist.png").read_bytes()[:4] == b"\x89PNG"
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    np.save(
+        cache_dir / "image.npy",
+        np.random.default_rng(0).random((20, 24, 22), np.float32).astype(np.float16),
+    )
+    np.save(
+        cache_dir / "atlas.npy",
+        np.random.default_rng(1).integers(0, 5, (20, 24, 22)).astype(np.uint8),
+    )
+    plot_montage(manifest, tmp_path / "montage.png", n_subjects=3)
+    assert (tmp_path / "montage.png").stat().st_size > 1000

@@ -1,0 +1,16 @@
+"""Cohort radiomics table from the shard summaries."""
+
+import _damt_path  # noqa: F401
+
+from damt.discovery import read_discovery_subject_ids
+from damt.features.radiomics import build_radiomics_table
+from damt.logs import setup_logging
+
+setup_logging(log_file=snakemake.log[0], stderr=False)
+build_radiomics_table(
+    snakemake.input.summaries,
+    read_discovery_subject_ids(snakemake.input.subjects),
+    snakemake.config["radiomics"]["params"],
+    snakemake.config["radiomics"]["rois"],
+    snakemake.output.table,
+)
