@@ -1,0 +1,96 @@
+"""Dry-run cost of the workflow's DAG at cohort scale.
+
+Builds a SUBJECTS_DIR of N subject folders holding empty placeholder volumes (a dry run reads
+none of them), then times ``snakemake -n`` on the real Snakefile (discovery included) in a child
+process and reads its peak resident memory. Sharding follows the README's recommendation
+(about 100 subjects per shard) unless --shards is given.
+
+    python bench/dag.py --subjects 60000
+    ... last line: subjects=N dry_run_s=X peak_mb=Y
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "bench" / ".work" / "dag"
+REQUIRED = ("mri/brainmask.mgz", "mri/aparc+aseg.mgz")
+
+
+def make_cohort(root: Path, n: int) -> None:
+    """N placeholder subjects (reused across runs of the same size)."""
+    marker = root / f".complete-{n}"
+    if marker.exists():
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    for i in range(n):
+        mri = root / f"sub-{i:06d}" / "mri"
+        mri.mkdir(parents=True)
+        for rel in REQUIRED:
+            (root / f"sub-{i:06d}" / rel).touch()
+    marker.touch()
+
+
+def dry_run(config: Path, workdir: Path, extra: list[str]) -> tuple[float, float, str]:
+    """(seconds, peak MiB, tail of output) of one ``snakemake -n`` in a child process."""
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "-n", "--quiet", "rules",
+           "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(REPO / "config" / "config.yaml"), str(config), *extra]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    seconds = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode != 0:
+        raise SystemExit(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    if peak_kb <= before:
+        print("warning: peak memory of this child not above an earlier child's", file=sys.stderr)
+    return seconds, peak_kb / 1024, (proc.stdout + proc.stderr).strip()[-600:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subjects", type=int, required=True)
+    parser.add_argument("--shards", type=int, default=None,
+                        help="sharding.n_shards (default: subjects // 100, at least 1)")
+    args = parser.parse_args()
+    n_shards = args.shards if args.shards is not None else max(1, args.subjects // 100)
+    cohort = WORK / f"subjects-{args.subjects}"
+    t0 = time.perf_counter()
+    make_cohort(cohort, args.subjects)
+    print(f"cohort of {args.subjects} placeholder subjects ready "
+          f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    run = WORK / f"run-{args.subjects}-{n_shards}"
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    config = run / "bench.yaml"
+    config.write_text(yaml.safe_dump({
+        "outdir": str(run / "results"),
+        "subjects": {"dirs": [{"path": str(cohort)}], "exclude": []},
+        "sharding": {"n_shards": n_shards},
+        "demo": {"enabled": False},
+    }))
+    # The repository's config files (params, label table) are read relative to the workdir.
+    for rel in ("config",):
+        os.symlink(REPO / rel, run / rel)
+    first, first_mb, _ = dry_run(config, run, [])
+    second, second_mb, tail = dry_run(config, run, [])
+    print(tail.splitlines()[-1] if tail else "", file=sys.stderr)
+    print(f"first dry run (writes the discovery files): {first:.1f} s, {first_mb:.0f} MiB",
+          file=sys.stderr)
+    print(f"subjects={args.subjects} shards={n_shards} dry_run_s={second:.1f} "
+          f"peak_mb={max(first_mb, second_mb):.0f}")
+
+
+if __name__ == "__main__":
+    main()
