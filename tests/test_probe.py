@@ -1,0 +1,80 @@
+"""Linear probe: nested CV finds real signal, reports chance for noise, refuses bad setups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from damt.probe import (
+    CLASSIFICATION,
+    REGRESSION,
+    ProbeError,
+    Target,
+    align,
+    nested_cv,
+    probe_all,
+)
+
+
+def data(n=60, p=8, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, p))
+    age = 50 + 10 * x[:, 0] - 5 * x[:, 1] + rng.normal(0, 2, n)
+    sex = np.where(x[:, 2] + rng.normal(0, 0.3, n) > 0, "M", "F")
+    ids = [f"s{i:03d}" for i in range(n)]
+    feats = pd.DataFrame(x, columns=[f"f{j}" for j in range(p)])
+    feats.insert(0, "subject_id", ids)
+    pheno = pd.DataFrame({"subject_id": ids, "age": age, "sex": sex})
+    return feats, pheno
+
+
+def test_regression_signal_and_noise():
+    feats, pheno = data()
+    x, y, _ = align(feats, pheno, Target("age", REGRESSION))
+    res = nested_cv(x, y, REGRESSION)
+    assert res["metrics"]["r2"]["mean"] > 0.8
+    assert res["metrics"]["mae"]["mean"] < 4.0
+    assert len(res["metrics"]["mae"]["folds"]) == 5 and res["n_subjects"] == 60
+    assert len(res["regularisation"]["chosen_per_fold"]) == 5
+    noise = np.random.default_rng(1).normal(size=x.shape)
+    assert nested_cv(noise, y, REGRESSION)["metrics"]["r2"]["mean"] < 0.15
+
+
+def test_classification_signal():
+    feats, pheno = data()
+    x, y, _ = align(feats, pheno, Target("sex", CLASSIFICATION))
+    res = nested_cv(x, y, CLASSIFICATION)
+    assert res["metrics"]["balanced_accuracy"]["mean"] > 0.8
+    assert res["metrics"]["auc"]["mean"] > 0.9
+    assert res["regularisation"]["parameter"] == "C"
+
+
+def test_align_drops_missing_and_restricts():
+    feats, pheno = data(n=10)
+    feats.loc[0, "f3"] = np.nan
+    pheno.loc[1, "age"] = np.nan
+    x, y, ids = align(feats, pheno, Target("age", REGRESSION), subjects=feats.subject_id[:8])
+    assert ids == [f"s{i:03d}" for i in range(2, 8)] and x.shape == (6, 8)
+    with pytest.raises(ProbeError, match="no column 'iq'"):
+        align(feats, pheno, Target("iq", REGRESSION))
+
+
+def test_bad_setups_are_explained():
+    x = np.zeros((3, 2))
+    with pytest.raises(ProbeError, match="at least 4"):
+        nested_cv(x, np.arange(3.0), REGRESSION)
+    with pytest.raises(ProbeError, match="only one class"):
+        nested_cv(np.zeros((10, 2)), np.array(["F"] * 10), CLASSIFICATION)
+    with pytest.raises(ProbeError, match="rarest class has 1"):
+        nested_cv(np.zeros((10, 2)), np.array(["F"] * 9 + ["M"]), CLASSIFICATION)
+    with pytest.raises(ProbeError, match="no feature columns"):
+        nested_cv(np.zeros((10, 0)), np.arange(10.0), REGRESSION)
+
+
+def test_probe_all_records_failures():
+    feats, pheno = data(n=30)
+    res = probe_all({"good": feats, "empty": feats[["subject_id"]]}, pheno,
+                    [Target("age", REGRESSION)])
+    assert res["age"]["good"]["metrics"]["r2"]["mean"] > 0.5
+    assert "no feature columns" in res["age"]["empty"]["error"]

@@ -1,0 +1,19 @@
+"""QC step 3: outliers, final statuses, the manifest and the QC report assets."""
+
+import _damt_path  # noqa: F401
+
+from damt.logs import setup_logging
+from damt.manifest import write_manifest
+from damt.qc import FEATURE_GROUPS
+
+setup_logging(log_file=snakemake.log[0], stderr=False)
+write_manifest(
+    snakemake.config,
+    snakemake.input.checks,
+    dict(zip(FEATURE_GROUPS, snakemake.input.z_tables, strict=True)),
+    dict(zip(FEATURE_GROUPS, snakemake.input.tables, strict=True)),
+    snakemake.output.manifest,
+    snakemake.output.failures,
+    snakemake.output.distributions,
+    snakemake.output.montage,
+)
