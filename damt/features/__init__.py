@@ -1,0 +1,1 @@
+"""Cohort feature tables built from the per-subject stage results."""
