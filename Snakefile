@@ -12,6 +12,7 @@ validate(config, "damt/resources/config.schema.yaml")
 
 
 include: "rules/common.smk"
+include: "rules/stats.smk"
 
 
 rule all:

@@ -30,4 +30,9 @@ def shard_members(wildcards):
 
 def all_targets():
     """Final outputs of the workflow."""
-    return [DISCOVERY_FILES["subjects"], DISCOVERY_FILES["report"]]
+    return [
+        DISCOVERY_FILES["subjects"],
+        DISCOVERY_FILES["report"],
+        f"{OUT}/features/morphometry_global.parquet",
+        f"{OUT}/features/morphometry_local.parquet",
+    ]
