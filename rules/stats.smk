@@ -15,8 +15,6 @@ rule stats:
         shard="[A-Za-z0-9._-]+",
     conda:
         "../envs/features.yaml"
-    params:
-        outdir=OUT,
     script:
         "../workflow/scripts/stats_shard.py"
 
@@ -35,7 +33,5 @@ rule morphometry_tables:
         f"{OUT}/benchmarks/morphometry_tables.tsv"
     conda:
         "../envs/features.yaml"
-    params:
-        outdir=OUT,
     script:
         "../workflow/scripts/morphometry_tables.py"

@@ -11,5 +11,5 @@ build_morphometry_tables(
     snakemake.input.subjects,
     snakemake.input.catalog,
     {"global": snakemake.output.global_table, "local": snakemake.output.local_table},
-    snakemake.params.outdir,
+    snakemake.config["outdir"],
 )

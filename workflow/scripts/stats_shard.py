@@ -8,7 +8,7 @@ from damt.freesurfer.stats_stage import run_stats_shard
 setup_logging(log_file=snakemake.log[0])
 run_stats_shard(
     snakemake.input.members,
-    snakemake.params.outdir,
+    snakemake.config["outdir"],
     snakemake.output.summary,
     workers=snakemake.threads,
 )
