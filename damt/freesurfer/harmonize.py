@@ -92,15 +92,15 @@ _ASEG_RENAMES = {
 }
 
 
-def canonical_structure(kind: str, name: str) -> str:
-    """Canonical (FreeSurfer 7) spelling of a structure name of a file of ``kind``."""
+def canonical_structures(kind: str, names: list[str]) -> list[str]:
+    """Canonical (FreeSurfer 7) spellings of the structure names of a file of ``kind``."""
     if kind in SEGSTATS_KINDS:
-        return _ASEG_RENAMES.get(name, name)
+        return [_ASEG_RENAMES.get(n, n) for n in names]
     if kind == "aparc.a2009s":
-        return name.replace("&", "_and_")
-    if kind.startswith("BA_exvivo") and not name.endswith("_exvivo"):
-        return f"{name}_exvivo"
-    return name
+        return [n.replace("&", "_and_") for n in names]
+    if kind.startswith("BA_exvivo"):
+        return [n if n.endswith("_exvivo") else f"{n}_exvivo" for n in names]
+    return list(names)
 
 
 # --- "# Measure" lines ----------------------------------------------------------------------

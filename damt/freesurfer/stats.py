@@ -19,11 +19,12 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from damt.freesurfer.harmonize import (
     KINDS,
     canonical_measure,
-    canonical_structure,
+    canonical_structures,
     classify_stats_file,
     stats_file_name,
 )
@@ -70,8 +71,7 @@ class StatsUnavailableError(Exception):
         self.detail = detail
 
 
-@dataclass(frozen=True)
-class Measure:
+class Measure(NamedTuple):
     """One ``# Measure KEY, NAME, DESCRIPTION, VALUE, UNIT`` line (canonical key and name)."""
 
     key: str
@@ -94,11 +94,6 @@ class StatsTable:
     structures_original: list[str]
     values: list[list[float]]  # one list per row, aligned with ``columns``
     lines: list[int]  # line number of each row
-
-    def column(self, name: str) -> list[float]:
-        """Values of one numeric column, in row order."""
-        j = self.columns.index(name)
-        return [row[j] for row in self.values]
 
 
 @dataclass
@@ -239,10 +234,12 @@ def parse_stats_text(
     for lineno, line in enumerate(lines, 1):
         if line[:1] == "#":
             key, _, rest = line[1:].strip().partition(" ")
-            if not key:
-                continue
-            rest = rest.strip()
-            if key == "Measure":
+            if key == "TableCol":
+                table_hint_line = table_hint_line or lineno
+                fields = rest.split(None, 2)
+                if len(fields) == 3 and fields[1] == "Units":
+                    units_by_index[int(fields[0]) if fields[0].isdigit() else -1] = fields[2]
+            elif key == "Measure":
                 m = _parse_measure(rest, path, lineno)
                 if m.name in measure_lines:
                     raise StatsParseError(
@@ -261,21 +258,17 @@ def parse_stats_text(
                     )
                 colheaders = rest.split()
                 colheaders_line = lineno
-            elif key == "TableCol":
-                table_hint_line = table_hint_line or lineno
-                fields = rest.split(None, 2)
-                if len(fields) == 3 and fields[1] == "Units":
-                    units_by_index[int(fields[0]) if fields[0].isdigit() else -1] = fields[2]
             elif key in ("NTableCols", "NRows"):
                 table_hint_line = table_hint_line or lineno
+                rest = rest.strip()
                 if not rest.isdigit():
                     raise StatsParseError(path, lineno, f"'# {key}' {rest!r} is not a count")
                 if key == "NRows":
                     declared_rows = (int(rest), lineno)
                 else:
                     declared_cols = (int(rest), lineno)
-            elif key not in header:
-                header[key] = rest
+            elif key and key not in header:
+                header[key] = rest.strip()
         elif line.strip():
             if colheaders is None:
                 hint = (
@@ -344,36 +337,34 @@ def _parse_table(
     si = colheaders.index(STRUCT_COLUMN)
     numeric = tuple(c for c in colheaders if c != STRUCT_COLUMN)
     units = tuple(units_by_index.get(i, "") for i, c in enumerate(colheaders, 1) if i - 1 != si)
-    structures: list[str] = []
-    originals: list[str] = []
-    values: list[list[float]] = []
-    seen: dict[str, int] = {}
-    for line, lineno in zip(raw_rows, row_lines, strict=True):
-        fields = line.split()
-        if len(fields) != ncol:
-            raise StatsParseError(
-                path,
-                lineno,
-                f"row has {len(fields)} fields but '# ColHeaders' (line {colheaders_line}) "
-                f"names {ncol}",
-            )
-        original = fields.pop(si)
-        try:
-            row = list(map(float, fields))
-        except ValueError:
+    # Bulk operations first (the files are small but many); the error paths below find the line.
+    rows = [line.split() for line in raw_rows]
+    if any(len(f) != ncol for f in rows):
+        i = next(i for i, f in enumerate(rows) if len(f) != ncol)
+        raise StatsParseError(
+            path,
+            row_lines[i],
+            f"row has {len(rows[i])} fields but '# ColHeaders' (line {colheaders_line}) "
+            f"names {ncol}",
+        )
+    originals = [f.pop(si) for f in rows]
+    try:
+        values = [list(map(float, f)) for f in rows]
+    except ValueError:
+        for fields, original, lineno in zip(rows, originals, row_lines, strict=True):
             for col, text in zip(numeric, fields, strict=True):
                 _number(text, path, lineno, f"column {col} of {original}")
-            raise
-        name = canonical_structure(kind, original) if kind else original
-        if name in seen:
-            same = "" if name == original else f" ({original} after renaming)"
-            raise StatsParseError(
-                path, lineno, f"duplicate structure {name}{same} (first at line {seen[name]})"
-            )
-        seen[name] = lineno
-        structures.append(name)
-        originals.append(original)
-        values.append(row)
+        raise
+    structures = canonical_structures(kind, originals) if kind else originals
+    if len(set(structures)) != len(structures):
+        seen: dict[str, int] = {}
+        for name, original, lineno in zip(structures, originals, row_lines, strict=True):
+            if name in seen:
+                same = "" if name == original else f" ({original} after renaming)"
+                raise StatsParseError(
+                    path, lineno, f"duplicate structure {name}{same} (first at line {seen[name]})"
+                )
+            seen[name] = lineno
     return StatsTable(numeric, units, structures, originals, values, list(row_lines))
 
 
