@@ -10,14 +10,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from damt.config import load_config
+from damt.config import ConfigError, load_config
 from damt.discovery import discover_subjects, discovery_paths, shard_file, write_discovery
 from damt.features.morphometry import (
     FILE_ERROR,
     FILE_MISSING,
+    NO_RESULT,
     VALUE_MISSING,
     CatalogError,
+    SubjectInput,
     build_morphometry_tables,
+    cohort_table,
     load_catalog,
     parse_catalog,
     read_table_metadata,
@@ -359,3 +362,23 @@ def test_catalog_digest_follows_the_content(tmp_path: Path):
     assert a.digest != b.digest
     same = load_catalog(write_catalog(tmp_path, [{"source": "aseg", "measures": ["eTIV"]}]))
     assert a.digest == same.digest
+
+
+def test_subject_without_any_result_is_reported_as_such():
+    catalog = load_catalog(DEFAULT_CATALOG)
+    frame, meta = cohort_table([SubjectInput("ghost", "")], catalog, "local")
+    assert (
+        list(frame["subject_id"]) == ["ghost"]
+        and frame.drop(columns="subject_id").isna().all().all()
+    )
+    assert meta["subjects"]["ghost"]["reasons"] == [NO_RESULT]
+    assert meta["subjects"]["ghost"]["status"] == "missing"
+
+
+def test_morphometry_config_section_refuses_unknown_keys(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        yaml.safe_dump({"subjects": {"dirs": [{"path": "x"}]}, "morphometry": {"catalogue": "a"}})
+    )
+    with pytest.raises(ConfigError, match="morphometry: Additional properties are not allowed"):
+        load_config(path)
