@@ -20,6 +20,7 @@ from damt.freesurfer.stats import (
     LONG_COLUMNS,
     StatsParseError,
     StatsUnavailableError,
+    build_stamp_version,
     long_table,
     parse_stats_file,
     parse_stats_text,
@@ -103,6 +104,16 @@ def test_bert_headers_and_units(bert: Path):
     assert brainvol.table is None and len(brainvol.measures) == 16
     wg = parse_stats_file(bert / "stats" / "lh.w-g.pct.stats")
     assert math.isnan(wg.table.values[0][wg.table.columns.index("SNR")])  # "-nan" in the file
+
+
+def test_freesurfer_version_of_the_build_stamp(bert: Path, tmp_path: Path):
+    assert build_stamp_version(bert) == "7.2.0-beta"  # freesurfer-linux-centos7_x86_64-7.2.0-beta-…
+    (tmp_path / "scripts").mkdir()
+    stamp = tmp_path / "scripts" / "build-stamp.txt"
+    stamp.write_text("freesurfer-Linux-centos6_x86_64-stable-pub-v6.0.0-2beba927\n")
+    assert build_stamp_version(tmp_path) == "6.0.0"
+    stamp.write_text("damt-demo-data-0.1.0 synthetic subject in FreeSurfer 7.4.1 layout\n")
+    assert build_stamp_version(tmp_path) == ""  # not FreeSurfer's stamp: no version claimed
 
 
 def test_long_table_parquet_keeps_header_metadata(bert: Path, tmp_path: Path):
