@@ -12,8 +12,10 @@ validate(config, "damt/resources/config.schema.yaml")
 
 
 include: "rules/common.smk"
+include: "rules/stats.smk"
 include: "rules/radiomics.smk"
 include: "rules/cache.smk"
+include: "rules/qc.smk"
 
 
 rule all:

@@ -43,9 +43,20 @@ def make_cohort(root: Path, n: int) -> None:
 
 def dry_run(config: Path, workdir: Path, extra: list[str]) -> tuple[float, float, str]:
     """(seconds, peak MiB, tail of output) of one ``snakemake -n`` in a child process."""
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "-n", "--quiet", "rules",
-           "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(REPO / "config" / "config.yaml"), str(config), *extra]
+    cmd = [
+        str(Path(sys.executable).parent / "snakemake"),
+        "-n",
+        "--quiet",
+        "rules",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(REPO / "config" / "config.yaml"),
+        str(config),
+        *extra,
+    ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
@@ -61,35 +72,49 @@ def dry_run(config: Path, workdir: Path, extra: list[str]) -> tuple[float, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, required=True)
-    parser.add_argument("--shards", type=int, default=None,
-                        help="sharding.n_shards (default: subjects // 100, at least 1)")
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help="sharding.n_shards (default: subjects // 100, at least 1)",
+    )
     args = parser.parse_args()
     n_shards = args.shards if args.shards is not None else max(1, args.subjects // 100)
     cohort = WORK / f"subjects-{args.subjects}"
     t0 = time.perf_counter()
     make_cohort(cohort, args.subjects)
-    print(f"cohort of {args.subjects} placeholder subjects ready "
-          f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    print(
+        f"cohort of {args.subjects} placeholder subjects ready ({time.perf_counter() - t0:.1f} s)",
+        file=sys.stderr,
+    )
     run = WORK / f"run-{args.subjects}-{n_shards}"
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     config = run / "bench.yaml"
-    config.write_text(yaml.safe_dump({
-        "outdir": str(run / "results"),
-        "subjects": {"dirs": [{"path": str(cohort)}], "exclude": []},
-        "sharding": {"n_shards": n_shards},
-        "demo": {"enabled": False},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "outdir": str(run / "results"),
+                "subjects": {"dirs": [{"path": str(cohort)}], "exclude": []},
+                "sharding": {"n_shards": n_shards},
+                "demo": {"enabled": False},
+            }
+        )
+    )
     # The repository's config files (params, label table) are read relative to the workdir.
     for rel in ("config",):
         os.symlink(REPO / rel, run / rel)
     first, first_mb, _ = dry_run(config, run, [])
     second, second_mb, tail = dry_run(config, run, [])
     print(tail.splitlines()[-1] if tail else "", file=sys.stderr)
-    print(f"first dry run (writes the discovery files): {first:.1f} s, {first_mb:.0f} MiB",
-          file=sys.stderr)
-    print(f"subjects={args.subjects} shards={n_shards} dry_run_s={second:.1f} "
-          f"peak_mb={max(first_mb, second_mb):.0f}")
+    print(
+        f"first dry run (writes the discovery files): {first:.1f} s, {first_mb:.0f} MiB",
+        file=sys.stderr,
+    )
+    print(
+        f"subjects={args.subjects} shards={n_shards} dry_run_s={second:.1f} "
+        f"peak_mb={max(first_mb, second_mb):.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -93,6 +93,51 @@ def _cmd_radiomics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from damt.freesurfer.stats import (
+        StatsUnavailableError,
+        long_table,
+        parse_subject_stats,
+        write_long_table,
+    )
+
+    out = Path(args.out)
+    if out.suffix not in (".parquet", ".tsv", ".csv"):
+        raise ValueError(f"output {out} must end in .parquet, .tsv or .csv")
+    try:
+        subject = parse_subject_stats(args.subject_dir, args.subject_id)
+    except StatsUnavailableError as exc:
+        print(f"damt stats: error: {exc.detail} ({exc.reason})", file=sys.stderr)
+        return 2
+    for message in subject.file_errors().values():
+        print(f"damt stats: error: {message}", file=sys.stderr)
+    if not subject.files:
+        print(f"damt stats: error: no stats file parsed in {subject.stats_dir}", file=sys.stderr)
+        return 2
+    if subject.errors and not args.keep_going:
+        print(
+            f"damt stats: {len(subject.errors)} file(s) could not be parsed; nothing written "
+            "(--keep-going writes the others)",
+            file=sys.stderr,
+        )
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        write_long_table(subject, out)
+    else:
+        frame = long_table(subject)
+        frame.to_csv(out, sep="\t" if out.suffix == ".tsv" else ",", index=False)
+    skipped = f"; skipped {', '.join(subject.skipped)}" if subject.skipped else ""
+    print(
+        f"{subject.subject_id}: parsed {len(subject.files)} stats file(s) "
+        f"(FreeSurfer {subject.fs_version or 'version unknown'}){skipped} → {out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="damt", description=__doc__.splitlines()[0])
@@ -129,6 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject-id", help="subject_id written to the table")
     p.add_argument("--threads", type=int, default=1, help="SimpleITK threads")
     p.set_defaults(handler=_cmd_radiomics)
+
+    p = sub.add_parser(
+        "stats",
+        help="parse a subject's FreeSurfer stats/ folder into a long table",
+        description="Parse every stats file of SUBJECT_DIR/stats (FreeSurfer 5.x-7.x) into one "
+        "long table: subject_id, source_file, hemisphere, structure, structure_original, "
+        "measure, value, unit.",
+    )
+    p.add_argument("subject_dir", help="subject folder (the one holding stats/)")
+    p.add_argument("-o", "--out", required=True, help="output file: .parquet, .tsv or .csv")
+    p.add_argument("--subject-id", help="subject id (default: the folder name)")
+    p.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="write the files that parse even when others are malformed (errors still listed)",
+    )
+    p.set_defaults(handler=_cmd_stats)
     return parser
 
 

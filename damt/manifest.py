@@ -30,9 +30,18 @@ from damt.shards import read_summaries
 log = logging.getLogger(__name__)
 
 # Measures plotted on the QC page when the tables hold them (asegstats2table names).
-REPORT_MEASURES = ("etiv", "surface_holes", "BrainSegVol", "CortexVol",
-                   "CerebralWhiteMatterVol", "Left-Lateral-Ventricle", "Left-Hippocampus",
-                   "lh_MeanThickness_thickness", "whole_brain_glcm_Contrast", "n_outliers")
+REPORT_MEASURES = (
+    "etiv",
+    "surface_holes",
+    "BrainSegVol",
+    "CortexVol",
+    "CerebralWhiteMatterVol",
+    "Left-Lateral-Ventricle",
+    "Left-Hippocampus",
+    "lh_MeanThickness_thickness",
+    "whole_brain_glcm_Contrast",
+    "n_outliers",
+)
 
 
 def fs_qc_frame(stats_summary: pd.DataFrame) -> pd.DataFrame:
@@ -40,23 +49,37 @@ def fs_qc_frame(stats_summary: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for rec in stats_summary.itertuples():
         qc = (rec.info or {}).get("qc", {})
-        rows.append({KEY: rec.subject_id, "surface_holes": qc.get("surface_holes", float("nan")),
-                     "etiv": qc.get("etiv", float("nan"))})
+        rows.append(
+            {
+                KEY: rec.subject_id,
+                "surface_holes": qc.get("surface_holes", float("nan")),
+                "etiv": qc.get("etiv", float("nan")),
+            }
+        )
     return pd.DataFrame(rows, columns=[KEY, "surface_holes", "etiv"])
 
 
-def write_checks(config: dict, subjects_tsv: str | Path, report_tsv: str | Path,
-                 summaries: Mapping[str, Sequence[str | Path]], tables: Mapping[str, str | Path],
-                 out: str | Path) -> pd.DataFrame:
+def write_checks(
+    config: dict,
+    subjects_tsv: str | Path,
+    report_tsv: str | Path,
+    summaries: Mapping[str, Sequence[str | Path]],
+    tables: Mapping[str, str | Path],
+    out: str | Path,
+) -> pd.DataFrame:
     """Step 1: per-subject checks and preliminary status (``qc/checks.parquet``)."""
     subjects = pd.read_csv(subjects_tsv, sep="\t", dtype=str, keep_default_na=False)
     report = pd.read_csv(report_tsv, sep="\t", dtype=str, keep_default_na=False)
     stage_frames = {stage: read_summaries(paths) for stage, paths in summaries.items()}
-    fs_qc = (fs_qc_frame(stage_frames["stats"]) if "stats" in stage_frames
-             else pd.DataFrame(columns=[KEY, "surface_holes", "etiv"]))
+    fs_qc = (
+        fs_qc_frame(stage_frames["stats"])
+        if "stats" in stage_frames
+        else pd.DataFrame(columns=[KEY, "surface_holes", "etiv"])
+    )
     frames = {group: read_table(path)[0] for group, path in tables.items()}
-    checks = build_checks(subjects, report, stage_frames, fs_qc, frames,
-                          QcSettings.from_config(config["qc"]))
+    checks = build_checks(
+        subjects, report, stage_frames, fs_qc, frames, QcSettings.from_config(config["qc"])
+    )
     stored = checks.assign(issues=[json.dumps(i) for i in checks["issues"]])
     write_atomic(out, lambda tmp: stored.to_parquet(tmp, index=False))
     counts = checks["status"].value_counts().to_dict()
@@ -72,34 +95,63 @@ def read_checks(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def write_normalized(config: dict, group: str, table: str | Path, checks: str | Path,
-                     out_table: str | Path, out_stats: str | Path) -> None:
+def write_normalized(
+    config: dict,
+    group: str,
+    table: str | Path,
+    checks: str | Path,
+    out_table: str | Path,
+    out_stats: str | Path,
+) -> None:
     """Step 2: fit on the QC-selected subjects, write the normalised table and statistics."""
     nc = config["normalize"]
     frame = read_checks(checks)
     fit_ids = frame.loc[frame["status"].isin(nc["fit_on"]), KEY].tolist()
-    norm = normalize_table(table, fit_ids, out_table, out_stats, group, method=nc["method"],
-                           clip=nc["clip"], min_subjects=nc["min_subjects"],
-                           max_mode_fraction=nc["max_mode_fraction"])
-    log.info("%s: fitted on %d subjects, %d columns kept, %d dropped %s", group, norm.n_fit,
-             len(norm.columns), len(norm.dropped), sorted(set(norm.dropped.values())))
+    norm = normalize_table(
+        table,
+        fit_ids,
+        out_table,
+        out_stats,
+        group,
+        method=nc["method"],
+        clip=nc["clip"],
+        min_subjects=nc["min_subjects"],
+        max_mode_fraction=nc["max_mode_fraction"],
+    )
+    log.info(
+        "%s: fitted on %d subjects, %d columns kept, %d dropped %s",
+        group,
+        norm.n_fit,
+        len(norm.columns),
+        len(norm.dropped),
+        sorted(set(norm.dropped.values())),
+    )
 
 
-def write_manifest(config: dict, checks: str | Path, z_tables: Mapping[str, str | Path],
-                   tables: Mapping[str, str | Path], out: str | Path, failures: str | Path,
-                   distributions: str | Path, montage: str | Path) -> pd.DataFrame:
+def write_manifest(
+    config: dict,
+    checks: str | Path,
+    z_tables: Mapping[str, str | Path],
+    tables: Mapping[str, str | Path],
+    out: str | Path,
+    failures: str | Path,
+    distributions: str | Path,
+    montage: str | Path,
+) -> pd.DataFrame:
     """Step 3: outliers, final statuses, ``manifest.parquet`` and the QC report assets."""
     qc = config["qc"]
     settings = QcSettings.from_config(qc)
     z_frames = [read_table(p)[0] for p in z_tables.values()]
-    final = add_outliers(read_checks(checks), count_outliers(z_frames, settings.outlier_z),
-                         settings)
+    final = add_outliers(
+        read_checks(checks), count_outliers(z_frames, settings.outlier_z), settings
+    )
     manifest = manifest_frame(final)
     write_atomic(out, lambda tmp: manifest.to_parquet(tmp, index=False))
     write_failures(manifest, failures)
     raw = {group: read_table(p)[0] for group, p in tables.items()}
-    plot_distributions(measure_frame(manifest, raw, REPORT_MEASURES), distributions,
-                       settings.outlier_z)
+    plot_distributions(
+        measure_frame(manifest, raw, REPORT_MEASURES), distributions, settings.outlier_z
+    )
     plot_montage(manifest, montage, qc["montage_subjects"])
     counts = manifest["status"].value_counts().to_dict()
     log.info("manifest: %s", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

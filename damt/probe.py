@@ -51,8 +51,10 @@ def _n_splits(kind: str, y: np.ndarray, wanted: int, label: str) -> int:
             raise ProbeError(f"{label}: only one class present; nothing to classify")
         n = min(wanted, int(counts.min()))
         if n < 2:
-            raise ProbeError(f"{label}: the rarest class has {counts.min()} subject(s); at "
-                             "least 2 per class are needed for cross-validation")
+            raise ProbeError(
+                f"{label}: the rarest class has {counts.min()} subject(s); at "
+                "least 2 per class are needed for cross-validation"
+            )
     else:
         n = min(wanted, len(y))
         if len(y) < 4:
@@ -62,9 +64,16 @@ def _n_splits(kind: str, y: np.ndarray, wanted: int, label: str) -> int:
     return n
 
 
-def nested_cv(x: np.ndarray, y: np.ndarray, kind: str, n_splits: int = 5,
-              inner_splits: int = 5, grid: Sequence[float] = DEFAULT_GRID, seed: int = 0,
-              label: str = "probe") -> dict:
+def nested_cv(
+    x: np.ndarray,
+    y: np.ndarray,
+    kind: str,
+    n_splits: int = 5,
+    inner_splits: int = 5,
+    grid: Sequence[float] = DEFAULT_GRID,
+    seed: int = 0,
+    label: str = "probe",
+) -> dict:
     """Nested cross-validated linear probe; returns metrics per fold and their mean ± std."""
     if x.ndim != 2 or len(x) != len(y):
         raise ProbeError(f"{label}: features {x.shape} do not match {len(y)} targets")
@@ -83,8 +92,9 @@ def nested_cv(x: np.ndarray, y: np.ndarray, kind: str, n_splits: int = 5,
     chosen = []
     for train, test in _folds(kind, y, outer_n, seed).split(x, y):
         inner_n = _n_splits(kind, y[train], inner_splits, f"{label} (inner)")
-        search = GridSearchCV(model, params, scoring=scoring,
-                              cv=_folds(kind, y[train], inner_n, seed + 1))
+        search = GridSearchCV(
+            model, params, scoring=scoring, cv=_folds(kind, y[train], inner_n, seed + 1)
+        )
         search.fit(x[train], y[train])
         chosen.append(float(next(iter(search.best_params_.values()))))
         if kind == REGRESSION:
@@ -96,22 +106,36 @@ def nested_cv(x: np.ndarray, y: np.ndarray, kind: str, n_splits: int = 5,
             scores = {"balanced_accuracy": balanced_accuracy_score(y[test], pred)}
             if len(np.unique(y[test])) > 1:
                 classes = search.classes_
-                scores["auc"] = (roc_auc_score(y[test], proba[:, 1]) if len(classes) == 2
-                                 else roc_auc_score(y[test], proba, multi_class="ovr",
-                                                    labels=classes))
+                scores["auc"] = (
+                    roc_auc_score(y[test], proba[:, 1])
+                    if len(classes) == 2
+                    else roc_auc_score(y[test], proba, multi_class="ovr", labels=classes)
+                )
         for k, v in scores.items():
             folds.setdefault(k, []).append(float(v))
     return {
-        "kind": kind, "n_subjects": len(y), "n_features": int(x.shape[1]), "n_folds": outer_n,
-        "metrics": {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "folds": v}
-                    for k, v in folds.items()},
-        "regularisation": {"grid": [float(g) for g in grid], "chosen_per_fold": chosen,
-                           "parameter": "alpha" if kind == REGRESSION else "C"},
+        "kind": kind,
+        "n_subjects": len(y),
+        "n_features": int(x.shape[1]),
+        "n_folds": outer_n,
+        "metrics": {
+            k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "folds": v}
+            for k, v in folds.items()
+        },
+        "regularisation": {
+            "grid": [float(g) for g in grid],
+            "chosen_per_fold": chosen,
+            "parameter": "alpha" if kind == REGRESSION else "C",
+        },
     }
 
 
-def align(features: pd.DataFrame, phenotypes: pd.DataFrame, target: Target,
-          subjects: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def align(
+    features: pd.DataFrame,
+    phenotypes: pd.DataFrame,
+    target: Target,
+    subjects: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Feature rows and target values of subjects that have both (and are in ``subjects``).
 
     Feature rows with any NaN are dropped (a probe has no imputation to hide behind).
@@ -125,16 +149,19 @@ def align(features: pd.DataFrame, phenotypes: pd.DataFrame, target: Target,
     cols = [c for c in features.columns if c != "subject_id"]
     merged = merged[merged[cols].notna().all(axis=1)].sort_values("subject_id")
     y = merged[target.name].to_numpy()
-    if target.kind == REGRESSION:
-        y = y.astype(np.float64)
-    else:
-        y = y.astype(str)
+    y = y.astype(np.float64) if target.kind == REGRESSION else y.astype(str)
     return merged[cols].to_numpy(np.float64), y, merged["subject_id"].tolist()
 
 
-def probe_all(feature_sets: Mapping[str, pd.DataFrame], phenotypes: pd.DataFrame,
-              targets: Sequence[Target], subjects: Sequence[str] | None = None,
-              n_splits: int = 5, inner_splits: int = 5, seed: int = 0) -> dict:
+def probe_all(
+    feature_sets: Mapping[str, pd.DataFrame],
+    phenotypes: pd.DataFrame,
+    targets: Sequence[Target],
+    subjects: Sequence[str] | None = None,
+    n_splits: int = 5,
+    inner_splits: int = 5,
+    seed: int = 0,
+) -> dict:
     """Every (feature set, target) probe; a probe that cannot run records why."""
     out: dict[str, dict] = {}
     for target in targets:
@@ -143,8 +170,7 @@ def probe_all(feature_sets: Mapping[str, pd.DataFrame], phenotypes: pd.DataFrame
             label = f"{name} -> {target.name}"
             try:
                 x, y, ids = align(frame, phenotypes, target, subjects)
-                res = nested_cv(x, y, target.kind, n_splits, inner_splits, seed=seed,
-                                label=label)
+                res = nested_cv(x, y, target.kind, n_splits, inner_splits, seed=seed, label=label)
                 res["subjects"] = ids
             except ProbeError as exc:
                 log.warning("%s", exc)

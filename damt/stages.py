@@ -24,7 +24,17 @@ def _cache(config: dict) -> Stage:
     return stage_from_config(config)
 
 
-STAGES: dict[str, Callable[[dict], Stage]] = {"radiomics": _radiomics, "cache": _cache}
+def _stats(config: dict) -> Stage:
+    from damt.freesurfer.stats_stage import StatsStage
+
+    return StatsStage()
+
+
+STAGES: dict[str, Callable[[dict], Stage]] = {
+    "stats": _stats,
+    "radiomics": _radiomics,
+    "cache": _cache,
+}
 
 
 def build_stage(name: str, config: dict) -> Stage:

@@ -4,6 +4,7 @@ import logging
 
 from damt.demo.cohort import ensure_demo_cohort
 from damt.discovery import discover_for_workflow, discovery_paths, shard_file
+from damt.qc import FEATURE_GROUPS
 
 _handler = logging.StreamHandler()
 _handler.setFormatter(logging.Formatter("damt: %(message)s"))
@@ -36,6 +37,6 @@ def shard_members(wildcards):
 def all_targets():
     """Final outputs of the workflow."""
     return [
-        f"{OUT}/features/radiomics.parquet",
-        expand(f"{OUT}/cache/shards/{{shard}}.tsv", shard=SHARDS),
+        f"{OUT}/manifest.parquet",
+        expand(f"{OUT}/features/{{group}}.z.parquet", group=FEATURE_GROUPS),
     ]

@@ -13,14 +13,14 @@ rule qc_checks:
         radiomics_table=f"{OUT}/features/radiomics.parquet",
     output:
         checks=f"{OUT}/qc/checks.parquet",
-    params:
-        qc=config["qc"],
     log:
         f"{OUT}/logs/qc_checks.log",
     benchmark:
         f"{OUT}/benchmarks/qc_checks.tsv"
     conda:
         "../envs/features.yaml"
+    params:
+        qc=config["qc"],
     script:
         "../workflow/scripts/qc_checks.py"
 
@@ -32,16 +32,16 @@ rule normalize:
     output:
         table=f"{OUT}/features/{{group}}.z.parquet",
         stats=f"{OUT}/features/{{group}}.norm.json",
-    params:
-        normalize=config["normalize"],
-    wildcard_constraints:
-        group="|".join(FEATURE_GROUPS),
     log:
         f"{OUT}/logs/normalize/{{group}}.log",
     benchmark:
         f"{OUT}/benchmarks/normalize/{{group}}.tsv"
+    wildcard_constraints:
+        group="|".join(FEATURE_GROUPS),
     conda:
         "../envs/features.yaml"
+    params:
+        normalize=config["normalize"],
     script:
         "../workflow/scripts/normalize.py"
 
@@ -68,13 +68,13 @@ rule manifest:
             category="Quality control",
             caption="../docs/report/qc_montage.rst",
         ),
-    params:
-        qc=config["qc"],
     log:
         f"{OUT}/logs/manifest.log",
     benchmark:
         f"{OUT}/benchmarks/manifest.tsv"
     conda:
         "../envs/features.yaml"
+    params:
+        qc=config["qc"],
     script:
         "../workflow/scripts/manifest.py"

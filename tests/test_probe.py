@@ -54,7 +54,7 @@ def test_align_drops_missing_and_restricts():
     feats, pheno = data(n=10)
     feats.loc[0, "f3"] = np.nan
     pheno.loc[1, "age"] = np.nan
-    x, y, ids = align(feats, pheno, Target("age", REGRESSION), subjects=feats.subject_id[:8])
+    x, _, ids = align(feats, pheno, Target("age", REGRESSION), subjects=feats.subject_id[:8])
     assert ids == [f"s{i:03d}" for i in range(2, 8)] and x.shape == (6, 8)
     with pytest.raises(ProbeError, match="no column 'iq'"):
         align(feats, pheno, Target("iq", REGRESSION))
@@ -74,7 +74,8 @@ def test_bad_setups_are_explained():
 
 def test_probe_all_records_failures():
     feats, pheno = data(n=30)
-    res = probe_all({"good": feats, "empty": feats[["subject_id"]]}, pheno,
-                    [Target("age", REGRESSION)])
+    res = probe_all(
+        {"good": feats, "empty": feats[["subject_id"]]}, pheno, [Target("age", REGRESSION)]
+    )
     assert res["age"]["good"]["metrics"]["r2"]["mean"] > 0.5
     assert "no feature columns" in res["age"]["empty"]["error"]

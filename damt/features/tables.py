@@ -46,7 +46,7 @@ def write_table(frame: pd.DataFrame, path: str | Path, metadata: Mapping) -> Non
     meta = dict(table.schema.metadata or {})
     meta[META_KEY] = json.dumps(metadata, sort_keys=True, default=str).encode("utf-8")
     table = table.replace_schema_metadata(meta)
-    write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def read_metadata(path: str | Path) -> dict:

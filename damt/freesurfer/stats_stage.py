@@ -1,0 +1,84 @@
+"""The per-subject ``stats`` stage: parse a subject's ``stats/`` into its long table.
+
+Runs inside shard jobs through :func:`damt.shards.run_shard`. A subject fails only when nothing
+can be parsed (reasons ``stats_missing``, ``stats_unreadable``, ``stats_malformed``); a single
+malformed or unreadable file is recorded in ``info["file_errors"]`` and the subject stays ``ok``
+(the tables give that file's columns NaN).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from damt.freesurfer.harmonize import HARMONIZATION_VERSION
+from damt.freesurfer.stats import (
+    StatsUnavailableError,
+    SubjectStats,
+    parse_subject_stats,
+    stats_input_files,
+    write_long_table,
+)
+from damt.shards import OK, Stage, SubjectError, SubjectResult, SubjectTask
+
+STAGE = "stats"
+LONG_FILE = "stats.parquet"
+# FreeSurfer's own QC numbers, kept in the result so the manifest needs no second read.
+QC_MEASURES = {"SurfaceHoles": "surface_holes", "EstimatedTotalIntraCranialVol": "etiv"}
+
+
+def freesurfer_qc(subject: SubjectStats) -> dict[str, float]:
+    """Surface defect holes and eTIV from the ``# Measure`` lines (first file that has them)."""
+    found: dict[str, float] = {}
+    for stats_file in subject.files:
+        for m in stats_file.measures:
+            name = QC_MEASURES.get(m.key)
+            if name is not None and name not in found:
+                found[name] = m.value
+    return found
+
+
+class StatsStage(Stage):
+    """Parse every modelled stats file of a subject into ``stats.parquet`` (long table)."""
+
+    name = STAGE
+    version = "2"
+
+    def params(self) -> dict:
+        return {"harmonization": HARMONIZATION_VERSION}
+
+    def input_files(self, task: SubjectTask) -> list[Path]:
+        return stats_input_files(task.path)
+
+    def compute(self, task: SubjectTask, workdir: Path) -> SubjectResult:
+        try:
+            subject = parse_subject_stats(task.path, task.subject_id)
+        except StatsUnavailableError as exc:
+            raise SubjectError(exc.reason, exc.detail) from None
+        errors = subject.file_errors()
+        if not subject.files:
+            if not subject.errors:
+                found = f" (found only: {', '.join(subject.skipped)})" if subject.skipped else ""
+                raise SubjectError(
+                    "stats_missing", f"{subject.stats_dir} holds no stats file to parse{found}"
+                )
+            unreadable = all(e.reason == "unreadable" for e in subject.errors.values())
+            raise SubjectError(
+                "stats_unreadable" if unreadable else "stats_malformed",
+                "no stats file could be parsed: " + "; ".join(errors.values()),
+            )
+        write_long_table(subject, workdir / LONG_FILE)
+        info = {
+            "fs_version": subject.fs_version,
+            "fs_version_source": subject.fs_version_source,
+            "files": [f.name for f in subject.files],
+            "skipped": subject.skipped,
+            "file_errors": errors,
+            "qc": freesurfer_qc(subject),
+        }
+        names = sorted(
+            {f.subject_name for f in subject.files if f.subject_name} - {task.subject_id}
+        )
+        if names:
+            # Often harmless (a renamed folder), sometimes stats copied from another subject.
+            info["header_subject_names"] = names
+        return SubjectResult(task.subject_id, OK, outputs={"long": LONG_FILE}, info=info)
