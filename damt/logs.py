@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -22,3 +24,16 @@ def setup_logging(verbose: bool = False, log_file: str | None = None, stderr: bo
         force=True,
     )
     logging.captureWarnings(True)
+
+
+@contextmanager
+def rule_log(log_file: str) -> Iterator[None]:
+    """Log a rule job to its log file; a failure is written there too, then re-raised."""
+    setup_logging(log_file=log_file, stderr=False)
+    try:
+        yield
+    except Exception as exc:
+        logging.getLogger("damt").error(
+            "job failed: %s: %s", type(exc).__name__, exc, exc_info=True
+        )
+        raise

@@ -6,7 +6,6 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from damt.logs import setup_logging
 from damt.shards import Stage, run_shard
 
 log = logging.getLogger(__name__)
@@ -51,11 +50,9 @@ def run_stage_shard(
     config: dict,
     members: str | Path,
     summary: str | Path,
-    log_file: str | None = None,
     threads: int = 1,
 ) -> None:
     """What a shard job of stage ``name`` does: process the shard, write its summary."""
-    setup_logging(log_file=log_file, stderr=log_file is None)
     frame = run_shard(
         build_stage(name, config), members, config["outdir"], summary, workers=threads
     )

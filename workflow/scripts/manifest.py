@@ -2,18 +2,18 @@
 
 import _damt_path  # noqa: F401
 
-from damt.logs import setup_logging
+from damt.logs import rule_log
 from damt.manifest import write_manifest
 from damt.qc import FEATURE_GROUPS
 
-setup_logging(log_file=snakemake.log[0], stderr=False)
-write_manifest(
-    snakemake.config,
-    snakemake.input.checks,
-    dict(zip(FEATURE_GROUPS, snakemake.input.z_tables, strict=True)),
-    dict(zip(FEATURE_GROUPS, snakemake.input.tables, strict=True)),
-    snakemake.output.manifest,
-    snakemake.output.failures,
-    snakemake.output.distributions,
-    snakemake.output.montage,
-)
+with rule_log(snakemake.log[0]):
+    write_manifest(
+        snakemake.config,
+        snakemake.input.checks,
+        dict(zip(FEATURE_GROUPS, snakemake.input.z_tables, strict=True)),
+        dict(zip(FEATURE_GROUPS, snakemake.input.tables, strict=True)),
+        snakemake.output.manifest,
+        snakemake.output.failures,
+        snakemake.output.distributions,
+        snakemake.output.montage,
+    )

@@ -3,12 +3,12 @@
 import _damt_path  # noqa: F401
 
 from damt.features.morphometry import build_morphometry_tables
-from damt.logs import setup_logging
+from damt.logs import rule_log
 
-setup_logging(log_file=snakemake.log[0], stderr=False)
-build_morphometry_tables(
-    snakemake.input.summaries,
-    snakemake.input.subjects,
-    snakemake.input.catalog,
-    {"global": snakemake.output.global_table, "local": snakemake.output.local_table},
-)
+with rule_log(snakemake.log[0]):
+    build_morphometry_tables(
+        snakemake.input.summaries,
+        snakemake.input.subjects,
+        snakemake.input.catalog,
+        {"global": snakemake.output.global_table, "local": snakemake.output.local_table},
+    )

@@ -2,15 +2,15 @@
 
 import _damt_path  # noqa: F401
 
-from damt.logs import setup_logging
+from damt.logs import rule_log
 from damt.manifest import write_normalized
 
-setup_logging(log_file=snakemake.log[0], stderr=False)
-write_normalized(
-    snakemake.config,
-    snakemake.wildcards.group,
-    snakemake.input.table,
-    snakemake.input.checks,
-    snakemake.output.table,
-    snakemake.output.stats,
-)
+with rule_log(snakemake.log[0]):
+    write_normalized(
+        snakemake.config,
+        snakemake.wildcards.group,
+        snakemake.input.table,
+        snakemake.input.checks,
+        snakemake.output.table,
+        snakemake.output.stats,
+    )

@@ -2,13 +2,14 @@
 
 import _damt_path  # noqa: F401
 
+from damt.logs import rule_log
 from damt.stages import run_stage_shard
 
-run_stage_shard(
-    snakemake.params.stage,
-    snakemake.config,
-    snakemake.input.members,
-    snakemake.output.summary,
-    log_file=snakemake.log[0],
-    threads=snakemake.threads,
-)
+with rule_log(snakemake.log[0]):
+    run_stage_shard(
+        snakemake.params.stage,
+        snakemake.config,
+        snakemake.input.members,
+        snakemake.output.summary,
+        threads=snakemake.threads,
+    )

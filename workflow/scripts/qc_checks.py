@@ -2,19 +2,19 @@
 
 import _damt_path  # noqa: F401
 
-from damt.logs import setup_logging
+from damt.logs import rule_log
 from damt.manifest import write_checks
 
-setup_logging(log_file=snakemake.log[0], stderr=False)
-write_checks(
-    snakemake.config,
-    snakemake.input.subjects,
-    snakemake.input.report,
-    {s: snakemake.input[s] for s in ("stats", "radiomics", "cache")},
-    {
-        "morphometry_global": snakemake.input.morphometry_global,
-        "morphometry_local": snakemake.input.morphometry_local,
-        "radiomics": snakemake.input.radiomics_table,
-    },
-    snakemake.output.checks,
-)
+with rule_log(snakemake.log[0]):
+    write_checks(
+        snakemake.config,
+        snakemake.input.subjects,
+        snakemake.input.report,
+        {s: snakemake.input[s] for s in ("stats", "radiomics", "cache")},
+        {
+            "morphometry_global": snakemake.input.morphometry_global,
+            "morphometry_local": snakemake.input.morphometry_local,
+            "radiomics": snakemake.input.radiomics_table,
+        },
+        snakemake.output.checks,
+    )

@@ -4,13 +4,13 @@ import _damt_path  # noqa: F401
 
 from damt.discovery import read_discovery_subject_ids
 from damt.features.radiomics import build_radiomics_table
-from damt.logs import setup_logging
+from damt.logs import rule_log
 
-setup_logging(log_file=snakemake.log[0], stderr=False)
-build_radiomics_table(
-    snakemake.input.summaries,
-    read_discovery_subject_ids(snakemake.input.subjects),
-    snakemake.config["radiomics"]["params"],
-    snakemake.config["radiomics"]["rois"],
-    snakemake.output.table,
-)
+with rule_log(snakemake.log[0]):
+    build_radiomics_table(
+        snakemake.input.summaries,
+        read_discovery_subject_ids(snakemake.input.subjects),
+        snakemake.config["radiomics"]["params"],
+        snakemake.config["radiomics"]["rois"],
+        snakemake.output.table,
+    )

@@ -1,0 +1,95 @@
+"""Radiomics, cache, normalisation and the manifest through real Snakemake runs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from damt.features.normalize import Normalizer
+from damt.features.tables import read_metadata, read_table
+from tests.conftest import run_snakemake, workflow_config
+
+pytestmark = pytest.mark.slow
+
+# Two ROIs keep radiomics quick; the default four are exercised by test_radiomics.
+ROIS = {
+    "whole_brain": ["nonzero"],
+    "subcortical_gm": [10, 11, 12, 13, 17, 18, 49, 50, 51, 52, 53, 54],
+}
+
+
+def manifest_target(results: Path) -> str:
+    return str(results / "manifest.parquet")
+
+
+def test_manifest_with_a_corrupt_subject(demo_copy: Path, tmp_path: Path):
+    """One unreadable volume fails that subject with a reason; everyone else goes on."""
+    bad = demo_copy / "sub-004" / "mri" / "aparc+aseg.mgz"
+    bad.write_bytes(bad.read_bytes()[:5000])
+    dirs = [{"path": str(demo_copy)}]
+    override = workflow_config(tmp_path, dirs, radiomics={"rois": ROIS}, cache={"min_size": 96})
+    results = tmp_path / "results"
+    run_snakemake(
+        "--cores", "2", "--keep-going", manifest_target(results), "--configfile", str(override)
+    )
+
+    manifest = pd.read_parquet(results / "manifest.parquet").set_index("subject_id")
+    assert list(manifest.index) == ["sub-001", "sub-002", "sub-003", "sub-004"]
+    bad_row = manifest.loc["sub-004"]
+    assert bad_row["status"] == "fail" and not bad_row["has_cache"]
+    assert "cache:volume_unreadable" in bad_row["reasons"]
+    assert "radiomics:volume_unreadable" in bad_row["reasons"]
+    assert "aparc+aseg.mgz" in bad_row["detail"]
+    assert bad_row["has_morphometry_global"]  # its stats are fine
+    good = manifest.drop(index="sub-004")
+    assert (good["status"] == "pass").all() and good["has_cache"].all()
+    assert all(Path(d, "image.npy").is_file() for d in good["cache_dir"])
+
+    # Normalisation: fitted on the three passing subjects, the failing one still gets rows.
+    z, meta = read_table(results / "features" / "radiomics.z.parquet")
+    assert list(z.subject_id) == list(manifest.index)
+    assert z.set_index("subject_id").loc["sub-004"].isna().all()
+    norm = Normalizer.from_json(results / "features" / "radiomics.norm.json")
+    assert norm.n_fit == 3 and meta["normalization"]["n_fit"] == 3
+    zz = z.set_index("subject_id").drop(index="sub-004")
+    np.testing.assert_allclose(zz.mean().to_numpy(), 0.0, atol=1e-5)
+    local = Normalizer.from_json(results / "features" / "morphometry_local.norm.json")
+    assert local.dropped  # constant aseg rows (e.g. Left-vessel-like zero rows) are listed
+
+    failures = pd.read_csv(results / "qc" / "failures.tsv", sep="\t")
+    assert failures.subject_id.tolist() == ["sub-004"]
+    for name in ("distributions.png", "montage.png"):
+        assert (results / "qc" / name).stat().st_size > 1000
+    radiomics_meta = read_metadata(results / "features" / "radiomics.parquet")
+    assert radiomics_meta["failed"]["sub-004"].startswith("volume_unreadable")
+
+
+def test_cohort_of_one_stops_at_normalisation_with_a_clear_error(demo_cohort: Path, tmp_path: Path):
+    root = tmp_path / "one"
+    root.mkdir()
+    shutil.copytree(demo_cohort / "sub-001", root / "sub-001")
+    override = workflow_config(
+        tmp_path, [{"path": str(root)}], radiomics={"rois": ROIS}, cache={"min_size": 96}
+    )
+    results = tmp_path / "results"
+    proc = run_snakemake(
+        "--cores",
+        "2",
+        "--keep-going",
+        manifest_target(results),
+        "--configfile",
+        str(override),
+        check=False,
+    )
+    assert proc.returncode != 0
+    logs = "".join(p.read_text() for p in (results / "logs" / "normalize").glob("*.log"))
+    assert "1 subject(s) pass QC, at least 2 are needed" in logs
+    # Everything computed before the failure is kept.
+    assert (results / "features" / "radiomics.parquet").is_file()
+    assert (results / "qc" / "checks.parquet").is_file()
+    summary = pd.read_csv(results / "cache" / "shards" / "sub-001.tsv", sep="\t")
+    assert summary.status.tolist() == ["ok"]
