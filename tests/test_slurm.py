@@ -5,11 +5,11 @@ snakemake-executor-plugin-slurm on a single-node SLURM 22.05 cluster (tests/slur
 SLURM's own records (slurmctld's job table, the batch scripts it ran, the job completion log, the
 job logs) are then compared with what Snakemake reports and with the profile.
 
-Only executor settings that the profile leaves alone are added on the command line (SLURM log
-folder, keeping logs of successful jobs, a short first status check) so the profile itself is
-used as written. The GPU check is a second, forced run of one rule: giving a rule a GPU from the
-command line takes ``--set-resources``, which replaces the profile's whole ``set-resources``
-section, so it stays out of the main run.
+Only executor settings that the profile leaves alone are added on the command line (keeping the
+logs of successful jobs, a short first status check) so the profile itself is used as written.
+The GPU check is a second, forced run of one rule: giving a rule a GPU from the command line
+takes ``--set-resources``, which replaces the profile's whole ``set-resources`` section, so it
+stays out of the main run.
 """
 
 from __future__ import annotations
@@ -60,8 +60,16 @@ def cluster():
         yield running
 
 
-def run_with_profile(cluster: SlurmCluster, logdir: Path, *args: str) -> str:
-    """Run the Snakefile from the repository through the profile; its combined output."""
+def run_with_profile(cluster: SlurmCluster, workdir: Path, *args: str) -> str:
+    """Run the repository's Snakefile through the profile in ``workdir``; its combined output.
+
+    ``workdir`` links to the repository's config/ (the config's relative paths) and keeps
+    Snakemake's state (.snakemake/: locks, metadata, SLURM logs) out of the repository, so a
+    run killed on timeout leaves no stale lock there.
+    """
+    if not (workdir / "config").exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config").symlink_to(REPO / "config")
     env = {**os.environ, **cluster.env()}
     env.pop("SNAKEMAKE_PROFILE", None)
     # Jobs start Snakemake again inside SLURM with this environment (sbatch --export=ALL): the
@@ -70,10 +78,10 @@ def run_with_profile(cluster: SlurmCluster, logdir: Path, *args: str) -> str:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     cmd = [
         str(BIN / "snakemake"),
+        "--snakefile",
+        str(REPO / "Snakefile"),
         "--profile",
-        "profiles/slurm",
-        "--slurm-logdir",
-        str(logdir),
+        str(REPO / "profiles" / "slurm"),
         "--slurm-keep-successful-logs",
         "--slurm-init-seconds-before-status-checks",
         "5",
@@ -82,7 +90,7 @@ def run_with_profile(cluster: SlurmCluster, logdir: Path, *args: str) -> str:
     ]
     try:
         proc = subprocess.run(
-            cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+            cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
         )
     except subprocess.TimeoutExpired as err:
         out = (err.stdout or b"").decode(errors="replace") + (err.stderr or b"").decode(
@@ -134,7 +142,7 @@ def slurm_run(cluster, demo_cohort, tmp_path_factory):
         # One ROI keeps PyRadiomics quick; the test is about scheduling, not features.
         radiomics={"rois": {"whole_brain": ["nonzero"]}},
     )
-    log = run_with_profile(cluster, tmp / "slurm_logs", "--configfile", str(config))
+    log = run_with_profile(cluster, tmp / "work", "--configfile", str(config))
     jobs = {k: v for k, v in cluster.jobs().items() if v["JobName"] == run_id(log)}
     return SimpleNamespace(
         out=tmp / "results",
@@ -220,7 +228,7 @@ def test_outputs(slurm_run):
 def test_gpu_resource_becomes_gres(cluster, slurm_run):
     log = run_with_profile(
         cluster,
-        slurm_run.out.parent / "slurm_logs",
+        slurm_run.out.parent / "work",
         "--configfile",
         str(slurm_run.out.parent / "config.override.yaml"),
         "--forcerun",
