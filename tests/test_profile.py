@@ -30,6 +30,7 @@ def profile_resource(rule: str, name: str, members: Path, threads: int = 1) -> i
 
 
 def job_resources(job: dict) -> dict[str, str]:
+    """The resources a dry run printed for a job."""
     return dict(kv.split("=", 1) for kv in job["resources"].split(", "))
 
 
@@ -57,6 +58,8 @@ def test_every_per_subject_rule_is_grouped(dry_run):
         assert group, f"per-subject rule {rule} is not grouped in profiles/slurm"
         assert PROFILE["group-components"][group] > 1
         assert f"Group job {group} " in out
+        # Sized as members that run one after another (see the profile's group_slots).
+        assert all(job_resources(j)["group_slots"] == "1" for j in jobs if j["rule"] == rule)
 
 
 def test_runtime_grows_with_the_shard(dry_run):
@@ -78,4 +81,3 @@ def test_every_rule_has_time_and_memory(dry_run):
     for job in jobs:
         resources = job_resources(job)
         assert int(resources["runtime"]) > 0 and int(resources["mem_mb"]) > 0, job
-        assert resources["group_slots"] == "1", job
