@@ -1,0 +1,251 @@
+"""The cluster profile (profiles/slurm) against a real SLURM started by the test.
+
+The real Snakefile runs on the demo cohort through ``--profile profiles/slurm`` and
+snakemake-executor-plugin-slurm on a single-node SLURM 22.05 cluster (tests/slurm_cluster.py).
+SLURM's own records (slurmctld's job table, the batch scripts it ran, the job completion log, the
+job logs) are then compared with what Snakemake reports and with the profile.
+
+Only executor settings that the profile leaves alone are added on the command line (keeping the
+logs of successful jobs, a short first status check) so the profile itself is used as written.
+The GPU check is a second, forced run of one rule: giving a rule a GPU from the command line
+takes ``--set-resources``, which replaces the profile's whole ``set-resources`` section, so it
+stays out of the main run.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from damt.discovery import read_shard
+from tests.conftest import BIN, REPO, workflow_config
+from tests.slurm_cluster import SlurmCluster, running_cluster, unavailable_reason
+from tests.test_profile import PROFILE, profile_resource
+
+# Per-subject rules: one job per shard, bundled into group jobs by the profile.
+SHARD_RULES = ("radiomics", "cache")
+# 4 demo subjects in 3 crc32 shards: shards of 1 and 2 subjects, one group job per stage.
+N_SHARDS = 3
+# The GPU check: a rule whose job asks for `gpu: GPU_COUNT`. Until the pretrain rule exists the
+# table rule is given the resource on the command line; for pretrain, set GPU_RULE = "pretrain",
+# GPU_TARGET to its output, GPU_ARGS = () and its gpu count in the config to at most 2 (the
+# test node's GPUs).
+GPU_RULE = "radiomics_table"
+GPU_TARGET = "features/radiomics.parquet"
+GPU_COUNT = 2
+GPU_ARGS = ("--set-resources", f"{GPU_RULE}:gpu={GPU_COUNT}")
+RUN_TIMEOUT_S = 480
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1200)]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A running single-node SLURM cluster (skips where the machine cannot run one)."""
+    reason = unavailable_reason()
+    if reason:
+        # CI installs SLURM (.ci/run) and sets DAMT_REQUIRE_SLURM=1: there, a skip would hide
+        # a broken set-up, so it fails instead.
+        if os.environ.get("DAMT_REQUIRE_SLURM") == "1":
+            pytest.fail(f"DAMT_REQUIRE_SLURM=1 but {reason}")
+        pytest.skip(reason)
+    with running_cluster() as running:
+        yield running
+
+
+def run_with_profile(cluster: SlurmCluster, workdir: Path, *args: str) -> str:
+    """Run the repository's Snakefile through the profile in ``workdir``; its combined output.
+
+    ``workdir`` links to the repository's config/ (the config's relative paths) and keeps
+    Snakemake's state (.snakemake/: locks, metadata, SLURM logs) out of the repository, so a
+    run killed on timeout leaves no stale lock there.
+    """
+    if not (workdir / "config").exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config").symlink_to(REPO / "config")
+    env = {**os.environ, **cluster.env()}
+    env.pop("SNAKEMAKE_PROFILE", None)
+    # Jobs start Snakemake again inside SLURM with this environment (sbatch --export=ALL): the
+    # virtual environment's bin first, and this checkout's `damt` ahead of an installed one.
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    cmd = [
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
+        "--slurm-keep-successful-logs",
+        "--slurm-init-seconds-before-status-checks",
+        "5",
+        "--verbose",
+        *args,
+    ]
+    try:
+        proc = subprocess.run(
+            cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired as err:
+        out = (err.stdout or b"").decode(errors="replace") + (err.stderr or b"").decode(
+            errors="replace"
+        )
+        pytest.fail(f"snakemake ran over {RUN_TIMEOUT_S} s:\n{out[-6000:]}\n{cluster.logs()}")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"snakemake failed:\n{output[-8000:]}\n{cluster.logs()}"
+    return output
+
+
+def run_id(log: str) -> str:
+    return re.search(r"SLURM run ID: (\S+)", log).group(1)
+
+
+def submitted_ids(log: str) -> set[str]:
+    return set(re.findall(r"has been submitted with SLURM jobid (\d+)", log))
+
+
+def target_jobs(script: str) -> list[tuple[str, str]]:
+    """(rule, wildcards) of each Snakemake job a SLURM batch script runs."""
+    targets = re.search(r"--target-jobs ((?:'[^']*' ?)+)", script).group(1)
+    return [tuple(t.split(":", 1)) for t in re.findall(r"'([^']*)'", targets)]
+
+
+def jobstep_environment(job_log: Path) -> dict[str, str]:
+    """The environment the Snakemake process inside a SLURM job saw (the jobstep executor
+    prints it with --verbose)."""
+    match = re.search(r"^environment: environ\((\{.*\})\)$", job_log.read_text(), re.MULTILINE)
+    assert match, f"no environment dump in {job_log}"
+    return ast.literal_eval(match.group(1))
+
+
+def minutes(slurm_time: str) -> int:
+    """SLURM's [D-]HH:MM:SS time limit in minutes (limits are whole minutes)."""
+    days, _, hms = slurm_time.rpartition("-")
+    hours, mins, _ = (int(x) for x in hms.split(":"))
+    return (int(days or 0) * 24 + hours) * 60 + mins
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, demo_cohort, tmp_path_factory):
+    """The whole workflow run through the profile, and SLURM's records of its jobs."""
+    tmp = tmp_path_factory.mktemp("slurm-run")
+    config = workflow_config(
+        tmp,
+        [{"path": str(demo_cohort)}],
+        sharding={"n_shards": N_SHARDS},
+        # One ROI keeps PyRadiomics quick; the test is about scheduling, not features.
+        radiomics={"rois": {"whole_brain": ["nonzero"]}},
+    )
+    log = run_with_profile(cluster, tmp / "work", "--configfile", str(config))
+    jobs = {k: v for k, v in cluster.jobs().items() if v["JobName"] == run_id(log)}
+    return SimpleNamespace(
+        out=tmp / "results",
+        log=log,
+        jobs=jobs,
+        scripts={job_id: cluster.batch_script(job_id) for job_id in jobs},
+        completed=cluster.completed_jobs(),
+        shards={p.stem: p for p in (tmp / "results" / "discovery" / "shards").glob("*.tsv")},
+        subjects=sorted(p.name for p in demo_cohort.iterdir() if p.is_dir()),
+    )
+
+
+def test_every_job_went_through_sbatch(slurm_run):
+    ids = submitted_ids(slurm_run.log)
+    assert ids, "Snakemake submitted nothing"
+    assert ids == set(slurm_run.jobs), "Snakemake's job ids and slurmctld's jobs differ"
+    for job_id, job in slurm_run.jobs.items():
+        assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), job
+        assert slurm_run.completed[job_id]["JobState"] == "COMPLETED"
+    # Every rule that did work ran inside a SLURM job, each of its jobs exactly once (the
+    # target rule `all` has no action and stays in the main process).
+    finished = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", slurm_run.log)
+    in_slurm = [rule for s in slurm_run.scripts.values() for rule, _ in target_jobs(s)]
+    assert sorted(in_slurm) == sorted(r for r in finished if r != "all")
+    assert set(in_slurm) >= {*SHARD_RULES, "radiomics_table"}
+
+
+def test_status_is_polled_with_squeue(slurm_run):
+    # This cluster has no accounting: with sacct the run would never have finished.
+    assert "command=squeue" in slurm_run.log
+    assert "command=sacct" not in slurm_run.log
+
+
+def test_shard_jobs_are_bundled_into_group_jobs(slurm_run):
+    assert len(slurm_run.shards) >= 2, f"the cohort fell into one shard: {slurm_run.shards}"
+    for rule in SHARD_RULES:
+        per_job = {
+            job_id: [wc.removeprefix("shard=") for r, wc in target_jobs(s) if r == rule]
+            for job_id, s in slurm_run.scripts.items()
+        }
+        per_job = {job_id: shards for job_id, shards in per_job.items() if shards}
+        assert sorted(s for shards in per_job.values() for s in shards) == sorted(slurm_run.shards)
+        assert len(per_job) < len(slurm_run.shards), f"{rule}: one SLURM job per shard"
+        for job_id, shards in per_job.items():
+            job = slurm_run.jobs[job_id]
+            assert job["Comment"].startswith(f"rule_{PROFILE['groups'][rule]}")
+            # The group runs its members one after another: it asks for the sum of their
+            # runtimes and the largest member's memory and CPUs (the profile's group_slots).
+            members = [slurm_run.shards[s] for s in shards]
+            runtime = sum(profile_resource(rule, "runtime", m) for m in members)
+            mem = max(profile_resource(rule, "mem_mb", m) for m in members)
+            assert minutes(job["TimeLimit"]) == runtime, (rule, job["TimeLimit"], runtime)
+            assert job["MinMemoryNode"] == f"{mem}M"
+            assert job["NumCPUs"] == "1"
+
+
+def test_jobs_inherit_the_environment(slurm_run):
+    calls = re.findall(r"^sbatch call: (.*)$", slurm_run.log, re.MULTILINE)
+    assert calls and all("--export=ALL" in call for call in calls)
+    for job_id, script in slurm_run.scripts.items():
+        python = rf"^{re.escape(str(BIN))}/python[\d.]* -m snakemake "
+        assert re.search(python, script, re.MULTILINE), f"job {job_id}: not this environment"
+        env = jobstep_environment(Path(slurm_run.jobs[job_id]["StdOut"]))
+        assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO)
+        assert env["PATH"].split(os.pathsep)[0] == str(BIN)
+
+
+def test_outputs(slurm_run):
+    table = pd.read_parquet(slurm_run.out / "features" / "radiomics.parquet")
+    assert table["subject_id"].tolist() == slurm_run.subjects
+    features = table.drop(columns="subject_id")
+    assert features.shape[1] > 0 and features.notna().all(axis=None)
+    for shard in slurm_run.shards:
+        for rule in SHARD_RULES:
+            summary = pd.read_csv(slurm_run.out / rule / "shards" / f"{shard}.tsv", sep="\t")
+            members = {row["subject_id"] for row in read_shard(slurm_run.shards[shard])}
+            assert set(summary["subject_id"]) == members
+            assert (summary["status"] == "ok").all(), summary
+    for subject in slurm_run.subjects:
+        assert (slurm_run.out / "subjects" / subject / "cache" / "image.npy").is_file()
+
+
+def test_gpu_resource_becomes_gres(cluster, slurm_run):
+    log = run_with_profile(
+        cluster,
+        slurm_run.out.parent / "work",
+        "--configfile",
+        str(slurm_run.out.parent / "config.override.yaml"),
+        "--forcerun",
+        GPU_RULE,
+        *GPU_ARGS,
+        "--",
+        str(slurm_run.out / GPU_TARGET),
+    )
+    (job_id,) = submitted_ids(log)
+    assert re.search(rf"^sbatch call: .* --gpus={GPU_COUNT}( |$)", log, re.MULTILINE)
+    job = cluster.jobs()[job_id]
+    assert job["TresPerJob"] == f"gres:gpu:{GPU_COUNT}"
+    assert job["JobState"] == "COMPLETED"
+    assert [rule for rule, _ in target_jobs(cluster.batch_script(job_id))] == [GPU_RULE]
+    # Inside the job SLURM handed out the fake devices, and the jobstep's srun asked for them.
+    env = jobstep_environment(Path(job["StdOut"]))
+    assert env["CUDA_VISIBLE_DEVICES"] == ",".join(str(i) for i in range(GPU_COUNT))
+    assert f"--gpus={GPU_COUNT}" in Path(job["StdOut"]).read_text()
+    # Jobs that ask for no GPU get none.
+    assert all("TresPerJob" not in j for j in slurm_run.jobs.values())
