@@ -1,0 +1,423 @@
+"""The training loop: ``run_pretraining`` is what ``damt train`` runs on every rank.
+
+DDP over ``torchrun`` (or a single process), AdamW with a linear-scaled learning rate, cosine
+schedules for learning rate and weight decay, gradient clipping, mixed precision, skipping of
+non-finite steps, a checkpoint every epoch and automatic resume, metrics, and the exported
+encoder at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from damt.io import stable_hash
+from damt.model.network import DAMTNetwork
+from damt.model.spec import NetworkSpec
+from damt.training.checkpoint import load_latest, save_checkpoint
+from damt.training.data import PretrainDataset, TrainingData, load_training_data
+from damt.training.distributed import DistEnv, all_reduce, barrier, init_distributed, shutdown
+from damt.training.export import ENCODER_FILE, MODEL_CARD_FILE, export_encoder, write_model_card
+from damt.training.metrics import MetricsLog
+from damt.training.objective import PretrainObjective
+from damt.training.schedules import cosine_schedule
+from damt.training.settings import TrainSettings
+from damt.training.views import ROTATIONS
+
+log = logging.getLogger("damt.train")
+
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps produced a non-finite loss or gradient."""
+
+
+@dataclass
+class TrainInputs:
+    """Files the trainer reads (docs/contracts.md); tables of switched-off tasks may be None."""
+
+    manifest: Path
+    label_table: Path
+    tables: dict[str, Path | None] = field(default_factory=dict)
+
+    def load(self, tasks: tuple[str, ...]) -> TrainingData:
+        needed = {
+            "morphometry_global": "morphometry" in tasks,
+            "morphometry_local": "morphometry" in tasks,
+            "radiomics": "radiomics" in tasks,
+        }
+        for name, need in needed.items():
+            path = self.tables.get(name)
+            if need and (path is None or not Path(path).is_file()):
+                task = name.split("_")[0]
+                raise ValueError(
+                    f"the {task} task is on but the {name} table is missing ({path}); pass it "
+                    f"or switch the task off (pretrain.tasks.{task}: false)"
+                )
+        return load_training_data(
+            self.manifest,
+            self.label_table,
+            {k: self.tables.get(k) for k, need in needed.items() if need},
+        )
+
+
+@dataclass
+class TrainResult:
+    """The trained module (unwrapped) and the last epoch's metrics record."""
+
+    objective: PretrainObjective
+    last_record: dict | None
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` → bf16 on GPUs that have it, fp16 (with loss scaling) on older GPUs, fp32 on CPU.
+
+    fp16 is refused on the CPU (no fast kernels, and Swin attention overflows in fp16).
+    """
+    if device.type == "cpu":
+        if name == "fp16":
+            raise ValueError("pretrain.precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+        return "fp32" if name == "auto" else name
+    if name == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if name == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError("pretrain.precision bf16: this GPU does not support bfloat16")
+    return name
+
+
+def network_spec(settings: TrainSettings, data: TrainingData) -> NetworkSpec:
+    """Head sizes from the data: table widths and the label table's K."""
+    return NetworkSpec(
+        encoder=settings.encoder,
+        tasks=settings.tasks,
+        n_rotations=len(ROTATIONS),
+        n_locations=settings.views.location_grid**2,
+        contrastive_dim=settings.contrastive_dim,
+        morphometry_dim=data.width("morphometry"),
+        radiomics_dim=data.width("radiomics"),
+        n_atlas_classes=data.n_classes,
+    )
+
+
+def param_groups(objective: PretrainObjective) -> list[dict]:
+    """AdamW groups. Weight decay (on its schedule) applies to weight matrices and kernels only;
+    biases, norms, the mask token, Swin's relative position tables and the task log-variances
+    are not decayed (as in DINO and Swin).
+    """
+    decay, no_decay = [], []
+    for name, p in objective.named_parameters():
+        if p.ndim <= 1 or "relative_position_bias_table" in name or name.startswith("balancer."):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "apply_wd_schedule": True},
+        {"params": no_decay, "weight_decay": 0.0, "apply_wd_schedule": False},
+    ]
+
+
+def _seed_for(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def _configure_determinism(deterministic: bool) -> None:
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # warn_only: a few CUDA kernels (e.g. 3-D interpolation backward) have no deterministic
+        # version; a warning names them instead of stopping the run.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+
+
+def run_pretraining(
+    config: dict, inputs: TrainInputs, run_dir: str | Path, cores: int | None = None
+) -> TrainResult:
+    """Train (or resume) the run in ``run_dir`` on this rank; rank 0 writes every output."""
+    settings = TrainSettings.from_config(config)
+    use_cuda = settings.gpus > 0
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"pretrain.gpus is {settings.gpus} but no CUDA device is visible; "
+            "set pretrain.gpus: 0 to train on the CPU"
+        )
+    _configure_determinism(settings.deterministic)
+    env = init_distributed(use_cuda)
+    if cores:
+        torch.set_num_threads(max(1, cores // env.local_world_size))
+    if not env.is_main:
+        logging.getLogger("damt").setLevel(logging.WARNING)
+    result = _train(settings, config, inputs, Path(run_dir), env)
+    # Only after success: a failing rank exits instead, and torchrun stops the others.
+    shutdown()
+    return result
+
+
+def _train(
+    s: TrainSettings, config: dict, inputs: TrainInputs, run_dir: Path, env: DistEnv
+) -> TrainResult:
+    data = inputs.load(s.tasks)
+    spec = network_spec(s, data)
+    torch.manual_seed(s.seed)
+    objective = PretrainObjective(DAMTNetwork(spec), s.balancing, s.contrastive_temperature).to(
+        env.device
+    )
+
+    dataset = PretrainDataset(data, s.views, s.seed)
+    # The sampler pads the epoch to a multiple of the world size, so every rank runs the same
+    # number of steps; the last batch may be short.
+    sampler = DistributedSampler(
+        dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=s.seed
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=s.batch_size_per_gpu,
+        sampler=sampler,
+        num_workers=s.num_workers,
+        pin_memory=env.device.type == "cuda",
+        drop_last=False,
+    )
+    iters = len(loader)
+    global_batch = s.batch_size_per_gpu * env.world_size
+    peak_lr = s.base_lr * global_batch / 256
+    lr_schedule = cosine_schedule(
+        peak_lr, s.min_lr, s.epochs, iters, s.warmup_epochs, s.warmup_start_lr
+    )
+    wd_schedule = cosine_schedule(s.weight_decay, s.weight_decay_end, s.epochs, iters)
+    optimizer = torch.optim.AdamW(param_groups(objective), lr=peak_lr)
+    precision = resolve_precision(s.precision, env.device)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
+
+    resume_key = stable_hash({"network": repr(spec), "balancing": s.balancing})
+    ckpt_dir = run_dir / "checkpoints"
+    start_epoch, step, skipped_total = 0, 0, 0
+    state = load_latest(ckpt_dir)
+    if state is not None:
+        if state.get("resume_key") != resume_key:
+            raise ValueError(
+                f"the checkpoint in {ckpt_dir} was written by a run with another network, tasks "
+                "or data widths; use a new output folder or delete the checkpoints"
+            )
+        objective.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, step = state["epoch"], state["step"]
+        skipped_total = state["skipped_steps"]
+        if step != start_epoch * iters:
+            log.warning(
+                "the checkpoint's %d steps in %d epochs do not match %d steps per epoch now "
+                "(subjects or batch size changed): schedules continue from step %d",
+                step,
+                start_epoch,
+                iters,
+                start_epoch * iters,
+            )
+        log.info("resuming %s after epoch %d", run_dir, start_epoch)
+
+    model: torch.nn.Module = objective
+    if env.world_size > 1:
+        model = DistributedDataParallel(
+            objective,
+            device_ids=[env.device.index] if env.device.type == "cuda" else None,
+            find_unused_parameters=False,
+        )
+    if env.is_main:
+        log.info(
+            "training %d subjects on %d %s process(es): %d steps/epoch, global batch %d, "
+            "peak lr %.3g, %s, tasks %s, %.1fM parameters",
+            len(dataset),
+            env.world_size,
+            env.device.type,
+            iters,
+            global_batch,
+            peak_lr,
+            precision,
+            ",".join(s.tasks),
+            sum(p.numel() for p in objective.parameters()) / 1e6,
+        )
+    metrics = MetricsLog(run_dir, start_epoch, start_epoch * iters, active=env.is_main)
+    record = None
+    consecutive = 0
+    for epoch in range(start_epoch, s.epochs):
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        # Seeded per epoch and rank so a resumed run draws what an uninterrupted one would.
+        torch.manual_seed(_seed_for(s.seed, epoch, env.rank))
+        record, consecutive = _train_one_epoch(
+            model,
+            objective,
+            loader,
+            optimizer,
+            scaler,
+            precision,
+            lr_schedule,
+            wd_schedule,
+            s,
+            env,
+            epoch,
+            consecutive,
+            metrics,
+        )
+        skipped_total += record["skipped_steps"]
+        record["skipped_steps_total"] = skipped_total
+        step = (epoch + 1) * iters
+        if env.is_main:
+            metrics.epoch(record)
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "resume_key": resume_key,
+                "epoch": epoch + 1,
+                "step": step,
+                "skipped_steps": skipped_total,
+                "model": objective.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+            }
+            save_checkpoint(ckpt_dir, state, epoch + 1, s.save_every)
+        barrier()
+    metrics.close()
+
+    if env.is_main:
+        encoder = objective.network.encoder
+        export_encoder(encoder, run_dir / ENCODER_FILE)
+        write_model_card(
+            run_dir / MODEL_CARD_FILE,
+            encoder,
+            pretraining={
+                "epochs": s.epochs,
+                "steps": s.epochs * iters,
+                "world_size": env.world_size,
+                "device": env.device.type,
+                "precision": precision,
+                "global_batch": global_batch,
+                "peak_lr": peak_lr,
+                "skipped_steps": skipped_total,
+                "tasks": list(s.tasks),
+                "config": config["pretrain"],
+                "final_epoch": record,
+            },
+            data=data.summary,
+        )
+        log.info("wrote %s and %s", run_dir / ENCODER_FILE, run_dir / MODEL_CARD_FILE)
+    barrier()
+    return TrainResult(objective, record)
+
+
+def _mean(total: float, count: float) -> float | None:
+    # None, not NaN: metrics.jsonl stays valid JSON when a task had no valid step in an epoch.
+    return total / count if count else None
+
+
+def _train_one_epoch(
+    model,
+    objective,
+    loader,
+    optimizer,
+    scaler,
+    precision,
+    lr_schedule,
+    wd_schedule,
+    s: TrainSettings,
+    env: DistEnv,
+    epoch: int,
+    consecutive: int,
+    metrics: MetricsLog,
+) -> tuple[dict, int]:
+    model.train()
+    iters = len(loader)
+    tasks = objective.network.spec.tasks
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    # Per task: sum of losses over steps where it was defined, and the number of such steps.
+    sums = torch.zeros(2 * len(tasks) + 3, dtype=torch.float64, device=env.device)
+    skipped = 0
+    start = time.perf_counter()
+    bar = tqdm(
+        loader,
+        total=iters,
+        disable=not env.is_main,
+        desc=f"epoch {epoch + 1}/{s.epochs}",
+        dynamic_ncols=True,
+        leave=False,
+    )
+    for it, batch in enumerate(bar):
+        step = epoch * iters + it
+        # Python floats: numpy scalars in the optimizer state would not load with weights_only.
+        for group in optimizer.param_groups:
+            group["lr"] = float(lr_schedule[step])
+            if group["apply_wd_schedule"]:
+                group["weight_decay"] = float(wd_schedule[step])
+        batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(env.device.type, dtype=dtype, enabled=dtype is not None):
+            total, losses, valid = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        # Every rank must take the same branch, or the others would wait in DDP's all-reduce.
+        ok = all_reduce(torch.isfinite(total.detach()).float().reshape(1), "min")
+        if ok.item() == 1.0:
+            scaler.scale(total).backward()
+            scaler.unscale_(optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(
+                params, s.clip_grad if s.clip_grad > 0 else math.inf
+            )
+            ok = torch.isfinite(norm).float().reshape(1)
+            if ok.item() == 1.0:
+                scaler.step(optimizer)
+            scaler.update()
+        if ok.item() != 1.0:
+            skipped += 1
+            consecutive += 1
+            if consecutive >= s.max_consecutive_nonfinite:
+                raise NonFiniteLossError(
+                    f"{consecutive} consecutive steps had a non-finite loss or gradient "
+                    f"(epoch {epoch + 1}, step {step}); lower the learning rate, use bf16/fp32, "
+                    "or check the data (pretrain.max_consecutive_nonfinite)"
+                )
+            continue
+        consecutive = 0
+        values = (
+            [losses[t] * valid[t] for t in tasks]
+            + [valid[t] for t in tasks]
+            + [total.detach(), torch.ones((), device=env.device), norm.detach()]
+        )
+        sums += torch.stack([v.double() for v in values])
+        if env.is_main and (it % s.log_every_steps == 0 or it == iters - 1):
+            loss_value = float(total.detach())
+            bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr_schedule[step]:.2e}")
+            metrics.step(
+                step, {"loss": loss_value, "lr": float(lr_schedule[step]), "grad_norm": float(norm)}
+            )
+
+    elapsed = time.perf_counter() - start
+    sample_count = torch.tensor([float(len(loader.sampler))], device=env.device)
+    all_reduce(sums)
+    all_reduce(sample_count)
+    k = len(tasks)
+    task_sums, task_counts = sums[:k].tolist(), sums[k : 2 * k].tolist()
+    loss_sum, applied, norm_sum = sums[2 * k :].tolist()
+    weights = objective.balancer.weights()
+    record = {
+        "epoch": epoch,
+        "step": (epoch + 1) * iters,
+        "loss": _mean(loss_sum, applied),
+        "grad_norm": _mean(norm_sum, applied),
+        "lr": float(lr_schedule[(epoch + 1) * iters - 1]),
+        "weight_decay": float(wd_schedule[(epoch + 1) * iters - 1]),
+        "samples_per_s": sample_count.item() / elapsed,
+        "epoch_time_s": elapsed,
+        "skipped_steps": skipped,
+    }
+    for t, total_t, count in zip(tasks, task_sums, task_counts, strict=True):
+        record[f"loss/{t}"] = _mean(total_t, count)
+        record[f"weight/{t}"] = weights[t]
+    return record, consecutive
