@@ -123,3 +123,17 @@ def test_mismatched_grids_are_refused():
     image, atlas = _volume()
     with pytest.raises(ValueError, match="grids differ"):
         make_views(image, atlas[:-1], np.random.default_rng(0), SPEC)
+
+
+def test_local_crop_resizes_image_and_atlas_on_the_same_grid():
+    # Binary blocky atlas and image = atlas: a resized image voxel is exactly 0 or 1 only where
+    # every source voxel it interpolates shares that class, so the atlas must agree there.
+    rng = np.random.default_rng(0)
+    atlas = np.kron(rng.integers(0, 2, size=(12, 14, 10)), np.ones((3, 3, 3))).astype(np.uint8)
+    image = atlas.astype(np.float32)
+    for seed in range(5):
+        v = make_views(image, atlas, np.random.default_rng(seed), SPEC)
+        value = v["local_image"][0]
+        pure = (value == 0) | (value == 1)
+        assert pure.float().mean() > 0.3
+        assert torch.equal(value[pure].long(), v["local_atlas"][pure])

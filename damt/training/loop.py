@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from damt.training.checkpoint import load_latest, save_checkpoint
 from damt.training.data import PretrainDataset, TrainingData, load_training_data
 from damt.training.distributed import DistEnv, all_reduce, barrier, init_distributed, shutdown
 from damt.training.export import ENCODER_FILE, MODEL_CARD_FILE, export_encoder, write_model_card
-from damt.training.metrics import MetricsLog
+from damt.training.metrics import MetricsLog, read_records
 from damt.training.objective import PretrainObjective
 from damt.training.schedules import cosine_schedule
 from damt.training.settings import TrainSettings
@@ -37,6 +38,7 @@ from damt.training.views import ROTATIONS
 log = logging.getLogger("damt.train")
 
 CHECKPOINT_FORMAT = 1
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -52,6 +54,7 @@ class TrainInputs:
     tables: dict[str, Path | None] = field(default_factory=dict)
 
     def load(self, tasks: tuple[str, ...]) -> TrainingData:
+        """Read the manifest, the label table and the tables the switched-on tasks need."""
         needed = {
             "morphometry_global": "morphometry" in tasks,
             "morphometry_local": "morphometry" in tasks,
@@ -78,6 +81,17 @@ class TrainResult:
 
     objective: PretrainObjective
     last_record: dict | None
+
+
+@dataclass
+class StepResult:
+    """Outcome of one optimisation step."""
+
+    applied: bool  # False: non-finite loss or gradient, the parameters did not change
+    total: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    valid: dict[str, torch.Tensor]
+    grad_norm: torch.Tensor | None
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -127,6 +141,38 @@ def param_groups(objective: PretrainObjective) -> list[dict]:
     ]
 
 
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    batch: dict[str, torch.Tensor],
+    precision: str,
+    clip_grad: float,
+) -> StepResult:
+    """Forward under autocast, backward, clip, step; skip the update when anything is non-finite.
+
+    Under DDP every rank takes the same branch: the loss check is all-reduced, and the gradient
+    norm is computed from gradients DDP has already averaged.
+    """
+    dtype = AUTOCAST_DTYPES[precision]
+    device = next(iter(batch.values())).device
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        total, losses, valid = model(batch)
+    optimizer.zero_grad(set_to_none=True)
+    finite = all_reduce(torch.isfinite(total.detach()).float().reshape(1), "min")
+    if finite.item() != 1.0:
+        return StepResult(False, total.detach(), losses, valid, None)
+    scaler.scale(total).backward()
+    scaler.unscale_(optimizer)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else math.inf)
+    applied = bool(torch.isfinite(norm))
+    if applied:
+        scaler.step(optimizer)
+    scaler.update()
+    return StepResult(applied, total.detach(), losses, valid, norm.detach())
+
+
 def _seed_for(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
@@ -139,6 +185,161 @@ def _configure_determinism(deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
+
+
+def _mean(total: float, count: float) -> float | None:
+    # None, not NaN: metrics.jsonl stays valid JSON when a task had no valid step in an epoch.
+    return total / count if count else None
+
+
+class Trainer:
+    """Optimiser, schedules, precision and DDP wrapper of one run on this rank."""
+
+    def __init__(
+        self,
+        settings: TrainSettings,
+        objective: PretrainObjective,
+        loader: DataLoader,
+        env: DistEnv,
+        resume_key: str,
+        state: dict | None,
+    ) -> None:
+        s = self.settings = settings
+        self.objective, self.loader, self.env = objective, loader, env
+        self.resume_key = resume_key
+        self.iters = len(loader)
+        self.global_batch = s.batch_size_per_gpu * env.world_size
+        self.peak_lr = s.base_lr * self.global_batch / 256
+        self.lr = cosine_schedule(
+            self.peak_lr, s.min_lr, s.epochs, self.iters, s.warmup_epochs, s.warmup_start_lr
+        )
+        self.wd = cosine_schedule(s.weight_decay, s.weight_decay_end, s.epochs, self.iters)
+        self.optimizer = torch.optim.AdamW(param_groups(objective), lr=self.peak_lr)
+        self.precision = resolve_precision(s.precision, env.device)
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=self.precision == "fp16")
+        self.start_epoch, self.skipped_total, self.consecutive = 0, 0, 0
+        if state is not None:
+            self._restore(state)
+        self.model: torch.nn.Module = objective
+        if env.world_size > 1:
+            # Switched-off tasks build no head, so every parameter is used at every step.
+            self.model = DistributedDataParallel(
+                objective,
+                device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                find_unused_parameters=False,
+            )
+
+    def _restore(self, state: dict) -> None:
+        if state.get("resume_key") != self.resume_key:
+            raise ValueError(
+                "the checkpoint was written by a run with another network, tasks or data "
+                "widths; use a new output folder or delete its checkpoints/"
+            )
+        self.objective.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.skipped_total = state["epoch"], state["skipped_steps"]
+        if state["step"] != self.start_epoch * self.iters:
+            log.warning(
+                "the checkpoint's %d steps in %d epochs do not match %d steps per epoch now "
+                "(subjects or batch size changed): schedules continue from step %d",
+                state["step"], self.start_epoch, self.iters, self.start_epoch * self.iters,
+            )  # fmt: skip
+
+    def state(self, epochs_done: int) -> dict:
+        """Everything a resumed run needs (tensors and plain containers only)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "resume_key": self.resume_key,
+            "epoch": epochs_done,
+            "step": epochs_done * self.iters,
+            "skipped_steps": self.skipped_total,
+            "model": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def run_epoch(self, epoch: int, metrics: MetricsLog) -> dict:
+        """Train one epoch; return its metrics record (means over ranks and steps)."""
+        s, env, iters = self.settings, self.env, self.iters
+        tasks = self.objective.network.spec.tasks
+        self.model.train()
+        # Per task: loss summed over the steps where it was defined, and their count; then the
+        # total loss, the number of applied steps and the gradient norm.
+        sums = torch.zeros(2 * len(tasks) + 3, dtype=torch.float64, device=env.device)
+        skipped = 0
+        start = time.perf_counter()
+        bar = tqdm(
+            self.loader,
+            total=iters,
+            disable=not env.is_main,
+            desc=f"epoch {epoch + 1}/{s.epochs}",
+            dynamic_ncols=True,
+            leave=False,
+            # Sparse updates when stderr is a log file rather than a terminal.
+            mininterval=0.5 if sys.stderr.isatty() else 60.0,
+        )
+        for it, batch in enumerate(bar):
+            step = epoch * iters + it
+            # Python floats: numpy scalars in the optimizer state would not load weights_only.
+            for group in self.optimizer.param_groups:
+                group["lr"] = float(self.lr[step])
+                if group["apply_wd_schedule"]:
+                    group["weight_decay"] = float(self.wd[step])
+            batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
+            out = train_step(
+                self.model, self.optimizer, self.scaler, batch, self.precision, s.clip_grad
+            )
+            if not out.applied:
+                skipped += 1
+                self.consecutive += 1
+                if self.consecutive >= s.max_consecutive_nonfinite:
+                    raise NonFiniteLossError(
+                        f"{self.consecutive} consecutive steps had a non-finite loss or "
+                        f"gradient (epoch {epoch + 1}, step {step}); lower the learning rate, "
+                        "use bf16/fp32, or check the data (pretrain.max_consecutive_nonfinite)"
+                    )
+                continue
+            self.consecutive = 0
+            values = (
+                [out.losses[t] * out.valid[t] for t in tasks]
+                + [out.valid[t] for t in tasks]
+                + [out.total, torch.ones((), device=env.device), out.grad_norm]
+            )
+            sums += torch.stack([v.double() for v in values])
+            if env.is_main and (it % s.log_every_steps == 0 or it == iters - 1):
+                loss = float(out.total)
+                bar.set_postfix(loss=f"{loss:.4g}", lr=f"{self.lr[step]:.2e}")
+                metrics.step(
+                    step,
+                    {"loss": loss, "lr": float(self.lr[step]), "grad_norm": float(out.grad_norm)},
+                )
+        elapsed = time.perf_counter() - start
+        samples = torch.tensor([float(len(self.loader.sampler))], device=env.device)
+        all_reduce(sums)
+        all_reduce(samples)
+        k = len(tasks)
+        task_sums, task_counts = sums[:k].tolist(), sums[k : 2 * k].tolist()
+        loss_sum, applied, norm_sum = sums[2 * k :].tolist()
+        self.skipped_total += skipped
+        last = (epoch + 1) * iters - 1
+        record = {
+            "epoch": epoch,
+            "step": last + 1,
+            "loss": _mean(loss_sum, applied),
+            "grad_norm": _mean(norm_sum, applied),
+            "lr": float(self.lr[last]),
+            "weight_decay": float(self.wd[last]),
+            "samples_per_s": samples.item() / elapsed,
+            "epoch_time_s": elapsed,
+            "skipped_steps": skipped,
+            "skipped_steps_total": self.skipped_total,
+        }
+        weights = self.objective.balancer.weights()
+        for t, total, count in zip(tasks, task_sums, task_counts, strict=True):
+            record[f"loss/{t}"] = _mean(total, count)
+            record[f"weight/{t}"] = weights[t]
+        return record
 
 
 def run_pretraining(
@@ -170,9 +371,8 @@ def _train(
     data = inputs.load(s.tasks)
     spec = network_spec(s, data)
     torch.manual_seed(s.seed)
-    objective = PretrainObjective(DAMTNetwork(spec), s.balancing, s.contrastive_temperature).to(
-        env.device
-    )
+    objective = PretrainObjective(DAMTNetwork(spec), s.balancing, s.contrastive_temperature)
+    objective.to(env.device)
 
     dataset = PretrainDataset(data, s.views, s.seed)
     # The sampler pads the epoch to a multiple of the world size, so every rank runs the same
@@ -186,108 +386,44 @@ def _train(
         sampler=sampler,
         num_workers=s.num_workers,
         pin_memory=env.device.type == "cuda",
-        drop_last=False,
     )
-    iters = len(loader)
-    global_batch = s.batch_size_per_gpu * env.world_size
-    peak_lr = s.base_lr * global_batch / 256
-    lr_schedule = cosine_schedule(
-        peak_lr, s.min_lr, s.epochs, iters, s.warmup_epochs, s.warmup_start_lr
-    )
-    wd_schedule = cosine_schedule(s.weight_decay, s.weight_decay_end, s.epochs, iters)
-    optimizer = torch.optim.AdamW(param_groups(objective), lr=peak_lr)
-    precision = resolve_precision(s.precision, env.device)
-    scaler = torch.amp.GradScaler(env.device.type, enabled=precision == "fp16")
-
-    resume_key = stable_hash({"network": repr(spec), "balancing": s.balancing})
     ckpt_dir = run_dir / "checkpoints"
-    start_epoch, step, skipped_total = 0, 0, 0
     state = load_latest(ckpt_dir)
+    resume_key = stable_hash({"network": repr(spec), "balancing": s.balancing})
+    trainer = Trainer(s, objective, loader, env, resume_key, state)
     if state is not None:
-        if state.get("resume_key") != resume_key:
-            raise ValueError(
-                f"the checkpoint in {ckpt_dir} was written by a run with another network, tasks "
-                "or data widths; use a new output folder or delete the checkpoints"
-            )
-        objective.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, step = state["epoch"], state["step"]
-        skipped_total = state["skipped_steps"]
-        if step != start_epoch * iters:
-            log.warning(
-                "the checkpoint's %d steps in %d epochs do not match %d steps per epoch now "
-                "(subjects or batch size changed): schedules continue from step %d",
-                step,
-                start_epoch,
-                iters,
-                start_epoch * iters,
-            )
-        log.info("resuming %s after epoch %d", run_dir, start_epoch)
-
-    model: torch.nn.Module = objective
-    if env.world_size > 1:
-        model = DistributedDataParallel(
-            objective,
-            device_ids=[env.device.index] if env.device.type == "cuda" else None,
-            find_unused_parameters=False,
-        )
+        log.info("resuming %s after epoch %d", run_dir, trainer.start_epoch)
     if env.is_main:
         log.info(
             "training %d subjects on %d %s process(es): %d steps/epoch, global batch %d, "
             "peak lr %.3g, %s, tasks %s, %.1fM parameters",
-            len(dataset),
-            env.world_size,
-            env.device.type,
-            iters,
-            global_batch,
-            peak_lr,
-            precision,
-            ",".join(s.tasks),
+            len(dataset), env.world_size, env.device.type, trainer.iters, trainer.global_batch,
+            trainer.peak_lr, trainer.precision, ",".join(s.tasks),
             sum(p.numel() for p in objective.parameters()) / 1e6,
-        )
-    metrics = MetricsLog(run_dir, start_epoch, start_epoch * iters, active=env.is_main)
-    record = None
-    consecutive = 0
-    for epoch in range(start_epoch, s.epochs):
+        )  # fmt: skip
+
+    metrics = MetricsLog(
+        run_dir, trainer.start_epoch, trainer.start_epoch * trainer.iters, active=env.is_main
+    )
+    for epoch in range(trainer.start_epoch, s.epochs):
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         # Seeded per epoch and rank so a resumed run draws what an uninterrupted one would.
         torch.manual_seed(_seed_for(s.seed, epoch, env.rank))
-        record, consecutive = _train_one_epoch(
-            model,
-            objective,
-            loader,
-            optimizer,
-            scaler,
-            precision,
-            lr_schedule,
-            wd_schedule,
-            s,
-            env,
-            epoch,
-            consecutive,
-            metrics,
-        )
-        skipped_total += record["skipped_steps"]
-        record["skipped_steps_total"] = skipped_total
-        step = (epoch + 1) * iters
+        record = trainer.run_epoch(epoch, metrics)
         if env.is_main:
             metrics.epoch(record)
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "resume_key": resume_key,
-                "epoch": epoch + 1,
-                "step": step,
-                "skipped_steps": skipped_total,
-                "model": objective.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-            }
-            save_checkpoint(ckpt_dir, state, epoch + 1, s.save_every)
+            save_checkpoint(ckpt_dir, trainer.state(epoch + 1), epoch + 1, s.save_every)
+            log.info(
+                "epoch %d/%d: loss %.4g, %.2f samples/s, %d skipped steps",
+                epoch + 1, s.epochs, record["loss"] or math.nan, record["samples_per_s"],
+                record["skipped_steps"],
+            )  # fmt: skip
         barrier()
     metrics.close()
 
+    records = read_records(run_dir)
+    last_record = records[-1] if records else None
     if env.is_main:
         encoder = objective.network.encoder
         export_encoder(encoder, run_dir / ENCODER_FILE)
@@ -296,128 +432,19 @@ def _train(
             encoder,
             pretraining={
                 "epochs": s.epochs,
-                "steps": s.epochs * iters,
+                "steps": s.epochs * trainer.iters,
                 "world_size": env.world_size,
                 "device": env.device.type,
-                "precision": precision,
-                "global_batch": global_batch,
-                "peak_lr": peak_lr,
-                "skipped_steps": skipped_total,
+                "precision": trainer.precision,
+                "global_batch": trainer.global_batch,
+                "peak_lr": trainer.peak_lr,
+                "skipped_steps": trainer.skipped_total,
                 "tasks": list(s.tasks),
                 "config": config["pretrain"],
-                "final_epoch": record,
+                "final_epoch": last_record,
             },
             data=data.summary,
         )
         log.info("wrote %s and %s", run_dir / ENCODER_FILE, run_dir / MODEL_CARD_FILE)
     barrier()
-    return TrainResult(objective, record)
-
-
-def _mean(total: float, count: float) -> float | None:
-    # None, not NaN: metrics.jsonl stays valid JSON when a task had no valid step in an epoch.
-    return total / count if count else None
-
-
-def _train_one_epoch(
-    model,
-    objective,
-    loader,
-    optimizer,
-    scaler,
-    precision,
-    lr_schedule,
-    wd_schedule,
-    s: TrainSettings,
-    env: DistEnv,
-    epoch: int,
-    consecutive: int,
-    metrics: MetricsLog,
-) -> tuple[dict, int]:
-    model.train()
-    iters = len(loader)
-    tasks = objective.network.spec.tasks
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    # Per task: sum of losses over steps where it was defined, and the number of such steps.
-    sums = torch.zeros(2 * len(tasks) + 3, dtype=torch.float64, device=env.device)
-    skipped = 0
-    start = time.perf_counter()
-    bar = tqdm(
-        loader,
-        total=iters,
-        disable=not env.is_main,
-        desc=f"epoch {epoch + 1}/{s.epochs}",
-        dynamic_ncols=True,
-        leave=False,
-    )
-    for it, batch in enumerate(bar):
-        step = epoch * iters + it
-        # Python floats: numpy scalars in the optimizer state would not load with weights_only.
-        for group in optimizer.param_groups:
-            group["lr"] = float(lr_schedule[step])
-            if group["apply_wd_schedule"]:
-                group["weight_decay"] = float(wd_schedule[step])
-        batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(env.device.type, dtype=dtype, enabled=dtype is not None):
-            total, losses, valid = model(batch)
-        optimizer.zero_grad(set_to_none=True)
-        # Every rank must take the same branch, or the others would wait in DDP's all-reduce.
-        ok = all_reduce(torch.isfinite(total.detach()).float().reshape(1), "min")
-        if ok.item() == 1.0:
-            scaler.scale(total).backward()
-            scaler.unscale_(optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(
-                params, s.clip_grad if s.clip_grad > 0 else math.inf
-            )
-            ok = torch.isfinite(norm).float().reshape(1)
-            if ok.item() == 1.0:
-                scaler.step(optimizer)
-            scaler.update()
-        if ok.item() != 1.0:
-            skipped += 1
-            consecutive += 1
-            if consecutive >= s.max_consecutive_nonfinite:
-                raise NonFiniteLossError(
-                    f"{consecutive} consecutive steps had a non-finite loss or gradient "
-                    f"(epoch {epoch + 1}, step {step}); lower the learning rate, use bf16/fp32, "
-                    "or check the data (pretrain.max_consecutive_nonfinite)"
-                )
-            continue
-        consecutive = 0
-        values = (
-            [losses[t] * valid[t] for t in tasks]
-            + [valid[t] for t in tasks]
-            + [total.detach(), torch.ones((), device=env.device), norm.detach()]
-        )
-        sums += torch.stack([v.double() for v in values])
-        if env.is_main and (it % s.log_every_steps == 0 or it == iters - 1):
-            loss_value = float(total.detach())
-            bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr_schedule[step]:.2e}")
-            metrics.step(
-                step, {"loss": loss_value, "lr": float(lr_schedule[step]), "grad_norm": float(norm)}
-            )
-
-    elapsed = time.perf_counter() - start
-    sample_count = torch.tensor([float(len(loader.sampler))], device=env.device)
-    all_reduce(sums)
-    all_reduce(sample_count)
-    k = len(tasks)
-    task_sums, task_counts = sums[:k].tolist(), sums[k : 2 * k].tolist()
-    loss_sum, applied, norm_sum = sums[2 * k :].tolist()
-    weights = objective.balancer.weights()
-    record = {
-        "epoch": epoch,
-        "step": (epoch + 1) * iters,
-        "loss": _mean(loss_sum, applied),
-        "grad_norm": _mean(norm_sum, applied),
-        "lr": float(lr_schedule[(epoch + 1) * iters - 1]),
-        "weight_decay": float(wd_schedule[(epoch + 1) * iters - 1]),
-        "samples_per_s": sample_count.item() / elapsed,
-        "epoch_time_s": elapsed,
-        "skipped_steps": skipped,
-    }
-    for t, total_t, count in zip(tasks, task_sums, task_counts, strict=True):
-        record[f"loss/{t}"] = _mean(total_t, count)
-        record[f"weight/{t}"] = weights[t]
-    return record, consecutive
+    return TrainResult(objective, last_record)

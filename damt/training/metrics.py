@@ -8,6 +8,14 @@ from pathlib import Path
 from damt.io import write_bytes_atomic
 
 
+def read_records(run_dir: str | Path) -> list[dict]:
+    """The epoch records of ``metrics.jsonl`` (empty when there is none yet)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
 class MetricsLog:
     """Writer of ``metrics.jsonl`` and ``tb/``; inactive on ranks other than 0.
 
@@ -21,12 +29,9 @@ class MetricsLog:
         if not active:
             return
         if self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line)["epoch"] < start_epoch
-            ]
-            write_bytes_atomic(self.path, "".join(f"{k}\n" for k in kept).encode("utf-8"))
+            kept = [r for r in read_records(run_dir) if r["epoch"] < start_epoch]
+            text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+            write_bytes_atomic(self.path, text.encode("utf-8"))
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step or None)

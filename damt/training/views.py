@@ -95,16 +95,16 @@ def make_views(image, atlas, rng: np.random.Generator, spec: ViewSpec) -> dict[s
     image, atlas = _as_volume(image), _as_volume(atlas)
     if image.shape != atlas.shape:
         raise ValueError(f"image {image.shape} and atlas {atlas.shape} grids differ")
-    views: dict[str, list] = {"global_image": [], "global_rotation": []}
-    for i in range(2):
-        start = random_start(image.shape, spec.global_crop, rng)
-        rot = int(rng.integers(len(ROTATIONS)))
-        img = torch.from_numpy(crop(image, start, spec.global_crop).astype(np.float32))
-        views["global_image"].append(rotate(img, rot)[None])
-        views["global_rotation"].append(rot)
-        if i == 0:
-            lab = torch.from_numpy(crop(atlas, start, spec.global_crop).astype(np.int64))
-            global_atlas = rotate(lab, rot)
+    g = spec.global_crop
+    corners = [random_start(image.shape, g, rng) for _ in range(2)]
+    rotations = [int(r) for r in rng.integers(len(ROTATIONS), size=2)]
+    global_images = [
+        rotate(torch.from_numpy(crop(image, c, g).astype(np.float32)), r)[None]
+        for c, r in zip(corners, rotations, strict=True)
+    ]
+    global_atlas = rotate(
+        torch.from_numpy(crop(atlas, corners[0], g).astype(np.int64)), rotations[0]
+    )
 
     start = random_start(image.shape, spec.local_crop_source, rng)
     rot = int(rng.integers(len(ROTATIONS)))
@@ -112,11 +112,12 @@ def make_views(image, atlas, rng: np.random.Generator, spec: ViewSpec) -> dict[s
     img = torch.from_numpy(crop(image, start, spec.local_crop_source).astype(np.float32))
     img = F.interpolate(img[None, None], size=size, mode="trilinear", align_corners=False)[0]
     lab = torch.from_numpy(crop(atlas, start, spec.local_crop_source).astype(np.int64))
-    lab = F.interpolate(lab[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    # nearest-exact samples voxel centres, as trilinear with align_corners=False does.
+    lab = F.interpolate(lab[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
 
     return {
-        "global_image": torch.stack(views["global_image"]).contiguous(),
-        "global_rotation": torch.tensor(views["global_rotation"]),
+        "global_image": torch.stack(global_images).contiguous(),
+        "global_rotation": torch.tensor(rotations),
         "global_atlas": global_atlas.contiguous(),
         "global_mask": mim_mask(spec.global_crop, spec, rng),
         "local_image": rotate(img, rot).contiguous(),
