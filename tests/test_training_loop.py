@@ -30,6 +30,7 @@ from damt.training.loop import (
     network_spec,
     param_groups,
     run_pretraining,
+    train_step,
 )
 from damt.training.objective import PretrainObjective
 from damt.training.settings import TrainSettings
@@ -85,6 +86,25 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(files):
         total.backward()
         optimizer.step()
     assert history[-1] < 0.9 * history[0], history
+
+
+def test_mixed_precision_step_with_loss_scaling(files):
+    """The GPU code path (bf16 autocast, GradScaler) exercised on the CPU."""
+    config = load_config(write_config(files.root / "amp.yaml"))
+    settings = TrainSettings.from_config(config)
+    data = _inputs(files).load(settings.tasks)
+    torch.manual_seed(0)
+    objective = PretrainObjective(DAMTNetwork(network_spec(settings, data)), "uncertainty", 0.5)
+    batch = default_collate([PretrainDataset(data, settings.views, 0)[i] for i in (0, 1)])
+    optimizer = torch.optim.AdamW(param_groups(objective), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    before = [p.detach().clone() for p in objective.parameters()]
+    out = train_step(objective, optimizer, scaler, batch, "bf16", clip_grad=1.0)
+    assert out.applied and torch.isfinite(out.total) and torch.isfinite(out.grad_norm)
+    assert all(torch.isfinite(v) for v in out.losses.values())
+    moved = [not torch.equal(a, p) for a, p in zip(before, objective.parameters(), strict=True)]
+    assert all(moved)
+    assert scaler.get_scale() == 2.0**8  # no overflow, scale kept
 
 
 def test_run_writes_encoder_card_metrics_tensorboard_checkpoints(finished_run):

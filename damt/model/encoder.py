@@ -100,7 +100,8 @@ def pad_to_stride(x: torch.Tensor, stride: int) -> torch.Tensor:
 
 @torch.no_grad()
 def pooled_features(encoder: SwinTransformer, x: torch.Tensor) -> torch.Tensor:
-    """Global average pool of the last hidden state, (B, C), of the encoder in eval mode.
+    """Global average pool of the last hidden state, (B, C) (use an encoder in eval mode, as
+    :func:`load_encoder` returns it).
 
     ``x`` is one volume (D, H, W), one channel-first volume (1, D, H, W) or a batch
     (B, 1, D, H, W). Volumes of any size are zero-padded to a multiple of the encoder's stride

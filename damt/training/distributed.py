@@ -61,12 +61,13 @@ def barrier() -> None:
         dist.barrier()
 
 
+_REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+
+
 def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """In-place all-reduce (``sum``, ``min`` or ``max``); a no-op in a single process."""
     if is_distributed():
-        dist.all_reduce(
-            t, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op]
-        )
+        dist.all_reduce(t, op=_REDUCE_OPS[op])
     return t
 
 
