@@ -29,9 +29,9 @@ from torch.utils.data import default_collate
 from damt.config import validate_config
 from damt.model.network import DAMTNetwork
 from damt.model.spec import N_STAGES, NetworkSpec
-from damt.training.loop import param_groups, resolve_precision, train_step
 from damt.training.objective import PretrainObjective
 from damt.training.settings import TrainSettings
+from damt.training.step import param_groups, resolve_precision, train_step
 from damt.training.views import ROTATIONS, make_views
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) used for MFU; --peak-tflops overrides.

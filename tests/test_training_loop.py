@@ -24,16 +24,10 @@ from damt.model import TASKS, load_encoder, pooled_features, read_encoder_spec
 from damt.model.network import DAMTNetwork
 from damt.training.checkpoint import load_latest, save_checkpoint
 from damt.training.data import PretrainDataset
-from damt.training.loop import (
-    NonFiniteLossError,
-    TrainInputs,
-    network_spec,
-    param_groups,
-    run_pretraining,
-    train_step,
-)
+from damt.training.loop import NonFiniteLossError, TrainInputs, network_spec, run_pretraining
 from damt.training.objective import PretrainObjective
 from damt.training.settings import TrainSettings
+from damt.training.step import param_groups, train_step
 from tests.training_data import write_config, write_training_set
 
 REPO = Path(__file__).resolve().parents[1]
