@@ -138,6 +138,26 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from damt.config import load_config
+    from damt.training.data import TABLE_FILES
+    from damt.training.loop import TrainInputs, run_pretraining
+
+    config = load_config(args.config)
+    tables = {}
+    for name, filename in TABLE_FILES.items():
+        explicit = getattr(args, name)
+        if explicit:
+            tables[name] = Path(explicit)
+        elif args.tables_dir:
+            tables[name] = Path(args.tables_dir) / filename
+    inputs = TrainInputs(Path(args.manifest), Path(args.label_table), tables)
+    run_pretraining(config, inputs, Path(args.out), cores=args.cores)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="damt", description=__doc__.splitlines()[0])
@@ -191,6 +211,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the files that parse even when others are malformed (errors still listed)",
     )
     p.set_defaults(handler=_cmd_stats)
+    p = sub.add_parser(
+        "train",
+        help="pretrain the Swin encoder (run under torchrun for DDP)",
+        description="Pretrain the 3D Swin encoder on the training cache. Single process: "
+        "`damt train ...`; several: `torchrun --standalone --nproc_per_node=N $(which damt) "
+        "train ...`. An existing run in --out resumes from its latest checkpoint.",
+    )
+    p.add_argument("--config", default="config/config.yaml", help="workflow configuration")
+    p.add_argument("--manifest", required=True, help="manifest.parquet")
+    p.add_argument("--label-table", required=True, help="label table TSV (index, label, name)")
+    p.add_argument(
+        "--tables-dir",
+        help="folder holding morphometry_global.z.parquet, morphometry_local.z.parquet and "
+        "radiomics.z.parquet",
+    )
+    for name, filename in (
+        ("morphometry-global", "morphometry_global.z.parquet"),
+        ("morphometry-local", "morphometry_local.z.parquet"),
+        ("radiomics", "radiomics.z.parquet"),
+    ):
+        p.add_argument(f"--{name}", metavar="PARQUET", help=f"{filename} (overrides --tables-dir)")
+    p.add_argument("--out", required=True, help="run folder (weights, metrics, checkpoints)")
+    p.add_argument(
+        "--cores",
+        type=int,
+        default=None,
+        help="CPU cores for the whole job; each process uses cores / processes-per-node threads",
+    )
+    p.set_defaults(handler=_cmd_train)
     return parser
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -80,6 +81,10 @@ def write_checks(
     checks = build_checks(
         subjects, report, stage_frames, fs_qc, frames, QcSettings.from_config(config["qc"])
     )
+    # The manifest lives in outdir: its cache paths are relative to it (docs/contracts.md).
+    checks["cache_dir"] = [
+        os.path.relpath(d, config["outdir"]) if d else "" for d in checks["cache_dir"]
+    ]
     stored = checks.assign(issues=[json.dumps(i) for i in checks["issues"]])
     write_atomic(out, lambda tmp: stored.to_parquet(tmp, index=False))
     counts = checks["status"].value_counts().to_dict()
@@ -152,7 +157,7 @@ def write_manifest(
     plot_distributions(
         measure_frame(manifest, raw, REPORT_MEASURES), distributions, settings.outlier_z
     )
-    plot_montage(manifest, montage, qc["montage_subjects"])
+    plot_montage(manifest, Path(out).parent, montage, qc["montage_subjects"])
     counts = manifest["status"].value_counts().to_dict()
     log.info("manifest: %s", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return manifest

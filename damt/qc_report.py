@@ -81,15 +81,21 @@ def write_failures(manifest: pd.DataFrame, path: str | Path) -> pd.DataFrame:
     return table
 
 
-def plot_montage(manifest: pd.DataFrame, path: str | Path, n_subjects: int) -> None:
-    """Mid-slices (three planes) of a few cached subjects with the atlas overlaid."""
+def plot_montage(
+    manifest: pd.DataFrame, manifest_dir: str | Path, path: str | Path, n_subjects: int
+) -> None:
+    """Mid-slices (three planes) of a few cached subjects with the atlas overlaid.
+
+    ``cache_dir`` entries are relative to ``manifest_dir`` (the workflow's outdir).
+    """
     cached = manifest[manifest["has_cache"]].sort_values(["status", KEY])
     picks = cached.head(n_subjects)
     n = max(len(picks), 1)
     fig, axes = plt.subplots(3, n, figsize=(2.6 * n, 7.8), squeeze=False)
     for col, rec in enumerate(picks.itertuples()):
-        image = np.load(Path(rec.cache_dir) / IMAGE_FILE, mmap_mode="r")
-        atlas = np.load(Path(rec.cache_dir) / ATLAS_FILE, mmap_mode="r")
+        cache = Path(manifest_dir) / rec.cache_dir
+        image = np.load(cache / IMAGE_FILE, mmap_mode="r")
+        atlas = np.load(cache / ATLAS_FILE, mmap_mode="r")
         centre = [s // 2 for s in image.shape]
         planes = [
             (np.asarray(image[centre[0]]), np.asarray(atlas[centre[0]])),

@@ -199,5 +199,5 @@ def test_report_assets(inputs, tmp_path: Path):
         cache_dir / "atlas.npy",
         np.random.default_rng(1).integers(0, 5, (20, 24, 22)).astype(np.uint8),
     )
-    plot_montage(manifest, tmp_path / "montage.png", n_subjects=3)
+    plot_montage(manifest, "/", tmp_path / "montage.png", n_subjects=3)
     assert (tmp_path / "montage.png").stat().st_size > 1000

@@ -1,0 +1,217 @@
+"""Benchmark of one DAMT training step: step time and samples/s; on a GPU also peak memory,
+model FLOPs and model FLOPs utilisation (MFU).
+
+It times ``damt.training.loop.train_step`` (forward of the seven tasks, backward, clipping,
+AdamW) on batches made by ``make_views`` from synthetic volumes; data loading is not timed.
+Head widths default to the original DAMT data (566 morphometry, 72 radiomics, 101 atlas classes).
+
+    python bench/train.py --preset tiny
+    python bench/train.py --preset full --crop 64 --local-crop 64 --steps 3   # CPU-sized
+    python bench/train.py --preset full                                       # GPU: 128³, bf16
+    python bench/train.py --preset full --no-checkpointing
+    python bench/train.py --preset full --window 8
+    python bench/train.py --padding-table                                     # shapes only
+
+The last line printed is ``samples_per_s=X`` (per process, i.e. per GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import default_collate
+
+from damt.config import validate_config
+from damt.model.network import DAMTNetwork
+from damt.model.spec import N_STAGES, NetworkSpec
+from damt.training.objective import PretrainObjective
+from damt.training.settings import TrainSettings
+from damt.training.step import param_groups, resolve_precision, train_step
+from damt.training.views import ROTATIONS, make_views
+
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) used for MFU; --peak-tflops overrides.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
+
+
+def settings_for(args: argparse.Namespace) -> TrainSettings:
+    """The trainer's settings for the requested preset with the benchmark's overrides."""
+    preset: dict = {}
+    if args.crop:
+        preset["global_crop"] = args.crop
+    if args.local_crop:
+        preset["local_crop"] = args.local_crop
+        preset["local_crop_source"] = args.local_crop * 7 // 8
+    if args.window:
+        preset["window"] = args.window
+    if args.no_checkpointing:
+        preset["checkpointing"] = False
+    pretrain = {
+        "preset": args.preset,
+        "presets": {args.preset: preset},
+        "batch_size_per_gpu": args.batch_size,
+        "precision": args.precision,
+        "epochs": 2,
+        "warmup_epochs": 0,
+    }
+    config = validate_config({"subjects": {"dirs": [{"path": "."}]}, "pretrain": pretrain})
+    return TrainSettings.from_config(config)
+
+
+def synthetic_batch(settings: TrainSettings, args, rng: np.random.Generator) -> dict:
+    """A batch of views of smooth random 'brains' with random regression targets."""
+    size = settings.views.global_crop + 16
+    items = []
+    for _ in range(args.batch_size):
+        coarse = rng.random((8, 8, 8))
+        image = np.kron(coarse, np.ones((size // 8 + 1,) * 3))[:size, :size, :size]
+        atlas = (image * (args.classes - 1)).astype(np.int64)
+        item = make_views(image.astype(np.float16), atlas, rng, settings.views)
+        item["morphometry"] = torch.randn(args.morphometry)
+        item["radiomics"] = torch.randn(args.radiomics)
+        items.append(item)
+    return default_collate(items)
+
+
+def window_padding_table(depths, embed_dim, patch) -> list[str]:
+    """Tokens per stage with and without window padding, and the encoder FLOPs it wastes.
+
+    MONAI pads each block's input to a multiple of the window for attention (qkv, scores,
+    projection) and crops it again before the MLP. A stage no larger than the window uses
+    one window of its own size, unshifted.
+    """
+    rows = [
+        "| crop | window | tokens per stage (attention grid) | encoder GFLOP/sample | "
+        "of which padding | decoders OK |",
+        "|---|---|---|---|---|---|",
+    ]
+    for crop, window in ((128, 7), (112, 7), (128, 8), (96, 7), (128, 4)):
+        grids, total, wasted = [], 0.0, 0.0
+        for i, depth in enumerate(depths):
+            n = crop / patch / 2**i
+            c = embed_dim * 2**i
+            w = min(window, math.ceil(n))
+            padded = math.ceil(n / w) * w
+            grids.append(f"{n:g}³" + (f"→{padded}³" if padded != n else ""))
+            attention = 8 * c * c + 4 * w**3 * c  # qkv + proj, QKᵀ and AV per token (×2 FLOP)
+            mlp = 16 * c * c
+            flops = depth * (padded**3 * attention + n**3 * mlp)
+            total += flops
+            wasted += depth * (padded**3 - n**3) * attention
+        ok = "yes" if crop % (patch * 2**N_STAGES) == 0 else f"no ({crop} % 32 ≠ 0)"
+        rows.append(
+            f"| {crop}³ | {window} | {', '.join(grids)} | {3 * total / 1e9:.0f} | "
+            f"{100 * wasted / total:.0f} % | {ok} |"
+        )
+    rows.append("(GFLOP: forward + backward ≈ 3× forward, Swin blocks only, one view.)")
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=["tiny", "full"], default="tiny")
+    p.add_argument("--steps", type=int, default=5, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--batch-size", type=int, default=2, help="per process")
+    p.add_argument("--crop", type=int, help="global crop (default: the preset's)")
+    p.add_argument("--local-crop", type=int, help="local crop (source = 7/8 of it)")
+    p.add_argument("--window", type=int, help="Swin window (default: the preset's)")
+    p.add_argument("--no-checkpointing", action="store_true", help="no gradient checkpointing")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads")
+    p.add_argument("--classes", type=int, default=101, help="atlas classes K")
+    p.add_argument("--morphometry", type=int, default=566, help="morphometry width")
+    p.add_argument("--radiomics", type=int, default=72, help="radiomics width")
+    p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
+    p.add_argument("--peak-tflops", type=float, help="device peak for MFU (TFLOP/s)")
+    p.add_argument("--padding-table", action="store_true", help="print the window-padding table")
+    args = p.parse_args()
+
+    settings = settings_for(args)
+    enc = settings.encoder
+    if args.padding_table:
+        print("\n".join(window_padding_table(enc.depths, enc.embed_dim, enc.patch)))
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    precision = resolve_precision(settings.precision, device)
+    torch.backends.cudnn.benchmark = True
+
+    spec = NetworkSpec(
+        encoder=enc, tasks=settings.tasks, n_rotations=len(ROTATIONS),
+        n_locations=settings.views.location_grid**2, contrastive_dim=settings.contrastive_dim,
+        morphometry_dim=args.morphometry, radiomics_dim=args.radiomics,
+        n_atlas_classes=args.classes,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    objective = PretrainObjective(DAMTNetwork(spec), settings.balancing, 0.5).to(device)
+    model = torch.compile(objective) if args.compile else objective
+    optimizer = torch.optim.AdamW(param_groups(objective), lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    rng = np.random.default_rng(0)
+    batches = [synthetic_batch(settings, args, rng) for _ in range(2)]
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    v = settings.views
+    print(
+        f"device={device} ({torch.cuda.get_device_name() if use_cuda else 'CPU'}, "
+        f"{torch.get_num_threads()} threads) preset={args.preset} embed={enc.embed_dim} "
+        f"depths={list(enc.depths)} window={enc.window} crops={v.global_crop}³/{v.local_crop}³ "
+        f"batch={args.batch_size} precision={precision} checkpointing={enc.checkpointing} "
+        f"compile={args.compile} params={sum(p.numel() for p in objective.parameters()) / 1e6:.1f}M"
+    )
+
+    def sync() -> None:
+        if use_cuda:
+            torch.cuda.synchronize()
+
+    nonfinite = 0
+    for i in range(args.warmup):
+        nonfinite += not train_step(
+            model, optimizer, scaler, batches[i % 2], precision, 1.0
+        ).applied
+    sync()
+    if use_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(args.steps):
+        start = time.perf_counter()
+        out = train_step(model, optimizer, scaler, batches[i % 2], precision, 1.0)
+        sync()
+        times.append(time.perf_counter() - start)
+        nonfinite += not out.applied
+        print(f"step {i}: {times[-1]:.3f} s, loss {float(out.total):.4g}")
+    step_time = statistics.median(times)
+    samples_per_s = args.batch_size / step_time
+    print(f"step_time_s median={step_time:.3f} mean={statistics.mean(times):.3f}")
+    print(f"nonfinite_steps={nonfinite} of {args.warmup + args.steps}")
+    if use_cuda:
+        print(f"peak_memory_gib={torch.cuda.max_memory_allocated() / 2**30:.2f}")
+    if not args.no_flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            train_step(objective, optimizer, scaler, batches[0], precision, 1.0)
+        flops = counter.get_total_flops()
+        achieved = flops / step_time
+        print(f"model_tflop_per_step={flops / 1e12:.3f} achieved_tflops={achieved / 1e12:.3f}")
+        if use_cuda:
+            name = torch.cuda.get_device_name()
+            peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
+                (f for key, f in PEAK_FLOPS.items() if key in name), None
+            )  # fmt: skip
+            if peak:
+                print(f"mfu={achieved / peak:.3f} (peak {peak / 1e12:.0f} TFLOP/s)")
+    print(f"samples_per_s={samples_per_s:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Task heads on the encoder's hidden states: classification, projection, regression."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def pool(hidden: torch.Tensor) -> torch.Tensor:
+    """The 'CLS token': global average pool of a (B, C, d, h, w) hidden state."""
+    return hidden.mean(dim=(2, 3, 4))
+
+
+class RegressionHead(nn.Module):
+    """Per-token 1×1×1 convolution and GELU, average pool, then a linear map to ``out_dim``.
+
+    The convolution lets every location contribute non-linearly before pooling (the original's
+    Conv3d+FC), and pooling keeps the head independent of the crop size.
+    """
+
+    def __init__(self, in_channels: int, out_dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, in_channels, kernel_size=1)
+        self.act = nn.GELU()
+        self.fc = nn.Linear(in_channels, out_dim)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.fc(pool(self.act(self.conv(hidden))))

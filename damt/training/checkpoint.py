@@ -1,0 +1,40 @@
+"""Training checkpoints: atomic writes, the latest one for resuming, safe loading."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from damt.io import atomic_path
+
+LATEST = "checkpoint.pt"
+
+
+def save_checkpoint(folder: str | Path, state: dict, epoch: int, save_every: int) -> Path:
+    """Write ``state`` as the latest checkpoint, and keep a copy every ``save_every`` epochs.
+
+    Both go through a temporary file and a rename, so a run killed while writing leaves the
+    previous checkpoint intact.
+    """
+    folder = Path(folder)
+    latest = folder / LATEST
+    with atomic_path(latest) as tmp:
+        torch.save(state, tmp)
+    if save_every > 0 and epoch % save_every == 0:
+        with atomic_path(folder / f"checkpoint_{epoch:04d}.pt") as tmp:
+            shutil.copyfile(latest, tmp)
+    return latest
+
+
+def load_latest(folder: str | Path) -> dict | None:
+    """The latest checkpoint in ``folder`` (tensors on the CPU), or None when there is none.
+
+    ``weights_only=True``: a checkpoint holds tensors and plain containers only, so loading one
+    cannot run code.
+    """
+    path = Path(folder) / LATEST
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,169 @@
+"""Training data: the manifest, the training cache, the z-scored tables and the label table.
+
+Follows docs/contracts.md. Subjects with status ``pass`` or ``warn`` and a cache train. A subject
+missing from a feature table gets a NaN row; NaN targets are masked out of the losses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from damt.features.tables import KEY
+from damt.freesurfer.labels import read_label_table
+from damt.model.spec import ViewSpec
+from damt.training.views import make_views
+
+TRAINING_STATUSES = ("pass", "warn")
+TABLE_FILES = {
+    "morphometry_global": "morphometry_global.z.parquet",
+    "morphometry_local": "morphometry_local.z.parquet",
+    "radiomics": "radiomics.z.parquet",
+}
+
+
+def read_feature_table(path: str | Path) -> pd.DataFrame:
+    """A z-scored feature table indexed by ``subject_id``, float32, NaN where missing."""
+    table = pd.read_parquet(path)
+    if KEY not in table.columns:
+        raise ValueError(f"feature table {path} has no '{KEY}' column")
+    table = table.set_index(KEY)
+    if table.index.has_duplicates:
+        dup = table.index[table.index.duplicated()][0]
+        raise ValueError(f"feature table {path}: subject {dup!r} appears more than once")
+    bad = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
+    if bad:
+        raise ValueError(f"feature table {path}: non-numeric columns {bad[:5]}")
+    values = table.to_numpy(dtype=np.float32, na_value=np.nan)
+    if np.isinf(values).any():
+        raise ValueError(f"feature table {path} holds infinite values")
+    return pd.DataFrame(values, index=table.index, columns=table.columns)
+
+
+@dataclass
+class TrainingData:
+    """The subjects that train, where their cache is, and their aligned regression targets."""
+
+    subjects: list[str]
+    cache_dirs: list[Path]
+    n_classes: int
+    targets: dict[str, np.ndarray] = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+
+    def width(self, task: str) -> int:
+        """Width of a regression target (0 when its table was not loaded)."""
+        return self.targets[task].shape[1] if task in self.targets else 0
+
+
+def _aligned(table: pd.DataFrame, subjects: list[str]) -> np.ndarray:
+    return table.reindex(subjects).to_numpy(dtype=np.float32, na_value=np.nan)
+
+
+def load_training_data(
+    manifest: str | Path,
+    label_table: str | Path,
+    tables: dict[str, str | Path | None],
+) -> TrainingData:
+    """Read the manifest and the tables named in ``tables`` (keys of ``TABLE_FILES``).
+
+    The morphometry target is global and local morphometry side by side; it is built when both
+    tables are given, the radiomics target when its table is. A relative ``cache_dir`` is
+    relative to the manifest's folder (the workflow's ``outdir``).
+    """
+    manifest = Path(manifest)
+    df = pd.read_parquet(manifest)
+    missing = {"subject_id", "status", "has_cache", "cache_dir"} - set(df.columns)
+    if missing:
+        raise ValueError(f"manifest {manifest} lacks columns {sorted(missing)}")
+    keep = df["status"].isin(TRAINING_STATUSES) & df["has_cache"].fillna(False).astype(bool)
+    used = df[keep].sort_values("subject_id")
+    if used.empty:
+        raise ValueError(
+            f"manifest {manifest}: no subject has status pass/warn and a cache "
+            f"({len(df)} rows, statuses {df['status'].value_counts().to_dict()})"
+        )
+    subjects = used["subject_id"].astype(str).tolist()
+    cache_dirs = [
+        p if p.is_absolute() else manifest.parent / p for p in map(Path, used["cache_dir"])
+    ]
+    data = TrainingData(subjects, cache_dirs, read_label_table(label_table).n_classes)
+    data.summary = {
+        "manifest": str(manifest),
+        "subjects": len(subjects),
+        "subjects_by_status": used["status"].value_counts().sort_index().to_dict(),
+        "manifest_rows": len(df),
+        "atlas_classes": data.n_classes,
+    }
+    loaded = {k: read_feature_table(v) for k, v in tables.items() if v is not None}
+    if "morphometry_global" in loaded and "morphometry_local" in loaded:
+        data.targets["morphometry"] = np.concatenate(
+            [
+                _aligned(loaded["morphometry_global"], subjects),
+                _aligned(loaded["morphometry_local"], subjects),
+            ],
+            axis=1,
+        )
+    if "radiomics" in loaded:
+        data.targets["radiomics"] = _aligned(loaded["radiomics"], subjects)
+    for task, values in data.targets.items():
+        finite = np.isfinite(values)
+        data.summary[task] = {
+            "features": values.shape[1],
+            "subjects_without_values": int((~finite.any(axis=1)).sum()),
+            "missing_fraction": round(float(1 - finite.mean()), 6) if values.size else 1.0,
+        }
+    return data
+
+
+class PretrainDataset(Dataset):
+    """Views and targets of one subject per item, from the training cache.
+
+    Augmentation randomness comes from ``(seed, epoch, index)`` alone, so an item is the same
+    whichever worker or rank draws it, and a resumed run sees the same views.
+    """
+
+    def __init__(self, data: TrainingData, spec: ViewSpec, seed: int) -> None:
+        self.data = data
+        self.spec = spec
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of ``epoch`` (call before creating the iterator)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.data.subjects)
+
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        sid, folder = self.data.subjects[index], self.data.cache_dirs[index]
+        try:
+            image = np.load(folder / "image.npy", mmap_mode="r")
+            atlas = np.load(folder / "atlas.npy", mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"subject {sid}: cannot read its cache in {folder}: {exc}") from exc
+        if image.shape != atlas.shape or image.ndim != 3:
+            raise ValueError(
+                f"subject {sid}: cache image {image.shape} and atlas {atlas.shape} differ"
+            )
+        return image, atlas
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image, atlas = self._load(index)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        item = make_views(image, atlas, rng, self.spec)
+        top = max(int(item["global_atlas"].max()), int(item["local_atlas"].max()))
+        if top >= self.data.n_classes:
+            raise ValueError(
+                f"subject {self.data.subjects[index]}: atlas class {top} is outside the label "
+                f"table's 0..{self.data.n_classes - 1}"
+            )
+        for task, values in self.data.targets.items():
+            item[task] = torch.tensor(values[index])
+        item["index"] = torch.tensor(index)
+        return item

@@ -1,0 +1,375 @@
+"""The training loop: ``run_pretraining`` is what ``damt train`` runs on every rank.
+
+DDP over ``torchrun`` (or a single process), AdamW with a linear-scaled learning rate, cosine
+schedules for learning rate and weight decay, gradient clipping, mixed precision, skipping of
+non-finite steps, a checkpoint every epoch and automatic resume, metrics, and the exported
+encoder at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from damt.io import stable_hash
+from damt.model.network import DAMTNetwork
+from damt.model.spec import NetworkSpec
+from damt.training.checkpoint import load_latest, save_checkpoint
+from damt.training.data import PretrainDataset, TrainingData, load_training_data
+from damt.training.distributed import DistEnv, all_reduce, barrier, init_distributed, shutdown
+from damt.training.export import ENCODER_FILE, MODEL_CARD_FILE, export_encoder, write_model_card
+from damt.training.metrics import MetricsLog, read_records
+from damt.training.objective import PretrainObjective
+from damt.training.schedules import cosine_schedule
+from damt.training.settings import TrainSettings
+from damt.training.step import param_groups, resolve_precision, train_step
+from damt.training.views import ROTATIONS
+
+log = logging.getLogger("damt.train")
+
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps produced a non-finite loss or gradient."""
+
+
+@dataclass
+class TrainInputs:
+    """Files the trainer reads (docs/contracts.md); tables of switched-off tasks may be None."""
+
+    manifest: Path
+    label_table: Path
+    tables: dict[str, Path | None] = field(default_factory=dict)
+
+    def load(self, tasks: tuple[str, ...]) -> TrainingData:
+        """Read the manifest, the label table and the tables the switched-on tasks need."""
+        needed = {
+            "morphometry_global": "morphometry" in tasks,
+            "morphometry_local": "morphometry" in tasks,
+            "radiomics": "radiomics" in tasks,
+        }
+        for name, need in needed.items():
+            path = self.tables.get(name)
+            if need and (path is None or not Path(path).is_file()):
+                task = name.split("_")[0]
+                raise ValueError(
+                    f"the {task} task is on but the {name} table is missing ({path}); pass it "
+                    f"or switch the task off (pretrain.tasks.{task}: false)"
+                )
+        return load_training_data(
+            self.manifest,
+            self.label_table,
+            {k: self.tables.get(k) for k, need in needed.items() if need},
+        )
+
+
+@dataclass
+class TrainResult:
+    """The trained module (unwrapped) and the last epoch's metrics record."""
+
+    objective: PretrainObjective
+    last_record: dict | None
+
+
+def network_spec(settings: TrainSettings, data: TrainingData) -> NetworkSpec:
+    """Head sizes from the data: table widths and the label table's K."""
+    return NetworkSpec(
+        encoder=settings.encoder,
+        tasks=settings.tasks,
+        n_rotations=len(ROTATIONS),
+        n_locations=settings.views.location_grid**2,
+        contrastive_dim=settings.contrastive_dim,
+        morphometry_dim=data.width("morphometry"),
+        radiomics_dim=data.width("radiomics"),
+        n_atlas_classes=data.n_classes,
+    )
+
+
+def _seed_for(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def _configure_determinism(deterministic: bool) -> None:
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # warn_only: a few CUDA kernels (e.g. 3-D interpolation backward) have no deterministic
+        # version; a warning names them instead of stopping the run.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+
+
+def _mean(total: float, count: float) -> float | None:
+    # None, not NaN: metrics.jsonl stays valid JSON when a task had no valid step in an epoch.
+    return total / count if count else None
+
+
+class Trainer:
+    """Optimiser, schedules, precision and DDP wrapper of one run on this rank."""
+
+    def __init__(
+        self,
+        settings: TrainSettings,
+        objective: PretrainObjective,
+        loader: DataLoader,
+        env: DistEnv,
+        resume_key: str,
+        state: dict | None,
+    ) -> None:
+        s = self.settings = settings
+        self.objective, self.loader, self.env = objective, loader, env
+        self.resume_key = resume_key
+        self.iters = len(loader)
+        self.global_batch = s.batch_size_per_gpu * env.world_size
+        self.peak_lr = s.base_lr * self.global_batch / 256
+        self.lr = cosine_schedule(
+            self.peak_lr, s.min_lr, s.epochs, self.iters, s.warmup_epochs, s.warmup_start_lr
+        )
+        self.wd = cosine_schedule(s.weight_decay, s.weight_decay_end, s.epochs, self.iters)
+        self.optimizer = torch.optim.AdamW(param_groups(objective), lr=self.peak_lr)
+        self.precision = resolve_precision(s.precision, env.device)
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=self.precision == "fp16")
+        self.start_epoch, self.skipped_total, self.consecutive = 0, 0, 0
+        if state is not None:
+            self._restore(state)
+        self.model: torch.nn.Module = objective
+        if env.world_size > 1:
+            # Switched-off tasks build no head, so every parameter is used at every step.
+            self.model = DistributedDataParallel(
+                objective,
+                device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                find_unused_parameters=False,
+            )
+
+    def _restore(self, state: dict) -> None:
+        if state.get("resume_key") != self.resume_key:
+            raise ValueError(
+                "the checkpoint was written by a run with another network, tasks or data "
+                "widths; use a new output folder or delete its checkpoints/"
+            )
+        self.objective.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.skipped_total = state["epoch"], state["skipped_steps"]
+        if state["step"] != self.start_epoch * self.iters:
+            log.warning(
+                "the checkpoint's %d steps in %d epochs do not match %d steps per epoch now "
+                "(subjects or batch size changed): schedules continue from step %d",
+                state["step"], self.start_epoch, self.iters, self.start_epoch * self.iters,
+            )  # fmt: skip
+
+    def state(self, epochs_done: int) -> dict:
+        """Everything a resumed run needs (tensors and plain containers only)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "resume_key": self.resume_key,
+            "epoch": epochs_done,
+            "step": epochs_done * self.iters,
+            "skipped_steps": self.skipped_total,
+            "model": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def run_epoch(self, epoch: int, metrics: MetricsLog) -> dict:
+        """Train one epoch; return its metrics record (means over ranks and steps)."""
+        s, env, iters = self.settings, self.env, self.iters
+        tasks = self.objective.network.spec.tasks
+        self.model.train()
+        # Per task: loss summed over the steps where it was defined, and their count; then the
+        # total loss, the number of applied steps and the gradient norm.
+        sums = torch.zeros(2 * len(tasks) + 3, dtype=torch.float64, device=env.device)
+        skipped = 0
+        start = time.perf_counter()
+        bar = tqdm(
+            self.loader,
+            total=iters,
+            disable=not env.is_main,
+            desc=f"epoch {epoch + 1}/{s.epochs}",
+            dynamic_ncols=True,
+            leave=False,
+            # Sparse updates when stderr is a log file rather than a terminal.
+            mininterval=0.5 if sys.stderr.isatty() else 60.0,
+        )
+        for it, batch in enumerate(bar):
+            step = epoch * iters + it
+            # Python floats: numpy scalars in the optimizer state would not load weights_only.
+            for group in self.optimizer.param_groups:
+                group["lr"] = float(self.lr[step])
+                if group["apply_wd_schedule"]:
+                    group["weight_decay"] = float(self.wd[step])
+            batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
+            out = train_step(
+                self.model, self.optimizer, self.scaler, batch, self.precision, s.clip_grad
+            )
+            if not out.applied:
+                skipped += 1
+                self.consecutive += 1
+                if self.consecutive >= s.max_consecutive_nonfinite:
+                    raise NonFiniteLossError(
+                        f"{self.consecutive} consecutive steps had a non-finite loss or "
+                        f"gradient (epoch {epoch + 1}, step {step}); lower the learning rate, "
+                        "use bf16/fp32, or check the data (pretrain.max_consecutive_nonfinite)"
+                    )
+                continue
+            self.consecutive = 0
+            values = (
+                [out.losses[t] * out.valid[t] for t in tasks]
+                + [out.valid[t] for t in tasks]
+                + [out.total, torch.ones((), device=env.device), out.grad_norm]
+            )
+            sums += torch.stack([v.double() for v in values])
+            if env.is_main and (it % s.log_every_steps == 0 or it == iters - 1):
+                loss = float(out.total)
+                bar.set_postfix(loss=f"{loss:.4g}", lr=f"{self.lr[step]:.2e}")
+                metrics.step(
+                    step,
+                    {"loss": loss, "lr": float(self.lr[step]), "grad_norm": float(out.grad_norm)},
+                )
+        elapsed = time.perf_counter() - start
+        samples = torch.tensor([float(len(self.loader.sampler))], device=env.device)
+        all_reduce(sums)
+        all_reduce(samples)
+        k = len(tasks)
+        task_sums, task_counts = sums[:k].tolist(), sums[k : 2 * k].tolist()
+        loss_sum, applied, norm_sum = sums[2 * k :].tolist()
+        self.skipped_total += skipped
+        last = (epoch + 1) * iters - 1
+        record = {
+            "epoch": epoch,
+            "step": last + 1,
+            "loss": _mean(loss_sum, applied),
+            "grad_norm": _mean(norm_sum, applied),
+            "lr": float(self.lr[last]),
+            "weight_decay": float(self.wd[last]),
+            "samples_per_s": samples.item() / elapsed,
+            "epoch_time_s": elapsed,
+            "skipped_steps": skipped,
+            "skipped_steps_total": self.skipped_total,
+        }
+        weights = self.objective.balancer.weights()
+        for t, total, count in zip(tasks, task_sums, task_counts, strict=True):
+            record[f"loss/{t}"] = _mean(total, count)
+            record[f"weight/{t}"] = weights[t]
+        return record
+
+
+def run_pretraining(
+    config: dict, inputs: TrainInputs, run_dir: str | Path, cores: int | None = None
+) -> TrainResult:
+    """Train (or resume) the run in ``run_dir`` on this rank; rank 0 writes every output."""
+    settings = TrainSettings.from_config(config)
+    use_cuda = settings.gpus > 0
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"pretrain.gpus is {settings.gpus} but no CUDA device is visible; "
+            "set pretrain.gpus: 0 to train on the CPU"
+        )
+    _configure_determinism(settings.deterministic)
+    env = init_distributed(use_cuda)
+    if cores:
+        torch.set_num_threads(max(1, cores // env.local_world_size))
+    if not env.is_main:
+        logging.getLogger("damt").setLevel(logging.WARNING)
+    result = _train(settings, config, inputs, Path(run_dir), env)
+    # Only after success: a failing rank exits instead, and torchrun stops the others.
+    shutdown()
+    return result
+
+
+def _train(
+    s: TrainSettings, config: dict, inputs: TrainInputs, run_dir: Path, env: DistEnv
+) -> TrainResult:
+    data = inputs.load(s.tasks)
+    spec = network_spec(s, data)
+    torch.manual_seed(s.seed)
+    objective = PretrainObjective(DAMTNetwork(spec), s.balancing, s.contrastive_temperature)
+    objective.to(env.device)
+
+    dataset = PretrainDataset(data, s.views, s.seed)
+    # The sampler pads the epoch to a multiple of the world size, so every rank runs the same
+    # number of steps; the last batch may be short.
+    sampler = DistributedSampler(
+        dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=s.seed
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=s.batch_size_per_gpu,
+        sampler=sampler,
+        num_workers=s.num_workers,
+        pin_memory=env.device.type == "cuda",
+    )
+    ckpt_dir = run_dir / "checkpoints"
+    state = load_latest(ckpt_dir)
+    resume_key = stable_hash({"network": repr(spec), "balancing": s.balancing})
+    trainer = Trainer(s, objective, loader, env, resume_key, state)
+    if state is not None:
+        log.info("resuming %s after epoch %d", run_dir, trainer.start_epoch)
+    if env.is_main:
+        log.info(
+            "training %d subjects on %d %s process(es): %d steps/epoch, global batch %d, "
+            "peak lr %.3g, %s, tasks %s, %.1fM parameters",
+            len(dataset), env.world_size, env.device.type, trainer.iters, trainer.global_batch,
+            trainer.peak_lr, trainer.precision, ",".join(s.tasks),
+            sum(p.numel() for p in objective.parameters()) / 1e6,
+        )  # fmt: skip
+
+    metrics = MetricsLog(
+        run_dir, trainer.start_epoch, trainer.start_epoch * trainer.iters, active=env.is_main
+    )
+    for epoch in range(trainer.start_epoch, s.epochs):
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        # Seeded per epoch and rank so a resumed run draws what an uninterrupted one would.
+        torch.manual_seed(_seed_for(s.seed, epoch, env.rank))
+        record = trainer.run_epoch(epoch, metrics)
+        if env.is_main:
+            metrics.epoch(record)
+            save_checkpoint(ckpt_dir, trainer.state(epoch + 1), epoch + 1, s.save_every)
+            log.info(
+                "epoch %d/%d: loss %.4g, %.2f samples/s, %d skipped steps",
+                epoch + 1, s.epochs, math.nan if record["loss"] is None else record["loss"],
+                record["samples_per_s"],
+                record["skipped_steps"],
+            )  # fmt: skip
+        barrier()
+    metrics.close()
+
+    records = read_records(run_dir)
+    last_record = records[-1] if records else None
+    if env.is_main:
+        encoder = objective.network.encoder
+        export_encoder(encoder, run_dir / ENCODER_FILE)
+        write_model_card(
+            run_dir / MODEL_CARD_FILE,
+            encoder,
+            pretraining={
+                "epochs": s.epochs,
+                "steps": s.epochs * trainer.iters,
+                "world_size": env.world_size,
+                "device": env.device.type,
+                "precision": trainer.precision,
+                "global_batch": trainer.global_batch,
+                "peak_lr": trainer.peak_lr,
+                "skipped_steps": trainer.skipped_total,
+                "tasks": list(s.tasks),
+                "config": config["pretrain"],
+                "final_epoch": last_record,
+            },
+            data=data.summary,
+        )
+        log.info("wrote %s and %s", run_dir / ENCODER_FILE, run_dir / MODEL_CARD_FILE)
+    barrier()
+    return TrainResult(objective, last_record)

@@ -1,0 +1,58 @@
+"""Training metrics: one JSON line per epoch in ``metrics.jsonl`` and TensorBoard event files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from damt.io import write_bytes_atomic
+
+
+def read_records(run_dir: str | Path) -> list[dict]:
+    """The epoch records of ``metrics.jsonl`` (empty when there is none yet)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+class MetricsLog:
+    """Writer of ``metrics.jsonl`` and ``tb/``; inactive on ranks other than 0.
+
+    On resume, records of epochs that the checkpoint does not cover (a run killed after logging
+    but before checkpointing) are dropped, and TensorBoard purges events past the resumed step.
+    """
+
+    def __init__(self, run_dir: str | Path, start_epoch: int, start_step: int, active: bool):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.writer = None
+        if not active:
+            return
+        if self.path.exists():
+            kept = [r for r in read_records(run_dir) if r["epoch"] < start_epoch]
+            text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+            write_bytes_atomic(self.path, text.encode("utf-8"))
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step or None)
+
+    def step(self, step: int, scalars: dict[str, float]) -> None:
+        """Per-step scalars (TensorBoard only)."""
+        if self.writer is not None:
+            for key, value in scalars.items():
+                self.writer.add_scalar(f"step/{key}", value, step)
+
+    def epoch(self, record: dict) -> None:
+        """Append one epoch's record to ``metrics.jsonl`` and TensorBoard."""
+        if self.writer is None:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key != "epoch":
+                self.writer.add_scalar(f"epoch/{key}", value, record["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

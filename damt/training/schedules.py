@@ -1,0 +1,28 @@
+"""Per-iteration schedules (as in DINO): linear warmup, then a cosine from start to end value."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cosine_schedule(
+    start: float,
+    end: float,
+    epochs: int,
+    iters_per_epoch: int,
+    warmup_epochs: int = 0,
+    warmup_start: float = 0.0,
+) -> np.ndarray:
+    """Values for each of ``epochs × iters_per_epoch`` iterations.
+
+    The first ``warmup_epochs`` rise linearly from ``warmup_start`` to ``start``; the rest follow
+    half a cosine from ``start`` to ``end`` (``end`` is reached at the last iteration).
+    """
+    total = epochs * iters_per_epoch
+    n_warm = warmup_epochs * iters_per_epoch
+    if not 0 <= n_warm < total:
+        raise ValueError(f"warmup of {warmup_epochs} epochs does not fit {epochs} epochs")
+    warm = np.linspace(warmup_start, start, n_warm, endpoint=False)
+    t = np.arange(total - n_warm) / max(total - n_warm - 1, 1)
+    cosine = end + 0.5 * (start - end) * (1 + np.cos(np.pi * t))
+    return np.concatenate([warm, cosine])

@@ -1,0 +1,92 @@
+"""One optimisation step: precision, AdamW parameter groups, forward/backward/clip/update.
+
+Shared by the training loop and ``bench/train.py``, so the benchmark times the trainer's step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from damt.training.distributed import all_reduce
+from damt.training.objective import PretrainObjective
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+@dataclass
+class StepResult:
+    """Outcome of one optimisation step."""
+
+    applied: bool  # False: non-finite loss or gradient, the parameters did not change
+    total: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    valid: dict[str, torch.Tensor]
+    grad_norm: torch.Tensor | None
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` → bf16 on GPUs that have it, fp16 (with loss scaling) on older GPUs, fp32 on CPU.
+
+    fp16 is refused on the CPU (no fast kernels, and Swin attention overflows in fp16).
+    """
+    if device.type == "cpu":
+        if name == "fp16":
+            raise ValueError("pretrain.precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+        return "fp32" if name == "auto" else name
+    if name == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if name == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError("pretrain.precision bf16: this GPU does not support bfloat16")
+    return name
+
+
+def param_groups(objective: PretrainObjective) -> list[dict]:
+    """AdamW groups. Weight decay (on its schedule) applies to weight matrices and kernels only;
+    biases, norms, the mask token, Swin's relative position tables and the task log-variances
+    are not decayed (as in DINO and Swin).
+    """
+    decay, no_decay = [], []
+    for name, p in objective.named_parameters():
+        if p.ndim <= 1 or "relative_position_bias_table" in name or name.startswith("balancer."):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "apply_wd_schedule": True},
+        {"params": no_decay, "weight_decay": 0.0, "apply_wd_schedule": False},
+    ]
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    batch: dict[str, torch.Tensor],
+    precision: str,
+    clip_grad: float,
+) -> StepResult:
+    """Forward under autocast, backward, clip, step; skip the update when anything is non-finite.
+
+    Under DDP every rank takes the same branch: the loss check is all-reduced, and the gradient
+    norm is computed from gradients DDP has already averaged.
+    """
+    dtype = AUTOCAST_DTYPES[precision]
+    device = next(iter(batch.values())).device
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        total, losses, valid = model(batch)
+    optimizer.zero_grad(set_to_none=True)
+    finite = all_reduce(torch.isfinite(total.detach()).float().reshape(1), "min")
+    if finite.item() != 1.0:
+        return StepResult(False, total.detach(), losses, valid, None)
+    scaler.scale(total).backward()
+    scaler.unscale_(optimizer)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else math.inf)
+    applied = bool(torch.isfinite(norm))
+    if applied:
+        scaler.step(optimizer)
+    scaler.update()
+    return StepResult(applied, total.detach(), losses, valid, norm.detach())

@@ -1,0 +1,130 @@
+"""The views of one subject: two global crops, a local crop with its location, rotations, masks.
+
+Everything here works on plain arrays, independent of where the volume comes from (the training
+cache, or a MONAI preprocessing chain in a benchmark), and returns plain ``torch.Tensor`` s:
+MONAI ``MetaTensor`` s would follow the batch into the model and break ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from damt.model.spec import ViewSpec
+
+# (quarter turns, plane) of the rotation classes: identity, then 90/180/270° about each axis.
+ROTATIONS: tuple[tuple[int, tuple[int, int]], ...] = (
+    (0, (0, 1)),
+    *((k, plane) for plane in ((1, 2), (0, 2), (0, 1)) for k in (1, 2, 3)),
+)
+
+
+def rotate(x: torch.Tensor, label: int) -> torch.Tensor:
+    """Rotate the last three (cubic) axes of ``x`` by rotation class ``label``."""
+    k, (a, b) = ROTATIONS[label]
+    offset = x.ndim - 3
+    return torch.rot90(x, k, dims=(offset + a, offset + b)) if k else x
+
+
+def crop(volume: np.ndarray, start: tuple[int, ...], size: int) -> np.ndarray:
+    """A ``size``³ block at ``start``; parts outside the volume are zero (background).
+
+    Slicing first means a memory-mapped volume is read only where the crop lies.
+    """
+    out = np.zeros((size,) * 3, dtype=volume.dtype)
+    src, dst = [], []
+    for s, n in zip(start, volume.shape, strict=True):
+        lo, hi = max(s, 0), min(s + size, n)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    out[tuple(dst)] = volume[tuple(src)]
+    return out
+
+
+def random_start(shape: tuple[int, ...], size: int, rng: np.random.Generator) -> tuple[int, ...]:
+    """Uniform crop corner; a volume smaller than the crop is centred in it (zero padding)."""
+    return tuple(
+        int(rng.integers(0, n - size + 1)) if n >= size else (n - size) // 2 for n in shape
+    )
+
+
+def location_label(start: tuple[int, ...], size: int, shape: tuple[int, ...], grid: int) -> int:
+    """Grid cell of the crop centre over the first two axes of the volume: ``row * grid + col``."""
+    row, col = (
+        min(int((s + size / 2) / n * grid), grid - 1)
+        for s, n in zip(start[:2], shape[:2], strict=True)
+    )
+    return row * grid + col
+
+
+def mim_mask(crop_size: int, spec: ViewSpec, rng: np.random.Generator) -> torch.Tensor:
+    """Boolean mask on the MIM patch grid with exactly ``round(ratio × patches)`` true cells."""
+    n = crop_size // spec.mim_patch
+    flat = np.zeros(n**3, dtype=bool)
+    flat[rng.permutation(n**3)[: round(spec.mim_ratio * n**3)]] = True
+    return torch.from_numpy(flat.reshape(n, n, n))
+
+
+def _as_volume(x) -> np.ndarray:
+    """(D, H, W) array from an array/tensor, dropping a leading channel axis of size 1."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().as_subclass(torch.Tensor).numpy()
+    x = np.asarray(x)
+    if x.ndim == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 3:
+        raise ValueError(f"expected a (D, H, W) volume, got shape {x.shape}")
+    return x
+
+
+def make_views(image, atlas, rng: np.random.Generator, spec: ViewSpec) -> dict[str, torch.Tensor]:
+    """Two rotated global crops, one rotated local crop (resized), their labels and MIM masks.
+
+    ``image`` float (D, H, W) in [0, 1] and ``atlas`` integer class indices on the same grid
+    (a leading channel axis of size 1 is accepted). Returns:
+
+    - ``global_image`` (2, 1, G, G, G) float32: two independent crops, each rotated;
+      ``global_rotation`` (2,) their rotation classes; ``global_atlas`` (G, G, G) int64: the
+      atlas of the first crop, rotated with it; ``global_mask`` (g, g, g) bool: MIM mask of the
+      second crop on the ``mim_patch`` grid.
+    - ``local_image`` (1, L, L, L): a ``local_crop_source``³ crop resized to ``local_crop``³ and
+      rotated; ``local_atlas``, ``local_rotation``, ``local_mask`` likewise; ``location``: the
+      grid cell of the local crop in the volume (before rotation).
+    """
+    image, atlas = _as_volume(image), _as_volume(atlas)
+    if image.shape != atlas.shape:
+        raise ValueError(f"image {image.shape} and atlas {atlas.shape} grids differ")
+    g = spec.global_crop
+    corners = [random_start(image.shape, g, rng) for _ in range(2)]
+    rotations = [int(r) for r in rng.integers(len(ROTATIONS), size=2)]
+    global_images = [
+        rotate(torch.from_numpy(crop(image, c, g).astype(np.float32)), r)[None]
+        for c, r in zip(corners, rotations, strict=True)
+    ]
+    global_atlas = rotate(
+        torch.from_numpy(crop(atlas, corners[0], g).astype(np.int64)), rotations[0]
+    )
+
+    start = random_start(image.shape, spec.local_crop_source, rng)
+    rot = int(rng.integers(len(ROTATIONS)))
+    size = (spec.local_crop,) * 3
+    img = torch.from_numpy(crop(image, start, spec.local_crop_source).astype(np.float32))
+    img = F.interpolate(img[None, None], size=size, mode="trilinear", align_corners=False)[0]
+    lab = torch.from_numpy(crop(atlas, start, spec.local_crop_source).astype(np.int64))
+    # nearest-exact samples voxel centres, as trilinear with align_corners=False does.
+    lab = F.interpolate(lab[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
+
+    return {
+        "global_image": torch.stack(global_images).contiguous(),
+        "global_rotation": torch.tensor(rotations),
+        "global_atlas": global_atlas.contiguous(),
+        "global_mask": mim_mask(spec.global_crop, spec, rng),
+        "local_image": rotate(img, rot).contiguous(),
+        "local_atlas": rotate(lab, rot).contiguous(),
+        "local_rotation": torch.tensor(rot),
+        "local_mask": mim_mask(spec.local_crop, spec, rng),
+        "location": torch.tensor(
+            location_label(start, spec.local_crop_source, image.shape, spec.location_grid)
+        ),
+    }

@@ -1,0 +1,30 @@
+"""Run by ``torchrun`` in the DDP tests: train, then save this rank's parameters."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from damt.config import load_config
+from damt.training.loop import TrainInputs, run_pretraining
+
+
+def main(config: str, data_root: str, out: str) -> None:
+    root = Path(data_root)
+    tables = {
+        k: root / "features" / f"{k}.z.parquet"
+        for k in ("morphometry_global", "morphometry_local", "radiomics")
+    }
+    inputs = TrainInputs(root / "manifest.parquet", root / "labels.tsv", tables)
+    result = run_pretraining(load_config(config), inputs, Path(out) / "run")
+    state = {k: v.detach().contiguous() for k, v in result.objective.state_dict().items()}
+    save_file(state, str(Path(out) / f"rank{os.environ['RANK']}.safetensors"))
+    torch.save(result.last_record, Path(out) / f"record{os.environ['RANK']}.pt")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

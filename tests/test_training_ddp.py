@@ -1,0 +1,128 @@
+"""DDP on CPU processes (gloo): identical parameters, contrastive loss over ranks, failures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from damt.training.losses import nt_xent
+from tests.training_data import write_config, write_training_set
+
+REPO = Path(__file__).resolve().parents[1]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
+
+
+def _env() -> dict:
+    path = os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH")] if p)
+    # One thread per rank: two ranks share the two cores of a CI runner.
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+def _nt_xent_rank(rank: int, store: str, z1, z2, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    results = {}
+    # Even split (what DistributedSampler gives every step) and an uneven one.
+    for name, bounds in (("even", [0, 2, 4]), ("uneven", [0, 3, 5])):
+        lo, hi = bounds[rank], bounds[rank + 1]
+        a = z1[lo:hi].clone().requires_grad_(True)
+        b = z2[lo:hi].clone().requires_grad_(True)
+        loss, defined = nt_xent(a, b, 0.5)
+        loss.backward()
+        results[name] = {
+            "loss": loss.detach(),
+            "ga": a.grad,
+            "gb": b.grad,
+            "n": hi - lo,
+            "defined": bool(defined),
+        }
+    torch.save(results, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_contrastive_loss_gathers_embeddings_across_ranks(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    mp.spawn(_nt_xent_rank, args=(str(tmp_path / "store"), z1, z2, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+
+    # Even split: every anchor sees all 2N candidates, so the mean of the ranks' losses is the
+    # single-process loss, and the ranks' gradients averaged as DDP does are its gradient.
+    a, b = z1[:4].clone().requires_grad_(True), z2[:4].clone().requires_grad_(True)
+    full, _ = nt_xent(a, b, 0.5)
+    full.backward()
+    even = [r["even"] for r in ranks]
+    torch.testing.assert_close((even[0]["loss"] + even[1]["loss"]) / 2, full.detach())
+    torch.testing.assert_close(torch.cat([even[0]["ga"], even[1]["ga"]]) / 2, a.grad)
+    torch.testing.assert_close(torch.cat([even[0]["gb"], even[1]["gb"]]) / 2, b.grad)
+
+    # Uneven split (a short last batch): still the global loss, weighted by anchors per rank.
+    full5, _ = nt_xent(z1, z2, 0.5)
+    uneven = [r["uneven"] for r in ranks]
+    weighted = (uneven[0]["loss"] * 3 + uneven[1]["loss"] * 2) / 5
+    torch.testing.assert_close(weighted, full5)
+    assert all(r["defined"] for r in uneven)
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_keep_identical_parameters(tmp_path):
+    files = write_training_set(tmp_path / "data", n_subjects=5)
+    config = write_config(tmp_path / "c.yaml", epochs=2, batch_size_per_gpu=1)
+    cmd = [
+        *TORCHRUN,
+        "--nproc_per_node=2",
+        str(REPO / "tests" / "ddp_worker.py"),
+        str(config),
+        str(files.root),
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys()
+    for key in ranks[0]:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    record = torch.load(tmp_path / "record0.pt")
+    assert record["step"] == 2 * 3  # 5 subjects padded to 6, 3 per rank, batch 1
+    assert record["skipped_steps"] == 0
+    # The ranks trained: the task log-variances (initialised at 0) moved, identically.
+    log_vars = [ranks[0][k] for k in ranks[0] if k.startswith("balancer.log_vars.")]
+    assert len(log_vars) == 7 and all(float(v) != 0.0 for v in log_vars)
+
+
+@pytest.mark.slow
+def test_a_failing_rank_stops_the_whole_job(tmp_path):
+    files = write_training_set(tmp_path / "data", n_subjects=4)
+    (files.root / "subjects" / "sub-02" / "cache" / "image.npy").write_bytes(b"truncated")
+    config = write_config(tmp_path / "c.yaml", epochs=2)
+    cmd = [
+        *TORCHRUN,
+        "--nproc_per_node=2",
+        "-m",
+        "damt",
+        "train",
+        "--config",
+        str(config),
+        "--manifest",
+        str(files.manifest),
+        "--tables-dir",
+        str(files.tables_dir),
+        "--label-table",
+        str(files.label_table),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    assert "subject sub-02: cannot read its cache" in proc.stderr
+    assert elapsed < 120, f"the job took {elapsed:.0f} s to stop"

@@ -1,0 +1,300 @@
+"""The training loop: real optimisation steps, outputs, resume, non-finite steps, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.networks.nets import SwinUNETR
+from safetensors.torch import load_file
+from torch.utils.data import default_collate
+
+from damt.cli import main as damt_main
+from damt.config import load_config
+from damt.model import TASKS, load_encoder, pooled_features, read_encoder_spec
+from damt.model.network import DAMTNetwork
+from damt.training.checkpoint import load_latest, save_checkpoint
+from damt.training.data import PretrainDataset
+from damt.training.loop import NonFiniteLossError, TrainInputs, network_spec, run_pretraining
+from damt.training.objective import PretrainObjective
+from damt.training.settings import TrainSettings
+from damt.training.step import param_groups, train_step
+from tests.training_data import write_config, write_training_set
+
+REPO = Path(__file__).resolve().parents[1]
+TABLES = ("morphometry_global", "morphometry_local", "radiomics")
+
+
+def _inputs(files) -> TrainInputs:
+    tables = {k: files.tables_dir / f"{k}.z.parquet" for k in TABLES}
+    return TrainInputs(files.manifest, files.label_table, tables)
+
+
+def _train_args(files, config: Path, out: Path) -> list[str]:
+    return [
+        "train", "--config", str(config), "--manifest", str(files.manifest),
+        "--tables-dir", str(files.tables_dir), "--label-table", str(files.label_table),
+        "--out", str(out),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return write_training_set(tmp_path_factory.mktemp("train"), n_subjects=4)
+
+
+@pytest.fixture(scope="module")
+def finished_run(files, tmp_path_factory):
+    """A two-epoch run through the command line."""
+    root = tmp_path_factory.mktemp("run")
+    config = write_config(root / "config.yaml")
+    assert damt_main(_train_args(files, config, root / "run")) == 0
+    return root / "run", config
+
+
+def test_a_few_steps_on_a_fixed_batch_lower_the_loss(files):
+    config = load_config(write_config(files.root / "fixed.yaml", base_lr=0.5))
+    settings = TrainSettings.from_config(config)
+    data = _inputs(files).load(settings.tasks)
+    torch.manual_seed(0)
+    objective = PretrainObjective(DAMTNetwork(network_spec(settings, data)), "uncertainty", 0.5)
+    batch = default_collate([PretrainDataset(data, settings.views, 0)[i] for i in range(2)])
+    optimizer = torch.optim.AdamW(param_groups(objective), lr=1e-3)
+    history = []
+    for _ in range(6):
+        total, losses, valid = objective(batch)
+        assert torch.isfinite(total)
+        assert set(losses) == set(TASKS) and all(torch.isfinite(v) for v in losses.values())
+        assert all(bool(v) for v in valid.values())
+        history.append(sum(float(v) for v in losses.values()))
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    assert history[-1] < 0.9 * history[0], history
+
+
+def test_mixed_precision_step_with_loss_scaling(files):
+    """The GPU code path (bf16 autocast, GradScaler) exercised on the CPU."""
+    config = load_config(write_config(files.root / "amp.yaml"))
+    settings = TrainSettings.from_config(config)
+    data = _inputs(files).load(settings.tasks)
+    torch.manual_seed(0)
+    objective = PretrainObjective(DAMTNetwork(network_spec(settings, data)), "uncertainty", 0.5)
+    batch = default_collate([PretrainDataset(data, settings.views, 0)[i] for i in (0, 1)])
+    optimizer = torch.optim.AdamW(param_groups(objective), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    before = [p.detach().clone() for p in objective.parameters()]
+    out = train_step(objective, optimizer, scaler, batch, "bf16", clip_grad=1.0)
+    assert out.applied and torch.isfinite(out.total) and torch.isfinite(out.grad_norm)
+    assert all(torch.isfinite(v) for v in out.losses.values())
+    moved = [not torch.equal(a, p) for a, p in zip(before, objective.parameters(), strict=True)]
+    assert all(moved)
+    assert scaler.get_scale() == 2.0**8  # no overflow, scale kept
+
+
+def test_run_writes_encoder_card_metrics_tensorboard_checkpoints(finished_run):
+    run, _ = finished_run
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    for r in records:
+        for task in TASKS:
+            assert np.isfinite(r[f"loss/{task}"]) and r[f"weight/{task}"] > 0
+        assert r["skipped_steps"] == 0 and r["samples_per_s"] > 0 and r["lr"] > 0
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["data"]["subjects"] == 4
+    assert card["data"]["morphometry"]["features"] == 12
+    assert card["pretraining"]["tasks"] == list(TASKS)
+    assert card["code"]["torch"] == torch.__version__
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {
+        "checkpoint.pt", "checkpoint_0001.pt", "checkpoint_0002.pt",
+    }  # fmt: skip
+    state = load_latest(run / "checkpoints")
+    assert state["epoch"] == 2 and state["step"] == 4
+    assert set(state["model"]) >= {f"balancer.log_vars.{t}" for t in TASKS}
+    # The learned task weights are in the checkpoint and are what the metrics report.
+    log_var = float(state["model"]["balancer.log_vars.mim"])
+    assert records[-1]["weight/mim"] == pytest.approx(np.exp(-log_var), rel=1e-6)
+
+
+def test_encoder_loads_into_monai_swinunetr_strictly(finished_run):
+    run, config = finished_run
+    weights = load_file(str(run / "encoder.safetensors"))
+    spec = read_encoder_spec(run / "encoder.safetensors")
+    card = json.loads((run / "model_card.json").read_text())
+    net = SwinUNETR(out_channels=3, **card["architecture"]["swin_unetr_kwargs"])
+    net.swinViT.load_state_dict(weights, strict=True)
+    # The exported weights are the trained ones, not a fresh initialisation.
+    state = load_latest(run / "checkpoints")["model"]
+    for key, value in weights.items():
+        torch.testing.assert_close(value, state[f"network.encoder.swinViT.{key}"])
+    # What the probe uses gives the same features as SwinUNETR's own encoder.
+    encoder = load_encoder(run / "encoder.safetensors")
+    x = torch.rand(1, 1, 64, 64, 64)
+    with torch.no_grad():
+        expected = net.swinViT(x, normalize=True)[-1].mean(dim=(2, 3, 4))
+        assert net(x).shape == (1, 3, 64, 64, 64)
+    torch.testing.assert_close(pooled_features(encoder, x), expected)
+    assert spec == TrainSettings.from_config(load_config(config)).encoder
+
+
+def test_rerunning_a_finished_run_changes_nothing(finished_run, files):
+    run, config = finished_run
+    before = (run / "metrics.jsonl").read_text()
+    weights = load_file(str(run / "encoder.safetensors"))
+    assert damt_main(_train_args(files, config, run)) == 0
+    assert (run / "metrics.jsonl").read_text() == before
+    for key, value in load_file(str(run / "encoder.safetensors")).items():
+        assert torch.equal(value, weights[key])
+
+
+def test_resume_refuses_a_run_with_another_network(finished_run, files, tmp_path, capsys):
+    run, _ = finished_run
+    other = write_config(tmp_path / "other.yaml", contrastive_dim=24)
+    assert damt_main(_train_args(files, other, run)) == 2
+    assert "another network" in capsys.readouterr().err
+
+
+def test_odd_last_batch_and_switched_off_tasks_without_tables(tmp_path):
+    files = write_training_set(tmp_path / "data", n_subjects=5)
+    config = load_config(
+        write_config(
+            tmp_path / "c.yaml", epochs=1, warmup_epochs=0,
+            tasks={"morphometry": False, "radiomics": False, "location": False},
+        )
+    )  # fmt: skip
+    inputs = TrainInputs(files.manifest, files.label_table, {})
+    result = run_pretraining(config, inputs, tmp_path / "run")
+    record = result.last_record
+    assert record["step"] == 3  # batches of 2, 2 and 1
+    assert record["skipped_steps"] == 0
+    assert "loss/morphometry" not in record
+    assert all(np.isfinite(record[f"loss/{t}"]) for t in ("rotation", "contrastive", "mim"))
+
+
+def test_missing_table_of_a_switched_on_task_is_a_clear_error(files, tmp_path):
+    config = load_config(write_config(tmp_path / "c.yaml"))
+    inputs = TrainInputs(files.manifest, files.label_table, {})
+    with pytest.raises(ValueError, match="morphometry task is on but the morphometry_global"):
+        run_pretraining(config, inputs, tmp_path / "run")
+
+
+def _poison(files, subjects):
+    for sid in subjects:
+        path = files.root / "subjects" / sid / "cache" / "image.npy"
+        image = np.load(path)
+        image[:] = np.nan
+        np.save(path, image)
+
+
+def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
+    files = write_training_set(tmp_path / "data", n_subjects=3)
+    _poison(files, ["sub-00"])
+    config = write_config(tmp_path / "c.yaml", epochs=1, warmup_epochs=0, batch_size_per_gpu=1)
+    result = run_pretraining(load_config(config), _inputs(files), tmp_path / "run")
+    assert result.last_record["skipped_steps"] == 1  # the step that drew sub-00
+    assert result.last_record["step"] == 3
+    assert all(torch.isfinite(p).all() for p in result.objective.parameters())
+
+
+def test_a_run_that_keeps_producing_nonfinite_losses_stops(tmp_path):
+    files = write_training_set(tmp_path / "data", n_subjects=4)
+    _poison(files, files.subjects)
+    config = load_config(write_config(tmp_path / "c.yaml", max_consecutive_nonfinite=2))
+    with pytest.raises(NonFiniteLossError, match="2 consecutive steps"):
+        run_pretraining(config, _inputs(files), tmp_path / "run")
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, {"epoch": 1, "w": torch.ones(3)}, epoch=1, save_every=0)
+
+    def broken_save(obj, path):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path, {"epoch": 2, "w": torch.zeros(3)}, epoch=2, save_every=0)
+    assert load_latest(tmp_path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    with open(tmp_path / "checkpoint.pt", "wb") as fh:
+        torch.save({"epoch": 1, "payload": _Payload()}, fh)
+    with pytest.raises(pickle.UnpicklingError):
+        load_latest(tmp_path)
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_matches_an_uninterrupted_run(files, tmp_path):
+    config = write_config(tmp_path / "c.yaml", epochs=3, save_every=0)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [sys.executable, "-m", "damt"]
+
+    def train(out: Path) -> subprocess.Popen:
+        return subprocess.Popen(
+            [*cmd, *_train_args(files, config, out)], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    full = train(tmp_path / "full")
+    _, err = full.communicate(timeout=600)
+    assert full.returncode == 0, err
+
+    interrupted = tmp_path / "interrupted"
+    proc = train(interrupted)
+    deadline = time.monotonic() + 600
+    while not (interrupted / "checkpoints" / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert load_latest(interrupted / "checkpoints")["epoch"] < 3
+    assert not (interrupted / "encoder.safetensors").exists()
+
+    resumed = train(interrupted)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert "resuming" in err
+
+    a = load_latest(tmp_path / "full" / "checkpoints")
+    b = load_latest(interrupted / "checkpoints")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for key, value in load_file(str(tmp_path / "full" / "encoder.safetensors")).items():
+        assert torch.equal(value, load_file(str(interrupted / "encoder.safetensors"))[key])
+    records = [json.loads(x) for x in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+
+
+@pytest.mark.gpu
+def test_training_on_a_gpu_uses_bf16_and_stays_finite(files, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    config = load_config(write_config(tmp_path / "c.yaml", gpus=1, deterministic=False))
+    result = run_pretraining(config, _inputs(files), tmp_path / "run")
+    card = json.loads((tmp_path / "run" / "model_card.json").read_text())
+    expected = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    assert card["pretraining"]["precision"] == expected
+    assert result.last_record["skipped_steps"] == 0
+    assert np.isfinite(result.last_record["loss"])
