@@ -16,6 +16,8 @@ include: "rules/stats.smk"
 include: "rules/radiomics.smk"
 include: "rules/cache.smk"
 include: "rules/qc.smk"
+include: "rules/pretrain.smk"
+include: "rules/probe.smk"
 
 
 rule all:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -99,7 +100,13 @@ def nested_cv(
         chosen.append(float(next(iter(search.best_params_.values()))))
         if kind == REGRESSION:
             pred = search.predict(x[test])
-            scores = {"mae": mean_absolute_error(y[test], pred), "r2": r2_score(y[test], pred)}
+            # Chance: the training fold's mean predicted for every test subject.
+            chance = np.full(len(test), y[train].mean())
+            scores = {
+                "mae": mean_absolute_error(y[test], pred),
+                "r2": r2_score(y[test], pred),
+                "mae_chance": mean_absolute_error(y[test], chance),
+            }
         else:
             pred = search.predict(x[test])
             proba = search.predict_proba(x[test])
@@ -176,4 +183,179 @@ def probe_all(
                 log.warning("%s", exc)
                 res = {"kind": target.kind, "error": str(exc)}
             out[target.name][name] = res
+    return out
+
+
+# --- the workflow's probe job -------------------------------------------------------------------
+
+FEATURE_SETS = ("pretrained", "random_init", "morphometry")
+CHANCE = {"r2": 0.0, "balanced_accuracy": 0.5, "auc": 0.5}
+
+
+def read_phenotypes(path: str | Path) -> pd.DataFrame:
+    """A phenotype table (TSV or CSV) with a ``subject_id`` column."""
+    sep = "," if str(path).endswith(".csv") else "\t"
+    frame = pd.read_csv(path, sep=sep)
+    if "subject_id" not in frame.columns:
+        raise ProbeError(f"phenotype table {path} has no 'subject_id' column")
+    frame["subject_id"] = frame["subject_id"].astype(str)
+    return frame
+
+
+def encoder_features(encoder, cache_dirs: Mapping[str, Path]) -> pd.DataFrame:
+    """Pooled last-stage features of each subject's whole cached volume (frozen encoder)."""
+    import torch
+
+    from damt.cache import IMAGE_FILE
+    from damt.model import pooled_features
+
+    rows = []
+    for sid, folder in cache_dirs.items():
+        image = np.load(Path(folder) / IMAGE_FILE, mmap_mode="r")
+        feats = pooled_features(encoder, torch.from_numpy(np.asarray(image, np.float32)))
+        rows.append([sid, *feats[0].cpu().numpy().tolist()])
+    width = len(rows[0]) - 1 if rows else 0
+    return pd.DataFrame(rows, columns=["subject_id", *(f"f{i}" for i in range(width))])
+
+
+def result_rows(results: Mapping[str, Mapping[str, dict]]) -> pd.DataFrame:
+    """Flat table: target, features, metric, mean, std, n_subjects (or the error)."""
+    rows = []
+    for target, by_set in results.items():
+        for features, res in by_set.items():
+            if "error" in res:
+                rows.append(
+                    {
+                        "target": target,
+                        "features": features,
+                        "metric": "",
+                        "mean": np.nan,
+                        "std": np.nan,
+                        "n_subjects": 0,
+                        "error": res["error"],
+                    }
+                )
+                continue
+            for metric, m in res["metrics"].items():
+                rows.append(
+                    {
+                        "target": target,
+                        "features": features,
+                        "metric": metric,
+                        "mean": m["mean"],
+                        "std": m["std"],
+                        "n_subjects": res["n_subjects"],
+                        "error": "",
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def plot_results(table: pd.DataFrame, path: str | Path) -> None:
+    """One panel per (target, metric): mean ± SD over folds per feature set, chance marked."""
+    import matplotlib.pyplot as plt
+
+    from damt.io import write_atomic
+
+    ok = table[table["metric"] != ""]
+    panels = [p for p in ok.groupby(["target", "metric"], sort=False) if p[0][1] != "mae_chance"]
+    n = max(len(panels), 1)
+    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.4), squeeze=False)
+    for ax, ((target, metric), sub) in zip(axes[0], panels, strict=False):
+        ax.bar(
+            sub["features"],
+            sub["mean"],
+            yerr=sub["std"],
+            capsize=4,
+            color=["tab:blue", "tab:gray", "tab:green"][: len(sub)],
+        )
+        chance = CHANCE.get(metric)
+        if metric == "mae":
+            ref = ok[(ok["target"] == target) & (ok["metric"] == "mae_chance")]["mean"]
+            chance = float(ref.mean()) if len(ref) else None
+        if chance is not None:
+            ax.axhline(chance, color="red", lw=1, ls="--", label="chance")
+            ax.legend(fontsize=7)
+        ax.set_title(f"{target}: {metric} (n={int(sub['n_subjects'].max())})", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7, rotation=20)
+    fig.suptitle("Linear probe, nested 5-fold CV (mean ± SD over outer folds)")
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)
+
+
+def run_probe(
+    config: dict,
+    manifest: str | Path,
+    encoder_path: str | Path,
+    morphometry_tables: Sequence[str | Path],
+    out_json: str | Path,
+    out_table: str | Path,
+    out_plot: str | Path,
+) -> dict:
+    """The probe rule: frozen pretrained encoder vs. random-init encoder vs. morphometry."""
+    import torch
+
+    from damt.features.tables import KEY, read_table
+    from damt.io import write_atomic, write_json_atomic
+    from damt.model import build_encoder, load_encoder, read_encoder_spec
+
+    pc = config["probe"]
+    torch.set_num_threads(pc["threads"])
+    frame = pd.read_parquet(manifest)
+    chosen = frame[frame["status"].isin(pc["statuses"]) & frame["has_cache"]]
+    base = Path(manifest).parent
+    cache_dirs = {r.subject_id: base / r.cache_dir for r in chosen.itertuples()}
+    phenotypes = read_phenotypes(pc["phenotypes"])
+    with_pheno = {s: d for s, d in cache_dirs.items() if s in set(phenotypes[KEY])}
+    log.info(
+        "probing %d subjects (statuses %s, with phenotypes)",
+        len(with_pheno),
+        "/".join(pc["statuses"]),
+    )
+
+    spec = read_encoder_spec(encoder_path)
+    torch.manual_seed(pc["seed"])
+    random_encoder = build_encoder(spec).eval()
+    morph = None
+    for path in morphometry_tables:
+        table, _ = read_table(path)
+        morph = table if morph is None else morph.merge(table, on=KEY, how="outer")
+    feature_sets = {
+        "pretrained": encoder_features(load_encoder(encoder_path, spec), with_pheno),
+        "random_init": encoder_features(random_encoder, with_pheno),
+        "morphometry": morph,
+    }
+    targets = [Target(t["name"], t["type"]) for t in pc["targets"]]
+    results = probe_all(
+        feature_sets,
+        phenotypes,
+        targets,
+        subjects=list(with_pheno),
+        n_splits=pc["folds"],
+        inner_splits=pc["inner_folds"],
+        seed=pc["seed"],
+    )
+    out = {
+        "encoder": str(encoder_path),
+        "phenotypes": pc["phenotypes"],
+        "statuses": pc["statuses"],
+        "feature_sets": {k: int(v.shape[1] - 1) for k, v in feature_sets.items()},
+        "results": results,
+    }
+    write_json_atomic(out_json, out)
+    table = result_rows(results)
+    write_atomic(out_table, lambda tmp: table.to_csv(tmp, sep="\t", index=False))
+    plot_results(table, out_plot)
+    for rec in table.itertuples():
+        if rec.metric:
+            log.info(
+                "%s / %s: %s = %.3f ± %.3f (n=%d)",
+                rec.target,
+                rec.features,
+                rec.metric,
+                rec.mean,
+                rec.std,
+                rec.n_subjects,
+            )
     return out

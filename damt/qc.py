@@ -24,6 +24,14 @@ PASS, WARN, FAIL, IGNORE = "pass", "warn", "fail", "ignore"
 _RANK = {PASS: 0, IGNORE: 0, WARN: 1, FAIL: 2}
 FAIL_BY_DEFAULT = ("discovery:", "cache:")
 FEATURE_GROUPS = ("morphometry_global", "morphometry_local", "radiomics")
+TRAINING_STATUSES = (PASS, WARN)
+
+
+def trains(manifest: pd.DataFrame) -> pd.Series:
+    """Which manifest rows train: status pass or warn, with a training cache."""
+    return manifest["status"].isin(TRAINING_STATUSES) & manifest["has_cache"].fillna(False).astype(
+        bool
+    )
 
 
 @dataclass(frozen=True)

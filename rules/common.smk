@@ -1,10 +1,12 @@
 # Shared set-up of the workflow: demo cohort, subject discovery, shard lists and targets.
 # Functions only (rules live in the other .smk files); the logic itself is in `damt`.
 import logging
+import os
 
 from damt.demo.cohort import ensure_demo_cohort
 from damt.discovery import discover_for_workflow, discovery_paths, shard_file
 from damt.qc import FEATURE_GROUPS
+from damt.training.launch import check_gpus
 
 _handler = logging.StreamHandler()
 _handler.setFormatter(logging.Formatter("damt: %(message)s"))
@@ -12,6 +14,10 @@ logging.getLogger("damt").addHandler(_handler)
 logging.getLogger("damt").setLevel(logging.INFO)
 
 OUT = config["outdir"]
+RUN_DIR = f"{OUT}/pretrain/{config['pretrain']['run_name']}"
+
+
+report: "../docs/report/workflow.rst"
 
 
 wildcard_constraints:
@@ -28,15 +34,34 @@ DISCOVERY = discover_for_workflow(config, main_process=workflow.is_main_process)
 SHARDS = list(DISCOVERY.shards())
 DISCOVERY_FILES = discovery_paths(OUT)
 
+# Snakemake scales a job's resources down to --resources without a word; fail before hours of
+# other stages instead of training on fewer GPUs than configured.
+if workflow.is_main_process and "gpu" in workflow.global_resources:
+    _gpu_limit = workflow.global_resources["gpu"].value
+    check_gpus(config, min(_gpu_limit, config["pretrain"]["gpus"]))
+
 
 def shard_members(wildcards):
     """Membership file of the shard a per-subject job processes."""
     return shard_file(OUT, wildcards.shard)
 
 
+def retrain_input(paths):
+    """Pretrain inputs: ancient() under `pretrain.retrain: never`, so changes do not retrain."""
+    if config["pretrain"]["retrain"] == "never":
+        return (
+            [ancient(p) for p in paths] if isinstance(paths, list) else ancient(paths)
+        )
+    return paths
+
+
 def all_targets():
-    """Final outputs of the workflow."""
-    return [
+    """Final outputs of the workflow (the probe only when a phenotype table is configured)."""
+    targets = [
         f"{OUT}/manifest.parquet",
-        expand(f"{OUT}/features/{{group}}.z.parquet", group=FEATURE_GROUPS),
+        f"{RUN_DIR}/encoder.safetensors",
+        f"{RUN_DIR}/loss_curves.png",
     ]
+    if config["probe"]["phenotypes"]:
+        targets.append(f"{OUT}/probe/probe.json")
+    return targets

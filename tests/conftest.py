@@ -63,6 +63,8 @@ def workflow_config(tmp_path: Path, subjects_dirs: list[dict], **sections) -> Pa
         "outdir": str(tmp_path / "results"),
         "subjects": {"dirs": subjects_dirs},
         "demo": {"enabled": False},
+        # The default config probes the demo's phenotypes; tests pass their own or none.
+        "probe": {"phenotypes": None},
     }
     for key, value in sections.items():
         cfg[key] = value
@@ -72,13 +74,25 @@ def workflow_config(tmp_path: Path, subjects_dirs: list[dict], **sections) -> Pa
 
 
 def run_snakemake(
-    *args: str, cwd: Path = REPO, check: bool = True, env: dict | None = None
+    *args: str, check: bool = True, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """Run this environment's snakemake on the repository's Snakefile."""
+    """Run this environment's snakemake on the repository's Snakefile.
+
+    It runs in the folder of the ``--configfile`` override (a test's tmp dir, see
+    :func:`workflow_config`), never in the repository: tests do not share Snakemake's state
+    (``.snakemake/``: metadata, locks, incomplete markers). ``config/`` there links to the
+    repository's, so the default config and its files resolve.
+    """
+    if "--configfile" not in args:
+        raise ValueError("run_snakemake needs a --configfile override (see workflow_config)")
+    workdir = Path(args[args.index("--configfile") + 1]).parent
+    link = workdir / "config"
+    if not link.exists():
+        link.symlink_to(REPO / "config")
     cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), *args]
     full_env = {**os.environ, **(env or {})}
     full_env["PATH"] = f"{BIN}{os.pathsep}{full_env.get('PATH', '')}"
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full_env)
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=full_env)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"

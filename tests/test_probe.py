@@ -35,6 +35,7 @@ def test_regression_signal_and_noise():
     res = nested_cv(x, y, REGRESSION)
     assert res["metrics"]["r2"]["mean"] > 0.8
     assert res["metrics"]["mae"]["mean"] < 4.0
+    assert res["metrics"]["mae_chance"]["mean"] > 3 * res["metrics"]["mae"]["mean"]
     assert len(res["metrics"]["mae"]["folds"]) == 5 and res["n_subjects"] == 60
     assert len(res["regularisation"]["chosen_per_fold"]) == 5
     noise = np.random.default_rng(1).normal(size=x.shape)

@@ -39,7 +39,8 @@ def dry_run(demo_cohort, tmp_path_factory):
     """(jobs, output) of a dry run through the profile: one dict per printed job."""
     tmp = tmp_path_factory.mktemp("profile")
     config = workflow_config(tmp, [{"path": str(demo_cohort)}], sharding={"n_shards": 3})
-    out = run_snakemake("-n", "--profile", "profiles/slurm", "--configfile", str(config)).stdout
+    profile = str(REPO / "profiles" / "slurm")
+    out = run_snakemake("-n", "--profile", profile, "--configfile", str(config)).stdout
     jobs = []
     for block in re.split(r"\n\s*\[[^\]]+\]\n", out):
         rule = re.match(r"\s*(?:local)?rule (\w+):", block)

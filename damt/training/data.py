@@ -17,9 +17,9 @@ from torch.utils.data import Dataset
 from damt.features.tables import KEY
 from damt.freesurfer.labels import read_label_table
 from damt.model.spec import ViewSpec
+from damt.qc import trains
 from damt.training.views import make_views
 
-TRAINING_STATUSES = ("pass", "warn")
 TABLE_FILES = {
     "morphometry_global": "morphometry_global.z.parquet",
     "morphometry_local": "morphometry_local.z.parquet",
@@ -80,8 +80,7 @@ def load_training_data(
     missing = {"subject_id", "status", "has_cache", "cache_dir"} - set(df.columns)
     if missing:
         raise ValueError(f"manifest {manifest} lacks columns {sorted(missing)}")
-    keep = df["status"].isin(TRAINING_STATUSES) & df["has_cache"].fillna(False).astype(bool)
-    used = df[keep].sort_values("subject_id")
+    used = df[trains(df)].sort_values("subject_id")
     if used.empty:
         raise ValueError(
             f"manifest {manifest}: no subject has status pass/warn and a cache "

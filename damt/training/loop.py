@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from damt.io import stable_hash
 from damt.model.network import DAMTNetwork
 from damt.model.spec import NetworkSpec
-from damt.training.checkpoint import load_latest, save_checkpoint
+from damt.training.checkpoint import load_latest, run_lock, save_checkpoint
 from damt.training.data import PretrainDataset, TrainingData, load_training_data
 from damt.training.distributed import DistEnv, all_reduce, barrier, init_distributed, shutdown
 from damt.training.export import ENCODER_FILE, MODEL_CARD_FILE, export_encoder, write_model_card
@@ -233,7 +234,8 @@ class Trainer:
             sums += torch.stack([v.double() for v in values])
             if env.is_main and (it % s.log_every_steps == 0 or it == iters - 1):
                 loss = float(out.total)
-                bar.set_postfix(loss=f"{loss:.4g}", lr=f"{self.lr[step]:.2e}")
+                # refresh=False: tqdm redraws on its own schedule, with an up-to-date count.
+                bar.set_postfix(loss=f"{loss:.4g}", lr=f"{self.lr[step]:.2e}", refresh=False)
                 metrics.step(
                     step,
                     {"loss": loss, "lr": float(self.lr[step]), "grad_norm": float(out.grad_norm)},
@@ -283,7 +285,8 @@ def run_pretraining(
         torch.set_num_threads(max(1, cores // env.local_world_size))
     if not env.is_main:
         logging.getLogger("damt").setLevel(logging.WARNING)
-    result = _train(settings, config, inputs, Path(run_dir), env)
+    with run_lock(run_dir) if env.is_main else nullcontext():
+        result = _train(settings, config, inputs, Path(run_dir), env)
     # Only after success: a failing rank exits instead, and torchrun stops the others.
     shutdown()
     return result

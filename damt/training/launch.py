@@ -1,0 +1,216 @@
+"""What the workflow's pretrain job does: decide whether to (re)train, then launch ``torchrun``.
+
+A run folder holds ``checkpoints/`` and ``signature.json``: what the checkpoints were trained on
+(the training subjects, the ``pretrain`` settings, the feature columns and the label table). The
+``pretrain.retrain`` policy compares it with the current inputs:
+
+- a run that stopped before its last epoch resumes, unless its signature changed (then it
+  could not be resumed meaningfully and starts afresh);
+- ``cohort``: a finished run with the same signature is kept (its weights are exported again,
+  no training); a changed signature trains afresh;
+- ``always``: a finished run trains afresh whenever the job runs;
+- ``never``: a finished run is kept whatever changed.
+
+Superseded checkpoints, metrics and TensorBoard files move to ``superseded/<time>/`` instead of
+being deleted. Training runs as ``python -m torch.distributed.run --standalone --nnodes=1
+--nproc_per_node=N -m damt train ...`` (torchrun with this interpreter): one process per GPU
+(NCCL), or ``pretrain.cpu_processes`` processes with gloo when ``pretrain.gpus`` is 0.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import yaml
+
+from damt.io import sha256_file, stable_hash, write_json_atomic
+from damt.qc import trains
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_FILE = "signature.json"
+RUN_CONFIG_FILE = "config.yaml"
+TRAIN, RESUME, EXPORT = "train", "resume", "export"
+
+
+class LaunchError(RuntimeError):
+    """The pretrain job cannot run as configured (the message says why and what to change)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the job will do, and why (logged)."""
+
+    action: str  # train | resume | export
+    reason: str
+    supersede: bool = False  # move the existing checkpoints aside first
+
+
+def training_subjects(manifest: str | Path) -> list[str]:
+    """Subjects the trainer uses: status pass/warn with a training cache (sorted)."""
+    frame = pd.read_parquet(manifest, columns=["subject_id", "status", "has_cache"])
+    return sorted(frame.loc[trains(frame), "subject_id"].astype(str))
+
+
+def signature(
+    config: dict, manifest: str | Path, label_table: str | Path, tables: dict[str, Path | None]
+) -> dict:
+    """What a trained model depends on, beyond feature values: see the module docstring."""
+    subjects = training_subjects(manifest)
+    columns = {
+        name: pq.read_schema(path).names
+        for name, path in sorted(tables.items())
+        if path is not None and Path(path).is_file()
+    }
+    return {
+        "subjects": hashlib.sha256("\n".join(subjects).encode()).hexdigest()[:16],
+        "n_subjects": len(subjects),
+        "pretrain": stable_hash(config["pretrain"]),
+        "feature_columns": stable_hash(columns),
+        "label_table": sha256_file(label_table)[:16],
+    }
+
+
+def _finished(run_dir: Path, epochs: int) -> bool | None:
+    """True/False for a finished/unfinished run; None when there is no checkpoint."""
+    from damt.training.checkpoint import load_latest
+
+    state = load_latest(run_dir / "checkpoints")
+    if state is None:
+        return None
+    return int(state["epoch"]) >= epochs
+
+
+def plan_run(run_dir: Path, current: dict, policy: str, epochs: int) -> Plan:
+    """Decide what to do with the run folder (pure apart from reading its files)."""
+    finished = _finished(run_dir, epochs)
+    if finished is None:
+        return Plan(TRAIN, "no checkpoint yet")
+    try:
+        previous = json.loads((run_dir / SIGNATURE_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        previous = None
+    changed = sorted(k for k in current if previous is None or previous.get(k) != current[k])
+    changed = [k for k in changed if k != "n_subjects"]
+    what = ", ".join(changed) if changed else "nothing"
+    if not finished:
+        if changed and policy != "never":
+            return Plan(
+                TRAIN, f"interrupted run trained on other inputs ({what} changed)", supersede=True
+            )
+        return Plan(RESUME, "interrupted run: resuming from its latest checkpoint")
+    if policy == "never":
+        return Plan(EXPORT, f"finished run kept (retrain: never; {what} changed)")
+    if policy == "always":
+        return Plan(TRAIN, "finished run trained again (retrain: always)", supersede=True)
+    if changed:
+        return Plan(TRAIN, f"{what} changed (retrain: cohort)", supersede=True)
+    return Plan(EXPORT, "same training subjects and settings: finished run kept (retrain: cohort)")
+
+
+def supersede(run_dir: Path) -> Path:
+    """Move the run's checkpoints, metrics and TensorBoard files to ``superseded/<time>/``."""
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    target = run_dir / "superseded" / stamp
+    target.mkdir(parents=True)
+    for name in ("checkpoints", "metrics.jsonl", "tb", SIGNATURE_FILE):
+        if (run_dir / name).exists():
+            shutil.move(str(run_dir / name), target / name)
+    log.info("moved the previous run's checkpoints and metrics to %s", target)
+    return target
+
+
+def check_gpus(config: dict, granted: int) -> None:
+    """Refuse a GPU grant that differs from the configuration, saying how to fix it."""
+    wanted = config["pretrain"]["gpus"]
+    if granted != wanted:
+        raise LaunchError(
+            f"pretrain.gpus is {wanted} but this job was given gpu={granted}. Snakemake scales a "
+            "job's resources down to the --resources limit without a word, which would change "
+            "the global batch size and the learning rate. Run with --resources gpu="
+            f"{wanted} (or more), or set pretrain.gpus: {granted}."
+        )
+
+
+def torchrun_command(n_processes: int, train_args: list[str]) -> list[str]:
+    """torchrun (of this interpreter) running ``damt train`` on one node."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        f"--nproc_per_node={n_processes}",
+        "-m",
+        "damt",
+        *train_args,
+    ]
+
+
+def launch(
+    config: dict,
+    manifest: Path,
+    label_table: Path,
+    tables: dict[str, Path | None],
+    run_dir: Path,
+    granted_gpus: int,
+    cores: int,
+    log_file: str | None = None,
+) -> None:
+    """Plan, then train/resume under torchrun or export the finished run."""
+    check_gpus(config, granted_gpus)
+    p = config["pretrain"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    current = signature(config, manifest, label_table, tables)
+    plan = plan_run(run_dir, current, p["retrain"], p["epochs"])
+    log.info("pretrain plan: %s (%s)", plan.action, plan.reason)
+    if plan.supersede:
+        supersede(run_dir)
+    # The merged workflow config (config files and command-line overrides) for the trainer.
+    config_file = run_dir / RUN_CONFIG_FILE
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    write_json_atomic(run_dir / SIGNATURE_FILE, current)
+    train_args = [
+        "train",
+        "--config",
+        str(config_file),
+        "--manifest",
+        str(manifest),
+        "--label-table",
+        str(label_table),
+        "--out",
+        str(run_dir),
+        "--cores",
+        str(cores),
+    ]
+    for name, path in tables.items():
+        if path is not None:
+            train_args += [f"--{name.replace('_', '-')}", str(path)]
+    n_processes = p["gpus"] if p["gpus"] > 0 else p["cpu_processes"]
+    if plan.action == EXPORT:
+        n_processes = 1  # no training: one process exports the weights of the last checkpoint
+    cmd = torchrun_command(n_processes, train_args)
+    log.info("running: %s", " ".join(cmd))
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // n_processes))}
+    if log_file:
+        with open(log_file, "a", encoding="utf-8") as out:
+            proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    else:
+        proc = subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        raise LaunchError(
+            f"training failed (torchrun exit status {proc.returncode}); the run "
+            f"resumes from its latest checkpoint in {run_dir} when the job runs "
+            "again (snakemake --rerun-incomplete)"
+        )

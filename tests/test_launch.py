@@ -1,0 +1,132 @@
+"""The pretrain job's launcher: retrain policy, superseded runs, GPU grant, torchrun command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from damt.training.launch import (
+    EXPORT,
+    RESUME,
+    SIGNATURE_FILE,
+    TRAIN,
+    LaunchError,
+    check_gpus,
+    plan_run,
+    signature,
+    supersede,
+    torchrun_command,
+    training_subjects,
+)
+from damt.training.report import plot_training
+
+SIG = {"subjects": "a", "n_subjects": 3, "pretrain": "p", "feature_columns": "f",
+       "label_table": "l"}
+
+
+def make_run(run_dir: Path, epoch: int | None, sig: dict | None = SIG) -> Path:
+    if epoch is not None:
+        (run_dir / "checkpoints").mkdir(parents=True)
+        torch.save({"epoch": epoch}, run_dir / "checkpoints" / "checkpoint.pt")
+        (run_dir / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    if sig is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / SIGNATURE_FILE).write_text(json.dumps(sig))
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("epoch", "stored", "policy", "action", "supersede_"),
+    [
+        (None, None, "cohort", TRAIN, False),  # nothing trained yet
+        (2, SIG, "cohort", RESUME, False),  # interrupted: resume
+        (2, {**SIG, "subjects": "b"}, "cohort", TRAIN, True),  # interrupted, other cohort
+        (2, {**SIG, "subjects": "b"}, "never", RESUME, False),
+        (4, SIG, "cohort", EXPORT, False),  # finished, same cohort: keep
+        (4, {**SIG, "n_subjects": 9}, "cohort", EXPORT, False),
+        (4, {**SIG, "subjects": "b"}, "cohort", TRAIN, True),  # the cohort changed
+        (4, {**SIG, "pretrain": "q"}, "cohort", TRAIN, True),  # the settings changed
+        (4, SIG, "always", TRAIN, True),
+        (4, {**SIG, "subjects": "b"}, "never", EXPORT, False),
+        (4, None, "cohort", TRAIN, True),  # checkpoints of unknown provenance
+    ],
+)
+def test_plan(tmp_path: Path, epoch, stored, policy, action, supersede_):
+    run = make_run(tmp_path / "run", epoch, stored)
+    plan = plan_run(run, SIG, policy, epochs=4)
+    assert (plan.action, plan.supersede) == (action, supersede_), plan.reason
+
+
+def test_supersede_moves_everything_aside(tmp_path: Path):
+    run = make_run(tmp_path / "run", 4)
+    (run / "tb").mkdir()
+    target = supersede(run)
+    assert target.parent == run / "superseded"
+    assert sorted(p.name for p in target.iterdir()) == ["checkpoints", "metrics.jsonl",
+                                                         SIGNATURE_FILE, "tb"]
+    assert not (run / "checkpoints").exists()
+
+
+def test_gpu_grant_must_match_the_config():
+    check_gpus({"pretrain": {"gpus": 2}}, 2)
+    with pytest.raises(LaunchError) as err:
+        check_gpus({"pretrain": {"gpus": 4}}, 2)
+    msg = str(err.value)
+    assert "pretrain.gpus is 4 but this job was given gpu=2" in msg
+    assert "--resources gpu=4" in msg and "pretrain.gpus: 2" in msg
+
+
+def test_torchrun_command_uses_this_interpreter():
+    cmd = torchrun_command(3, ["train", "--out", "x"])
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert "--standalone" in cmd and "--nproc_per_node=3" in cmd
+    assert cmd[-5:] == ["-m", "damt", "train", "--out", "x"]
+
+
+def test_signature_follows_the_training_subjects(tmp_path: Path):
+    manifest = tmp_path / "manifest.parquet"
+    frame = pd.DataFrame({"subject_id": ["a", "b", "c"], "status": ["pass", "warn", "fail"],
+                          "has_cache": [True, True, False]})
+    frame.to_parquet(manifest)
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("index\tlabel\tname\n0\t0\tUnknown\n")
+    table = tmp_path / "t.parquet"
+    pd.DataFrame({"subject_id": ["a"], "x": [1.0]}).to_parquet(table)
+    config = {"pretrain": {"epochs": 3}}
+    assert training_subjects(manifest) == ["a", "b"]
+    first = signature(config, manifest, labels, {"radiomics": table})
+    # Feature values change: same signature. A new training subject: new signature.
+    pd.DataFrame({"subject_id": ["a"], "x": [2.0]}).to_parquet(table)
+    assert signature(config, manifest, labels, {"radiomics": table}) == first
+    frame.loc[2, ["status", "has_cache"]] = ["pass", True]
+    frame.to_parquet(manifest)
+    changed = signature(config, manifest, labels, {"radiomics": table})
+    assert changed["subjects"] != first["subjects"] and changed["n_subjects"] == 3
+    pd.DataFrame({"subject_id": ["a"], "y": [2.0]}).to_parquet(table)
+    assert signature(config, manifest, labels, {"radiomics": table})["feature_columns"] != \
+        changed["feature_columns"]
+
+
+def test_training_report_plots(tmp_path: Path):
+    records = [{"epoch": e, "loss": 10.0 - e, "loss/rotation": 2.0 - 0.1 * e, "loss/mim": None,
+                "weight/rotation": 1.0 + 0.01 * e} for e in range(3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert plot_training(tmp_path, tmp_path / "c.png", tmp_path / "w.png") == 3
+    assert (tmp_path / "c.png").stat().st_size > 1000 and (tmp_path / "w.png").is_file()
+    with pytest.raises(ValueError, match=r"no metrics\.jsonl records"):
+        plot_training(tmp_path / "empty", tmp_path / "c2.png", tmp_path / "w2.png")
+
+
+def test_one_trainer_per_run_folder(tmp_path: Path):
+    from damt.training.checkpoint import run_lock
+
+    busy = r"being trained by another process \(pid \d+"
+    with run_lock(tmp_path), pytest.raises(RuntimeError, match=busy), run_lock(tmp_path):
+        pass
+    with run_lock(tmp_path):  # released on exit
+        pass

@@ -1,0 +1,21 @@
+"""Pretraining: apply the retrain policy, then train under torchrun (damt.training.launch)."""
+
+import _damt_path  # noqa: F401
+
+from pathlib import Path
+
+from damt.logs import rule_log
+from damt.qc import FEATURE_GROUPS
+from damt.training.launch import launch
+
+with rule_log(snakemake.log[0]):
+    launch(
+        snakemake.config,
+        Path(snakemake.input.manifest),
+        Path(snakemake.input.label_table),
+        dict(zip(FEATURE_GROUPS, map(Path, snakemake.input.tables), strict=True)),
+        Path(snakemake.params.run_dir),
+        granted_gpus=snakemake.resources.gpu,
+        cores=snakemake.threads,
+        log_file=snakemake.log[0],
+    )

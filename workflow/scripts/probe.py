@@ -1,0 +1,17 @@
+"""Linear probe of the frozen encoder and its baselines."""
+
+import _damt_path  # noqa: F401
+
+from damt.logs import rule_log
+from damt.probe import run_probe
+
+with rule_log(snakemake.log[0]):
+    run_probe(
+        snakemake.config,
+        snakemake.input.manifest,
+        snakemake.input.encoder,
+        snakemake.input.morphometry,
+        snakemake.output.results,
+        snakemake.output.table,
+        snakemake.output.plot,
+    )
