@@ -1,8 +1,8 @@
 """Pretraining: apply the retrain policy, then train under torchrun (damt.training.launch)."""
 
-import _damt_path  # noqa: F401
-
 from pathlib import Path
+
+import _damt_path  # noqa: F401
 
 from damt.logs import rule_log
 from damt.qc import FEATURE_GROUPS
