@@ -25,8 +25,13 @@ from damt.training.launch import (
 )
 from damt.training.report import plot_training
 
-SIG = {"subjects": "a", "n_subjects": 3, "pretrain": "p", "feature_columns": "f",
-       "label_table": "l"}
+SIG = {
+    "subjects": "a",
+    "n_subjects": 3,
+    "pretrain": "p",
+    "feature_columns": "f",
+    "label_table": "l",
+}
 
 
 def make_run(run_dir: Path, epoch: int | None, sig: dict | None = SIG) -> Path:
@@ -67,8 +72,12 @@ def test_supersede_moves_everything_aside(tmp_path: Path):
     (run / "tb").mkdir()
     target = supersede(run)
     assert target.parent == run / "superseded"
-    assert sorted(p.name for p in target.iterdir()) == ["checkpoints", "metrics.jsonl",
-                                                         SIGNATURE_FILE, "tb"]
+    assert sorted(p.name for p in target.iterdir()) == [
+        "checkpoints",
+        "metrics.jsonl",
+        SIGNATURE_FILE,
+        "tb",
+    ]
     assert not (run / "checkpoints").exists()
 
 
@@ -90,8 +99,13 @@ def test_torchrun_command_uses_this_interpreter():
 
 def test_signature_follows_the_training_subjects(tmp_path: Path):
     manifest = tmp_path / "manifest.parquet"
-    frame = pd.DataFrame({"subject_id": ["a", "b", "c"], "status": ["pass", "warn", "fail"],
-                          "has_cache": [True, True, False]})
+    frame = pd.DataFrame(
+        {
+            "subject_id": ["a", "b", "c"],
+            "status": ["pass", "warn", "fail"],
+            "has_cache": [True, True, False],
+        }
+    )
     frame.to_parquet(manifest)
     labels = tmp_path / "labels.tsv"
     labels.write_text("index\tlabel\tname\n0\t0\tUnknown\n")
@@ -108,13 +122,23 @@ def test_signature_follows_the_training_subjects(tmp_path: Path):
     changed = signature(config, manifest, labels, {"radiomics": table})
     assert changed["subjects"] != first["subjects"] and changed["n_subjects"] == 3
     pd.DataFrame({"subject_id": ["a"], "y": [2.0]}).to_parquet(table)
-    assert signature(config, manifest, labels, {"radiomics": table})["feature_columns"] != \
-        changed["feature_columns"]
+    assert (
+        signature(config, manifest, labels, {"radiomics": table})["feature_columns"]
+        != changed["feature_columns"]
+    )
 
 
 def test_training_report_plots(tmp_path: Path):
-    records = [{"epoch": e, "loss": 10.0 - e, "loss/rotation": 2.0 - 0.1 * e, "loss/mim": None,
-                "weight/rotation": 1.0 + 0.01 * e} for e in range(3)]
+    records = [
+        {
+            "epoch": e,
+            "loss": 10.0 - e,
+            "loss/rotation": 2.0 - 0.1 * e,
+            "loss/mim": None,
+            "weight/rotation": 1.0 + 0.01 * e,
+        }
+        for e in range(3)
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert plot_training(tmp_path, tmp_path / "c.png", tmp_path / "w.png") == 3
     assert (tmp_path / "c.png").stat().st_size > 1000 and (tmp_path / "w.png").is_file()

@@ -26,11 +26,19 @@ COHORT = ("morphometry_tables", "radiomics_table", "qc_checks", "normalize", "ma
 QUICK = {
     "radiomics": {"rois": {"whole_brain": ["nonzero"], "cerebral_wm": [2, 41]}},
     "cache": {"min_size": 96},
-    "pretrain": {"preset": "tiny", "epochs": 2, "warmup_epochs": 1, "batch_size_per_gpu": 2,
-                 "base_lr": 0.05, "num_workers": 0, "save_every": 1, "log_every_steps": 1,
-                 "gpus": 0, "threads": 2},
-    "probe": {"targets": [{"name": "age", "type": "regression"}], "folds": 4,
-              "inner_folds": 3},
+    "pretrain": {
+        "preset": "tiny",
+        "epochs": 2,
+        "warmup_epochs": 1,
+        "batch_size_per_gpu": 2,
+        "base_lr": 0.05,
+        "num_workers": 0,
+        "save_every": 1,
+        "log_every_steps": 1,
+        "gpus": 0,
+        "threads": 2,
+    },
+    "probe": {"targets": [{"name": "age", "type": "regression"}], "folds": 4, "inner_folds": 3},
 }
 
 
@@ -38,9 +46,10 @@ def jobs_of(stdout: str) -> dict[str, int]:
     """Rule → job count from a dry run's job stats."""
     if "Nothing to be done" in stdout:
         return {}
-    table = stdout[stdout.index("Job stats:"):]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)
-            if m[1] != "total"}
+    table = stdout[stdout.index("Job stats:") :]
+    return {
+        m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"
+    }
 
 
 def shards_planned(stdout: str, rule: str) -> set[str]:
@@ -77,8 +86,9 @@ def process_tree(root: int) -> list[int]:
 
 
 def snapshot(results: Path, subject_ids) -> dict[str, tuple[bytes, int]]:
-    files = [p for sid in subject_ids for p in (results / "subjects" / sid).rglob("*")
-             if p.is_file()]
+    files = [
+        p for sid in subject_ids for p in (results / "subjects" / sid).rglob("*") if p.is_file()
+    ]
     return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
 
 
@@ -94,19 +104,32 @@ def test_default_config_dry_run_and_lint(tmp_path: Path, demo_cohort: Path):
     """snakemake -n and --lint on config/config.yaml (demo generation pointed at tmp)."""
     dirs = [{"path": str(demo_cohort)}, {"path": str(SHARED_SUBJECTS), "optional": True}]
     override = tmp_path / "o.yaml"
-    override.write_text(yaml.safe_dump({
-        "outdir": str(tmp_path / "results"), "subjects": {"dirs": dirs},
-        "demo": {"enabled": False},
-        "probe": {"phenotypes": str(demo_cohort / "phenotypes.tsv")},
-    }))
+    override.write_text(
+        yaml.safe_dump(
+            {
+                "outdir": str(tmp_path / "results"),
+                "subjects": {"dirs": dirs},
+                "demo": {"enabled": False},
+                "probe": {"phenotypes": str(demo_cohort / "phenotypes.tsv")},
+            }
+        )
+    )
     out = run_snakemake("-n", "--configfile", str(override)).stdout
     jobs = jobs_of(out)
     n = len([p for p in demo_cohort.iterdir() if p.is_dir()])
     n += 2 if (SHARED_SUBJECTS / "bert").is_dir() else 0  # bert and fsaverage (exclude: [])
     assert {r: jobs[r] for r in PER_SUBJECT} == {r: n for r in PER_SUBJECT}
     assert jobs["normalize"] == 3
-    for rule in ("morphometry_tables", "radiomics_table", "qc_checks", "manifest", "pretrain",
-                 "training_report", "probe", "all"):
+    for rule in (
+        "morphometry_tables",
+        "radiomics_table",
+        "qc_checks",
+        "manifest",
+        "pretrain",
+        "training_report",
+        "probe",
+        "all",
+    ):
         assert jobs[rule] == 1, rule
     lint = run_snakemake("--lint", "--configfile", str(override), check=False)
     assert lint.returncode == 0, lint.stdout + lint.stderr
@@ -119,9 +142,15 @@ def test_incremental_reruns(cohort6: Path, tmp_path: Path):
         shutil.copytree(cohort6 / sid, subjects / sid)
     params = tmp_path / "radiomics.yaml"
     shutil.copy(REPO / "config" / "radiomics.yaml", params)
-    override = workflow_config(tmp_path, [{"path": str(subjects)}], **{
-        **QUICK, "radiomics": {**QUICK["radiomics"], "params": str(params)},
-        "probe": {**QUICK["probe"], "phenotypes": str(cohort6 / "phenotypes.tsv")}})
+    override = workflow_config(
+        tmp_path,
+        [{"path": str(subjects)}],
+        **{
+            **QUICK,
+            "radiomics": {**QUICK["radiomics"], "params": str(params)},
+            "probe": {**QUICK["probe"], "phenotypes": str(cohort6 / "phenotypes.tsv")},
+        },
+    )
     args = ("--configfile", str(override))
     results = tmp_path / "results"
     run_snakemake("--cores", "2", *args)
@@ -146,8 +175,9 @@ def test_incremental_reruns(cohort6: Path, tmp_path: Path):
     assert {p: v for p, v in snapshot(results, old).items() if p in before} == before
     manifest = pd.read_parquet(results / "manifest.parquet")
     assert list(manifest["subject_id"]) == [*old, "sub-005", "sub-006"]
-    assert re.search(r"pretrain plan: train \(.*subjects changed \(retrain: cohort\)\)",
-                     last_plan(results))
+    assert re.search(
+        r"pretrain plan: train \(.*subjects changed \(retrain: cohort\)\)", last_plan(results)
+    )
     assert list((results / "pretrain" / "default" / "superseded").iterdir())
 
     # A radiomics parameter: radiomics and what depends on it, nothing else.
@@ -176,17 +206,34 @@ def test_killed_pretraining_resumes(cohort6: Path, tmp_path: Path):
     subjects.mkdir()
     for sid in ("sub-001", "sub-002", "sub-003", "sub-004"):
         shutil.copytree(cohort6 / sid, subjects / sid)
-    override = workflow_config(tmp_path, [{"path": str(subjects)}], **{
-        **QUICK, "pretrain": {**QUICK["pretrain"], "epochs": 6}})
+    override = workflow_config(
+        tmp_path,
+        [{"path": str(subjects)}],
+        **{**QUICK, "pretrain": {**QUICK["pretrain"], "epochs": 6}},
+    )
     results = tmp_path / "results"
     encoder = results / "pretrain" / "default" / "encoder.safetensors"
     checkpoint = results / "pretrain" / "default" / "checkpoints" / "checkpoint_0001.pt"
-    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--cores", "2",
-           str(encoder), "--configfile", str(override)]
+    cmd = [
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--cores",
+        "2",
+        str(encoder),
+        "--configfile",
+        str(override),
+    ]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     (tmp_path / "config").symlink_to(REPO / "config")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 600
         while not checkpoint.exists():
@@ -203,22 +250,23 @@ def test_killed_pretraining_resumes(cohort6: Path, tmp_path: Path):
     assert not encoder.exists()
     # What a user does after a killed run: release Snakemake's lock, then rerun the job.
     run_snakemake("--unlock", "--configfile", str(override))
-    run_snakemake("--cores", "2", "--rerun-incomplete", str(encoder), "--configfile",
-                  str(override))
+    run_snakemake("--cores", "2", "--rerun-incomplete", str(encoder), "--configfile", str(override))
     assert encoder.is_file()
     assert "pretrain plan: resume (interrupted run" in last_plan(results)
     log = (results / "logs" / "pretrain.log").read_text()
     assert re.search(r"resuming \S+ after epoch [1-5]\b", log)
-    epochs = [int(m) for m in re.findall(r'"epoch": (\d+)', (
-        results / "pretrain" / "default" / "metrics.jsonl").read_text())]
+    epochs = [
+        int(m)
+        for m in re.findall(
+            r'"epoch": (\d+)', (results / "pretrain" / "default" / "metrics.jsonl").read_text()
+        )
+    ]
     assert sorted(epochs) == list(range(6))
 
 
 def test_more_gpus_than_resources_is_explained(tmp_path: Path, demo_cohort: Path):
-    override = workflow_config(tmp_path, [{"path": str(demo_cohort)}],
-                               pretrain={"gpus": 2})
-    proc = run_snakemake("-n", "--resources", "gpu=1", "--configfile", str(override),
-                         check=False)
+    override = workflow_config(tmp_path, [{"path": str(demo_cohort)}], pretrain={"gpus": 2})
+    proc = run_snakemake("-n", "--resources", "gpu=1", "--configfile", str(override), check=False)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "pretrain.gpus is 2 but this job was given gpu=1" in out
