@@ -41,7 +41,8 @@ def test_views_are_plain_tensors_with_expected_shapes():
     assert v["global_image"].shape == (2, 1, 32, 32, 32)
     assert v["global_image"].dtype == torch.float32
     assert v["global_atlas"].shape == (32, 32, 32)
-    assert v["global_atlas"].dtype == torch.int64
+    # Atlases keep the cache's compact dtype; the objective casts them to long on the device.
+    assert v["global_atlas"].dtype == v["local_atlas"].dtype == torch.uint8
     assert v["local_image"].shape == (1, 32, 32, 32)
     assert v["local_atlas"].shape == (32, 32, 32)
     assert v["global_rotation"].shape == (2,)
@@ -49,6 +50,14 @@ def test_views_are_plain_tensors_with_expected_shapes():
     assert v["global_mask"].shape == (2, 2, 2) and v["local_mask"].shape == (2, 2, 2)
     # 75 % of the 8 patches, exactly.
     assert int(v["global_mask"].sum()) == 6 and int(v["local_mask"].sum()) == 6
+
+
+def test_atlases_with_more_than_256_classes():
+    image, atlas = _volume()
+    wide = atlas.astype(np.uint16) + 300
+    v = make_views(image, wide, np.random.default_rng(0), SPEC)
+    assert v["global_atlas"].dtype == v["local_atlas"].dtype == torch.int32
+    assert int(v["global_atlas"].min()) >= 300
 
 
 def test_rotation_moves_image_and_atlas_together():

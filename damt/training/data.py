@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from damt.cache import ATLAS_FILE, IMAGE_FILE
 from damt.features.tables import KEY
 from damt.freesurfer.labels import read_label_table
 from damt.model.spec import ViewSpec
@@ -142,8 +143,8 @@ class PretrainDataset(Dataset):
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         sid, folder = self.data.subjects[index], self.data.cache_dirs[index]
         try:
-            image = np.load(folder / "image.npy", mmap_mode="r")
-            atlas = np.load(folder / "atlas.npy", mmap_mode="r")
+            image = np.load(folder / IMAGE_FILE, mmap_mode="r")
+            atlas = np.load(folder / ATLAS_FILE, mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise ValueError(f"subject {sid}: cannot read its cache in {folder}: {exc}") from exc
         if image.shape != atlas.shape or image.ndim != 3:

@@ -73,8 +73,8 @@ class PretrainObjective(nn.Module):
                 net.head("contrastive", cls1), net.head("contrastive", cls2), self.temperature
             )
         if "atlas" in tasks:
-            glob = F.cross_entropy(net.head("atlas", h1).float(), batch["global_atlas"])
-            loc = F.cross_entropy(net.head("atlas", h3).float(), batch["local_atlas"])
+            glob = F.cross_entropy(net.head("atlas", h1).float(), batch["global_atlas"].long())
+            loc = F.cross_entropy(net.head("atlas", h3).float(), batch["local_atlas"].long())
             losses["atlas"], valid["atlas"] = 0.5 * (glob + loc), one
         for task in ("morphometry", "radiomics"):
             if task in tasks:

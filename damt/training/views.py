@@ -66,6 +66,11 @@ def mim_mask(crop_size: int, spec: ViewSpec, rng: np.random.Generator) -> torch.
     return torch.from_numpy(flat.reshape(n, n, n))
 
 
+def _classes(block: np.ndarray) -> torch.Tensor:
+    """Atlas classes as a compact tensor (uint8 as cached; wider ids as int32)."""
+    return torch.from_numpy(block if block.dtype == np.uint8 else block.astype(np.int32))
+
+
 def _as_volume(x) -> np.ndarray:
     """(D, H, W) array from an array/tensor, dropping a leading channel axis of size 1."""
     if isinstance(x, torch.Tensor):
@@ -85,8 +90,9 @@ def make_views(image, atlas, rng: np.random.Generator, spec: ViewSpec) -> dict[s
     (a leading channel axis of size 1 is accepted). Returns:
 
     - ``global_image`` (2, 1, G, G, G) float32: two independent crops, each rotated;
-      ``global_rotation`` (2,) their rotation classes; ``global_atlas`` (G, G, G) int64: the
-      atlas of the first crop, rotated with it; ``global_mask`` (g, g, g) bool: MIM mask of the
+      ``global_rotation`` (2,) their rotation classes; ``global_atlas`` (G, G, G): the
+      atlas of the first crop, rotated with it (uint8, or int32 for more than 256 classes);
+      ``global_mask`` (g, g, g) bool: MIM mask of the
       second crop on the ``mim_patch`` grid.
     - ``local_image`` (1, L, L, L): a ``local_crop_source``³ crop resized to ``local_crop``³ and
       rotated; ``local_atlas``, ``local_rotation``, ``local_mask`` likewise; ``location``: the
@@ -98,25 +104,25 @@ def make_views(image, atlas, rng: np.random.Generator, spec: ViewSpec) -> dict[s
     g = spec.global_crop
     corners = [random_start(image.shape, g, rng) for _ in range(2)]
     rotations = [int(r) for r in rng.integers(len(ROTATIONS), size=2)]
-    global_images = [
-        rotate(torch.from_numpy(crop(image, c, g).astype(np.float32)), r)[None]
-        for c, r in zip(corners, rotations, strict=True)
-    ]
-    global_atlas = rotate(
-        torch.from_numpy(crop(atlas, corners[0], g).astype(np.int64)), rotations[0]
-    )
+    # Each rotated crop is written once, straight into the float32 batch slot; atlases keep
+    # their compact class dtype (the objective casts them to long on the device).
+    global_image = torch.empty((2, 1, g, g, g), dtype=torch.float32)
+    for i, (c, r) in enumerate(zip(corners, rotations, strict=True)):
+        global_image[i, 0] = rotate(torch.from_numpy(crop(image, c, g)), r)
+    global_atlas = rotate(_classes(crop(atlas, corners[0], g)), rotations[0])
 
     start = random_start(image.shape, spec.local_crop_source, rng)
     rot = int(rng.integers(len(ROTATIONS)))
     size = (spec.local_crop,) * 3
     img = torch.from_numpy(crop(image, start, spec.local_crop_source).astype(np.float32))
     img = F.interpolate(img[None, None], size=size, mode="trilinear", align_corners=False)[0]
-    lab = torch.from_numpy(crop(atlas, start, spec.local_crop_source).astype(np.int64))
+    lab = _classes(crop(atlas, start, spec.local_crop_source))
     # nearest-exact samples voxel centres, as trilinear with align_corners=False does.
-    lab = F.interpolate(lab[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
+    lab = F.interpolate(lab[None, None].float(), size=size, mode="nearest-exact")[0, 0]
+    lab = lab.to(global_atlas.dtype)
 
     return {
-        "global_image": torch.stack(global_images).contiguous(),
+        "global_image": global_image,
         "global_rotation": torch.tensor(rotations),
         "global_atlas": global_atlas.contiguous(),
         "global_mask": mim_mask(spec.global_crop, spec, rng),
