@@ -20,8 +20,9 @@ import numpy as np
 
 from damt.freesurfer.labels import LabelTable, read_label_table
 from damt.io import sha256_file
-from damt.shards import OK, Stage, SubjectError, SubjectResult, SubjectTask
-from damt.volumes import Volume, VolumeError, grid_difference, load_volume
+from damt.shards import OK, SubjectError, SubjectResult, SubjectTask
+from damt.volume_stage import ImageAtlasStage, check_pair
+from damt.volumes import Volume, load_volume
 
 IMAGE_FILE, ATLAS_FILE = "image.npy", "atlas.npy"
 
@@ -115,7 +116,7 @@ def volume_qc(
     }
 
 
-class CacheStage(Stage):
+class CacheStage(ImageAtlasStage):
     """Per-subject training cache (and volume QC measures)."""
 
     name = "cache"
@@ -132,7 +133,7 @@ class CacheStage(Stage):
         self.label_table_path = str(label_table)
         self.label_table_hash = sha256_file(label_table)
         self.settings = settings
-        self.image, self.atlas = image, atlas
+        super().__init__(image, atlas)
         self.expected_labels = [int(x) for x in expected_labels]
         self.table: LabelTable | None = None
 
@@ -148,22 +149,10 @@ class CacheStage(Stage):
             "expected": self.expected_labels,
         }
 
-    def input_files(self, task: SubjectTask) -> list[Path]:
-        return [task.path / self.image, task.path / self.atlas]
-
     def compute(self, task: SubjectTask, workdir: Path) -> SubjectResult:
         assert self.table is not None, "setup() reads the label table"
-        try:
-            image = load_volume(task.path / self.image)
-            atlas = load_volume(task.path / self.atlas)
-        except VolumeError as exc:
-            raise SubjectError("volume_unreadable", str(exc)) from exc
-        diff = grid_difference(image.grid, atlas.grid)
-        if diff is not None:
-            raise SubjectError("grid_mismatch", f"image and atlas grids differ: {diff}")
-        if image.data.dtype.kind == "f" and not np.isfinite(image.data).all():
-            bad = int((~np.isfinite(image.data)).sum())
-            raise SubjectError("nonfinite_intensities", f"{self.image} has {bad} non-finite voxels")
+        image, atlas = self.load_pair(task, load_volume)
+        check_pair(image.grid, atlas.grid, image.data, self.image)
         if not (image.data > 0).any():
             raise SubjectError("empty_image", f"{self.image} has no voxel above 0")
         qc = volume_qc(image, atlas, self.table, self.expected_labels)

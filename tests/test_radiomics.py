@@ -182,43 +182,30 @@ def test_cli_image_mask_on_nrrd(tmp_path: Path, capsys):
     for name, arr in (("img.nrrd", image), ("mask.nrrd", labels)):
         sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / name))
     out = tmp_path / "out.parquet"
-    rc = damt_main(
-        [
-            "radiomics",
-            "--image",
-            str(tmp_path / "img.nrrd"),
-            "--mask",
-            str(tmp_path / "mask.nrrd"),
-            "--label",
-            "2",
-            "--params",
-            str(PARAMS),
-            "-o",
-            str(out),
-            "--subject-id",
-            "x",
-        ]
-    )
-    assert rc == 0
+
+    def run(label: str, *extra: str) -> int:
+        return damt_main(
+            [
+                "radiomics",
+                "--image",
+                str(tmp_path / "img.nrrd"),
+                "--mask",
+                str(tmp_path / "mask.nrrd"),
+                "--label",
+                label,
+                "--params",
+                str(PARAMS),
+                "-o",
+                str(out),
+                *extra,
+            ]
+        )
+
+    assert run("2", "--subject-id", "x") == 0
     row = pd.read_parquet(out)
     assert row.subject_id[0] == "x" and row.shape == (1, 76)
     assert "label2_glcm_Contrast" in row.columns
-    rc = damt_main(
-        [
-            "radiomics",
-            "--image",
-            str(tmp_path / "img.nrrd"),
-            "--mask",
-            str(tmp_path / "mask.nrrd"),
-            "--label",
-            "99",
-            "--params",
-            str(PARAMS),
-            "-o",
-            str(out),
-        ]
-    )
-    assert rc == 2
+    assert run("99") == 2
     assert "empty_roi" in capsys.readouterr().err
 
 

@@ -20,8 +20,9 @@ import SimpleITK as sitk
 
 from damt.features.tables import cohort_frame, write_table
 from damt.io import sha256_file, write_atomic
-from damt.shards import OK, Stage, SubjectError, SubjectResult, SubjectTask, read_summaries
-from damt.volumes import VolumeError, grid_difference, load_sitk, sitk_geometry
+from damt.shards import OK, SubjectError, SubjectResult, SubjectTask, read_summaries
+from damt.volume_stage import ImageAtlasStage, check_pair
+from damt.volumes import load_sitk, sitk_geometry
 
 log = logging.getLogger(__name__)
 RANGE_RE = re.compile(r"^(\d+)-(\d+)$")
@@ -102,13 +103,9 @@ def extract_rois(
 
     Returns ``(features, errors)`` where errors maps ROI name → ``reason: detail``.
     """
-    diff = grid_difference(sitk_geometry(image), sitk_geometry(atlas))
-    if diff is not None:
-        raise SubjectError("grid_mismatch", f"image and atlas grids differ: {diff}")
-    values = sitk.GetArrayViewFromImage(image)
-    if values.dtype.kind == "f" and not np.isfinite(values).all():
-        n_bad = int((~np.isfinite(values)).sum())
-        raise SubjectError("nonfinite_intensities", f"image has {n_bad} non-finite voxels")
+    check_pair(
+        sitk_geometry(image), sitk_geometry(atlas), sitk.GetArrayViewFromImage(image), "image"
+    )
     labels = sitk.GetArrayViewFromImage(atlas)
     features: dict[str, float] = {}
     errors: dict[str, str] = {}
@@ -157,7 +154,7 @@ def radiomics_for_files(
     return frame
 
 
-class RadiomicsStage(Stage):
+class RadiomicsStage(ImageAtlasStage):
     """Per-subject radiomics of the workflow (image and atlas from the subject folder)."""
 
     name = "radiomics"
@@ -175,7 +172,8 @@ class RadiomicsStage(Stage):
         self.params_hash = sha256_file(params)
         self.roi_spec = {k: list(v) for k, v in rois.items()}
         self.rois = parse_rois(self.roi_spec)
-        self.image, self.atlas, self.threads = image, atlas, threads
+        super().__init__(image, atlas)
+        self.threads = threads
         self.extractor: Extractor | None = None
 
     def setup(self) -> None:
@@ -189,16 +187,9 @@ class RadiomicsStage(Stage):
             "atlas": self.atlas,
         }
 
-    def input_files(self, task: SubjectTask) -> list[Path]:
-        return [task.path / self.image, task.path / self.atlas]
-
     def compute(self, task: SubjectTask, workdir: Path) -> SubjectResult:
         assert self.extractor is not None, "setup() builds the extractor"
-        try:
-            image = load_sitk(task.path / self.image)
-            atlas = load_sitk(task.path / self.atlas)
-        except VolumeError as exc:
-            raise SubjectError("volume_unreadable", str(exc)) from exc
+        image, atlas = self.load_pair(task, load_sitk)
         features, errors = extract_rois(self.extractor, image, atlas, self.rois)
         if not features:
             reasons = sorted({e.split(":", 1)[0] for e in errors.values()})
