@@ -80,3 +80,37 @@ def test_probe_all_records_failures():
     )
     assert res["age"]["good"]["metrics"]["r2"]["mean"] > 0.5
     assert "no feature columns" in res["age"]["empty"]["error"]
+
+
+@pytest.mark.slow
+def test_morphometry_predicts_demo_age_above_chance(tmp_path):
+    """The demo cohort's hidden age is recoverable from its morphometry (what `make demo`
+    reports as the morphometry baseline): 16 subjects, the real parse → table → z-score path."""
+    from damt.demo.cohort import generate_cohort
+    from damt.discovery import discover_subjects, discovery_paths, shard_file, write_discovery
+    from damt.features.morphometry import build_morphometry_tables
+    from damt.features.normalize import fit_normalizer
+    from damt.freesurfer.stats_stage import StatsStage
+    from damt.shards import run_shard
+    from tests.conftest import REPO
+
+    cohort = tmp_path / "subjects"
+    generate_cohort(cohort, 16, seed=0)  # the default config's demo cohort
+    out = tmp_path / "results"
+    write_discovery(discover_subjects([{"path": str(cohort)}], n_shards=1), out)
+    summary = out / "stats" / "shards" / "shard0.tsv"
+    run_shard(StatsStage(), shard_file(out, "shard0"), out, summary)
+    paths = {g: out / f"morphometry_{g}.parquet" for g in ("global", "local")}
+    tables = build_morphometry_tables(
+        [summary],
+        discovery_paths(out)["subjects"],
+        REPO / "config" / "morphometry_catalog.yaml",
+        paths,
+    )
+    z = [fit_normalizer(t).apply(t) for t in tables.values()]
+    features = z[0].merge(z[1], on="subject_id")
+    pheno = pd.read_csv(cohort / "phenotypes.tsv", sep="\t")
+    res = probe_all({"morphometry": features}, pheno, [Target("age", REGRESSION)])
+    metrics = res["age"]["morphometry"]["metrics"]
+    assert res["age"]["morphometry"]["n_subjects"] == 16
+    assert metrics["mae"]["mean"] < 0.6 * metrics["mae_chance"]["mean"]
