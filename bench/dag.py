@@ -111,10 +111,8 @@ def main() -> None:
         f"first dry run (writes the discovery files): {first:.1f} s, {first_mb:.0f} MiB",
         file=sys.stderr,
     )
-    print(
-        f"subjects={args.subjects} shards={n_shards} dry_run_s={second:.1f} "
-        f"peak_mb={max(first_mb, second_mb):.0f}"
-    )
+    print(f"sharding.n_shards={n_shards}", file=sys.stderr)
+    print(f"subjects={args.subjects} dry_run_s={second:.1f} peak_mb={max(first_mb, second_mb):.0f}")
 
 
 if __name__ == "__main__":
