@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,32 @@ def run_snakemake(
             f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
         )
     return proc
+
+
+def unprivileged(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``argv`` where file permissions apply: as `nobody` when we are root."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip(
+                "running as root without setpriv: cannot drop privileges to test permissions"
+            )
+        prefix = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import damt"], env=env, cwd=cwd,
+                           capture_output=True, text=True)  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip(f"user nobody cannot run this Python/repository: {probe.stderr.strip()[-300:]}")
+    return subprocess.run([*prefix, *argv], env=env, cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.fixture
+def open_tmp():
+    """A temporary folder every user can enter (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="damt-perm-"))
+    path.chmod(0o777)
+    yield path
+    for p in path.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    shutil.rmtree(path)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from damt.discovery import (
     shard_of,
     write_discovery,
 )
+from tests.conftest import unprivileged
 
 REQUIRED = ("mri/brainmask.mgz", "mri/aparc+aseg.mgz")
 
@@ -149,16 +152,25 @@ def test_missing_dir_is_an_error_unless_optional(tmp_path: Path):
     assert d.subjects == [] and "does not exist" in d.notices[0]
 
 
-def test_unreadable_subject_folder_is_flagged(tmp_path: Path):
-    if os.geteuid() == 0:
-        pytest.skip("root ignores file permissions")
-    folder = make_subject(tmp_path, "locked")
-    folder.chmod(0)
-    try:
-        d = discover_subjects([{"path": str(tmp_path)}])
-    finally:
-        folder.chmod(0o755)
-    assert by_id(d)["locked"].reason in ("unreadable", "missing_required")
+def test_unreadable_subject_folder_is_flagged(open_tmp: Path):
+    """As a user permissions apply to (root ignores them): a locked folder is reported."""
+    root = open_tmp / "subjects"
+    make_subject(root, "ok")
+    locked = make_subject(root, "locked")
+    for p in [root, *root.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    locked.chmod(0)
+    code = (
+        "import json; from damt.discovery import discover_subjects; "
+        f"d = discover_subjects([{{'path': {str(root)!r}}}]); "
+        "print(json.dumps({f.subject_id: [f.status, f.reason, f.detail] for f in d.report}))"
+    )
+    proc = unprivileged([sys.executable, "-c", code], open_tmp)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"][:2] == ["included", ""]
+    assert report["locked"][:2] == ["flagged", "unreadable"]
+    assert "Permission denied" in report["locked"][2]
 
 
 def test_shards_are_stable_hash_buckets():

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -28,7 +25,7 @@ from damt.freesurfer.stats import (
     read_long_metadata,
     read_long_table,
 )
-from tests.conftest import REPO
+from tests.conftest import unprivileged
 from tests.fs_versions import make_fs5_subject, make_fs6_subject
 
 BERT_TABLE_FILES = 17  # every stats file of bert but the two free-text ?h.curv.stats
@@ -383,35 +380,6 @@ def test_missing_stats_folder(fsaverage: Path, tmp_path: Path):
 # --- unreadable files: for real, as an unprivileged user -------------------------------------
 
 
-def _unprivileged(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """Run ``argv`` where file permissions apply: as `nobody` when we are root."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip(
-                "running as root without setpriv: cannot drop privileges to test permissions"
-            )
-        prefix = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-    probe = subprocess.run([*prefix, sys.executable, "-c", "import damt"], env=env, cwd=cwd,
-                           capture_output=True, text=True)  # fmt: skip
-    if probe.returncode != 0:
-        pytest.skip(f"user nobody cannot run this Python/repository: {probe.stderr.strip()[-300:]}")
-    return subprocess.run([*prefix, *argv], env=env, cwd=cwd, capture_output=True, text=True)
-
-
-@pytest.fixture
-def open_tmp():
-    """A temporary folder every user can enter (pytest's tmp_path is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="damt-perm-"))
-    path.chmod(0o777)
-    yield path
-    for p in path.rglob("*"):
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    shutil.rmtree(path)
-
-
 def _subject(root: Path, bert: Path, names: list[str]) -> Path:
     subj = root / "s1"
     (subj / "stats").mkdir(parents=True)
@@ -429,11 +397,11 @@ def test_unreadable_file_is_reported_and_the_others_parse(bert: Path, open_tmp: 
     locked.chmod(0)
     out = open_tmp / "s1.tsv"
     cmd = [sys.executable, "-m", "damt", "stats", str(subj), "-o", str(out)]
-    proc = _unprivileged(cmd, open_tmp)
+    proc = unprivileged(cmd, open_tmp)
     assert proc.returncode == 1, proc.stderr
     assert f"damt stats: error: {locked}: cannot read the file: Permission denied" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = _unprivileged([*cmd, "--keep-going"], open_tmp)
+    proc = unprivileged([*cmd, "--keep-going"], open_tmp)
     assert proc.returncode == 0, proc.stderr
     assert set(pd.read_csv(out, sep="\t")["source_file"]) == {"aseg.stats"}
 
@@ -456,7 +424,7 @@ def test_unreadable_stats_fail_the_subject_with_a_reason(bert: Path, open_tmp: P
         "        out[p] = [e.reason, e.detail]\n"
         "print(json.dumps(out))\n"
     )
-    proc = _unprivileged([sys.executable, "-c", code, str(subj), str(locked_dir)], open_tmp)
+    proc = unprivileged([sys.executable, "-c", code, str(subj), str(locked_dir)], open_tmp)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     assert got[str(subj)][0] == "stats_unreadable"
