@@ -35,10 +35,12 @@ SHARDS = list(DISCOVERY.shards())
 DISCOVERY_FILES = discovery_paths(OUT)
 
 # Snakemake scales a job's resources down to --resources without a word; fail before hours of
-# other stages instead of training on fewer GPUs than configured.
-if workflow.is_main_process and "gpu" in workflow.global_resources:
-    _gpu_limit = workflow.global_resources["gpu"].value
-    check_gpus(config, min(_gpu_limit, config["pretrain"]["gpus"]))
+# other stages instead of training on fewer GPUs than configured (or in half precision on CPUs).
+if workflow.is_main_process:
+    _gpus = config["pretrain"]["gpus"]
+    if "gpu" in workflow.global_resources:
+        _gpus = min(workflow.global_resources["gpu"].value, _gpus)
+    check_gpus(config, _gpus)
 
 
 def shard_members(wildcards):

@@ -82,9 +82,12 @@ def test_supersede_moves_everything_aside(tmp_path: Path):
 
 
 def test_gpu_grant_must_match_the_config():
-    check_gpus({"pretrain": {"gpus": 2}}, 2)
+    check_gpus({"pretrain": {"gpus": 2, "precision": "bf16"}}, 2)
+    check_gpus({"pretrain": {"gpus": 0, "precision": "auto"}}, 0)
+    with pytest.raises(LaunchError, match=r"precision is bf16 but pretrain\.gpus is 0"):
+        check_gpus({"pretrain": {"gpus": 0, "precision": "bf16"}}, 0)
     with pytest.raises(LaunchError) as err:
-        check_gpus({"pretrain": {"gpus": 4}}, 2)
+        check_gpus({"pretrain": {"gpus": 4, "precision": "auto"}}, 2)
     msg = str(err.value)
     assert "pretrain.gpus is 4 but this job was given gpu=2" in msg
     assert "--resources gpu=4" in msg and "pretrain.gpus: 2" in msg

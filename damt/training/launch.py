@@ -132,8 +132,16 @@ def supersede(run_dir: Path) -> Path:
 
 
 def check_gpus(config: dict, granted: int) -> None:
-    """Refuse a GPU grant that differs from the configuration, saying how to fix it."""
+    """Refuse a GPU grant that differs from the configuration, or half precision on the CPU,
+    saying how to fix it (at parse time, not after the cohort stages have run).
+    """
     wanted = config["pretrain"]["gpus"]
+    if wanted == 0 and config["pretrain"]["precision"] in ("bf16", "fp16"):
+        raise LaunchError(
+            f"pretrain.precision is {config['pretrain']['precision']} but pretrain.gpus is 0: "
+            "half precision is GPU-only (see damt.training.step.resolve_precision); use "
+            "precision: auto or fp32 on the CPU, or set pretrain.gpus."
+        )
     if granted != wanted:
         raise LaunchError(
             f"pretrain.gpus is {wanted} but this job was given gpu={granted}. Snakemake scales a "

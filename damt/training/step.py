@@ -30,12 +30,22 @@ class StepResult:
 def resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` → bf16 on GPUs that have it, fp16 (with loss scaling) on older GPUs, fp32 on CPU.
 
-    fp16 is refused on the CPU (no fast kernels, and Swin attention overflows in fp16).
+    Half precision is refused on the CPU. fp16: no fast kernels, and Swin attention overflows in
+    fp16. bf16: oneDNN's bf16 Conv3d weight gradient (torch 2.13 CPU) intermittently returns
+    non-finite values for the decoders' small deep feature maps, so about one step in four is
+    skipped; without oneDNN a bf16 step is ~9x slower than fp32 (bench/RESULTS.md).
     """
     if device.type == "cpu":
-        if name == "fp16":
-            raise ValueError("pretrain.precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
-        return "fp32" if name == "auto" else name
+        if name in ("fp16", "bf16"):
+            raise ValueError(
+                f"pretrain.precision {name} needs a GPU; use fp32 (or auto) on the CPU"
+                + (
+                    " (CPU bf16 Conv3d gradients are intermittently non-finite in torch's oneDNN)"
+                    if name == "bf16"
+                    else ""
+                )
+            )
+        return "fp32"
     if name == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if name == "bf16" and not torch.cuda.is_bf16_supported():
