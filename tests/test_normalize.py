@@ -35,6 +35,15 @@ def test_zscore_on_fit_subjects_applied_to_all():
     assert z["a"].dtype == np.float32 and list(z.subject_id) == ["s0", "s1", "s2", "s3"]
 
 
+def test_infinite_values_count_as_missing_when_fitting_and_applying():
+    df = frame({"a": [1.0, 2.0, 3.0, np.inf, -np.inf]})
+    norm = fit_normalizer(df, ["s0", "s1", "s2", "s3"])
+    assert norm.columns == ["a"] and norm.center == {"a": 2.0}
+    assert norm.scale["a"] == pytest.approx(1.0)
+    z = norm.apply(df)["a"].to_numpy()
+    assert z[:3].tolist() == pytest.approx([-1.0, 0.0, 1.0]) and np.isnan(z[3:]).all()
+
+
 def test_dropped_columns_are_listed_with_reasons():
     df = frame(
         {

@@ -6,7 +6,8 @@ for Gaussian data). Columns that cannot be scaled are dropped and listed with th
 of becoming NaN or 0: ``all_nan``, ``too_few_values`` (fewer than ``min_subjects`` values),
 ``constant`` (scale zero or negligible against the centre) and ``near_constant`` (one value held
 by at least ``max_mode_fraction`` of the subjects). :meth:`Normalizer.apply` applies the saved
-statistics to any table (new subjects, another site); missing values stay NaN.
+statistics to any table (new subjects, another site); missing values stay NaN, and so do ±inf
+(a float parser turns the token ``inf`` into one): fitting and applying treat them as missing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ from damt.io import write_json_atomic
 
 METHODS = ("zscore", "robust")
 IQR_TO_SD = 1.349
+
+
+def _values(frame: pd.DataFrame, cols: list[str]) -> np.ndarray:
+    """float64 matrix of ``cols`` with every non-finite value (NaN, ±inf, missing) as NaN."""
+    values = frame.reindex(columns=cols).to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.where(np.isfinite(values), values, np.nan)
 
 
 class NormalizationError(ValueError):
@@ -53,7 +60,7 @@ class Normalizer:
         A kept column absent from ``frame`` (e.g. another site's table) becomes all-NaN.
         """
         cols = self.columns
-        values = frame.reindex(columns=cols).to_numpy(dtype=np.float64, na_value=np.nan)
+        values = _values(frame, cols)
         center = np.array([self.center[c] for c in cols])
         scale = np.array([self.scale[c] for c in cols])
         z = (values - center) / scale
@@ -119,7 +126,7 @@ def fit_normalizer(
             f"{min_subjects} are needed (a standard deviation needs two values)"
         )
     cols = feature_columns(frame)
-    values = rows[cols].to_numpy(dtype=np.float64, na_value=np.nan)
+    values = _values(rows, cols)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns are handled below
         if method == "zscore":
