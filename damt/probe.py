@@ -1,6 +1,7 @@
 """Linear probing: how much a frozen representation says about a phenotype.
 
-Features are standardised inside each training fold, then ridge regression (continuous
+Missing feature values are imputed with the training fold's median and features are
+standardised, both inside each training fold, then ridge regression (continuous
 targets) or L2 logistic regression (categorical targets) is fitted with nested cross-validation:
 the regularisation strength is chosen from ``10^-2 .. 10^2`` by an inner 5-fold search on the
 training part of every outer fold, and the outer folds score it (MAE and R², or balanced accuracy
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import balanced_accuracy_score, mean_absolute_error, r2_score, roc_auc_score
 from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
@@ -81,12 +83,15 @@ def nested_cv(
     if x.shape[1] == 0:
         raise ProbeError(f"{label}: no feature columns")
     outer_n = _n_splits(kind, y, n_splits, label)
+    # Imputing inside the pipeline keeps the held-out fold out of the fill values; columns
+    # missing for every training subject are dropped by the imputer.
+    prepare = (SimpleImputer(strategy="median"), StandardScaler())
     if kind == REGRESSION:
-        model = make_pipeline(StandardScaler(), Ridge())
+        model = make_pipeline(*prepare, Ridge())
         params = {"ridge__alpha": list(grid)}
         scoring = "neg_mean_absolute_error"
     else:
-        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+        model = make_pipeline(*prepare, LogisticRegression(max_iter=5000))
         params = {"logisticregression__C": [1.0 / a for a in grid]}
         scoring = "balanced_accuracy"
     folds: dict[str, list[float]] = {}
@@ -145,7 +150,9 @@ def align(
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Feature rows and target values of subjects that have both (and are in ``subjects``).
 
-    Feature rows with any NaN are dropped (a probe has no imputation to hide behind).
+    Subjects without any feature value, and columns without any value, are dropped; partly
+    missing rows (one unreadable stats file, a FreeSurfer version without some measure) stay
+    and are imputed inside the CV, so every feature set is scored on the same subjects.
     """
     if target.name not in phenotypes.columns:
         raise ProbeError(f"phenotype table has no column {target.name!r}")
@@ -154,7 +161,8 @@ def align(
     if subjects is not None:
         merged = merged[merged["subject_id"].isin(set(subjects))]
     cols = [c for c in features.columns if c != "subject_id"]
-    merged = merged[merged[cols].notna().all(axis=1)].sort_values("subject_id")
+    merged = merged[merged[cols].notna().any(axis=1)].sort_values("subject_id")
+    cols = [c for c in cols if merged[c].notna().any()]
     y = merged[target.name].to_numpy()
     y = y.astype(np.float64) if target.kind == REGRESSION else y.astype(str)
     return merged[cols].to_numpy(np.float64), y, merged["subject_id"].tolist()
@@ -188,7 +196,11 @@ def probe_all(
 
 # --- the workflow's probe job -------------------------------------------------------------------
 
-FEATURE_SETS = ("pretrained", "random_init", "morphometry")
+FEATURE_SET_COLOURS = {
+    "pretrained": "tab:blue",
+    "random_init": "tab:gray",
+    "morphometry": "tab:green",
+}
 CHANCE = {"r2": 0.0, "balanced_accuracy": 0.5, "auc": 0.5}
 
 
@@ -267,7 +279,7 @@ def plot_results(table: pd.DataFrame, path: str | Path) -> None:
             sub["mean"],
             yerr=sub["std"],
             capsize=4,
-            color=["tab:blue", "tab:gray", "tab:green"][: len(sub)],
+            color=[FEATURE_SET_COLOURS.get(f, "tab:purple") for f in sub["features"]],
         )
         chance = CHANCE.get(metric)
         if metric == "mae":

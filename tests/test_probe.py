@@ -51,14 +51,28 @@ def test_classification_signal():
     assert res["regularisation"]["parameter"] == "C"
 
 
-def test_align_drops_missing_and_restricts():
+def test_align_keeps_partial_rows_drops_empty_ones_and_restricts():
     feats, pheno = data(n=10)
-    feats.loc[0, "f3"] = np.nan
+    feats.loc[0, "f3"] = np.nan  # partly missing: kept, imputed inside the CV
+    feats.loc[2, [f"f{j}" for j in range(8)]] = np.nan  # no feature at all: dropped
     pheno.loc[1, "age"] = np.nan
     x, _, ids = align(feats, pheno, Target("age", REGRESSION), subjects=feats.subject_id[:8])
-    assert ids == [f"s{i:03d}" for i in range(2, 8)] and x.shape == (6, 8)
+    assert ids == ["s000", *(f"s{i:03d}" for i in range(3, 8))] and x.shape == (6, 8)
+    assert np.isnan(x[0, 3]) and np.isfinite(x[1:]).all()
     with pytest.raises(ProbeError, match="no column 'iq'"):
         align(feats, pheno, Target("iq", REGRESSION))
+
+
+def test_missing_values_are_imputed_inside_the_folds():
+    feats, pheno = data()
+    rng = np.random.default_rng(2)
+    holes = feats.copy()
+    holes.iloc[:, 1:] = holes.iloc[:, 1:].mask(rng.random((60, 8)) < 0.1)
+    holes["f7"] = np.nan  # a column no subject has
+    x, y, ids = align(holes, pheno, Target("age", REGRESSION))
+    assert len(ids) == 60 and x.shape[1] == 7  # nobody dropped for a partial row
+    res = nested_cv(x, y, REGRESSION)
+    assert res["metrics"]["r2"]["mean"] > 0.5 and res["n_subjects"] == 60
 
 
 def test_bad_setups_are_explained():
