@@ -75,6 +75,9 @@ class Stage(ABC):
 
     name: str = ""
     version: str = "1"  # bump when the computation changes: invalidates every cached result
+    # Threads one compute() may use. Worker processes get 1: the pool is the parallelism, and
+    # a job of n threads must not run n workers of n threads each.
+    threads: int = 1
 
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Build expensive state once per process (e.g. a feature extractor)."""
@@ -181,6 +184,7 @@ _WORKER_STAGE: Stage | None = None
 
 def _worker_init(stage: Stage) -> None:
     global _WORKER_STAGE
+    stage.threads = 1
     stage.setup()
     _WORKER_STAGE = stage
 

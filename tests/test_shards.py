@@ -113,6 +113,27 @@ def test_workers_give_the_same_results(tmp_path: Path):
     assert strip == [(r.subject_id, r.status, r.reason, r.info, r.key) for r, _ in parallel]
 
 
+class ThreadsStage(CountStage):
+    """Records the thread count its setup saw."""
+
+    name = "threads"
+    threads = 2
+
+    def setup(self) -> None:
+        self.setup_threads = self.threads
+
+    def compute(self, task: SubjectTask, workdir: Path) -> SubjectResult:
+        return SubjectResult(task.subject_id, OK, info={"threads": self.setup_threads})
+
+
+def test_pool_workers_run_single_threaded(tmp_path: Path):
+    tasks = make_tasks(tmp_path / "in", ["s0", "s1", "s2"])
+    serial = run_tasks(ThreadsStage(), tasks, tmp_path / "a")
+    pooled = run_tasks(ThreadsStage(), tasks, tmp_path / "b", workers=2)
+    assert [r.info["threads"] for r, _ in serial] == [2, 2, 2]
+    assert [r.info["threads"] for r, _ in pooled] == [1, 1, 1]
+
+
 def test_run_shard_reads_membership_and_writes_summary(tmp_path: Path):
     root = tmp_path / "subjects"
     for name in ("s1", "bad2"):
