@@ -51,7 +51,7 @@ class QcSettings:
     @classmethod
     def from_config(cls, qc: Mapping) -> QcSettings:
         return cls(
-            tuple(qc["expected_labels"]),
+            tuple(int(x) for x in qc["expected_labels"]),
             tuple(qc["voxel_size_range"]),
             tuple(qc["shape_range"]),
             tuple(qc["intensity_p99_range"]),
@@ -102,10 +102,10 @@ def volume_issues(info: Mapping, s: QcSettings) -> list[tuple[str, str]]:
                 f"{list(s.intensity_p99_range)}",
             )
         )
-    if info.get("missing_expected_labels"):
-        out.append(
-            ("qc:missing_labels", f"expected labels absent: {info['missing_expected_labels']}")
-        )
+    present = set(info.get("labels_present", []))
+    missing = [lab for lab in s.expected_labels if lab not in present]
+    if missing:
+        out.append(("qc:missing_labels", f"expected labels absent: {missing}"))
     if info.get("unexpected_labels"):
         listed = ", ".join(f"{k} ({v} voxels)" for k, v in info["unexpected_labels"].items())
         out.append(

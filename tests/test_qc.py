@@ -24,7 +24,7 @@ GOOD_VOLUME = {
     "voxel_size": [1.0, 1.0, 1.0],
     "shape": [256, 256, 256],
     "intensity_p1_p50_p99": [40.0, 90.0, 112.0],
-    "missing_expected_labels": [],
+    "labels_present": [2, 17, 41],
     "unexpected_labels": {},
 }
 
@@ -150,6 +150,21 @@ def test_checks_statuses_and_reasons(inputs):
     assert "Euler number -898" in rows.loc["d", "detail"]
     assert rows.loc["d", "has_morphometry_global"] and not rows.loc["b", "has_morphometry_global"]
     assert rows.loc["b", "has_radiomics"] and not rows.loc["bad id", "has_radiomics"]
+
+
+def test_missing_expected_labels_come_from_the_qc_settings(inputs):
+    """The cache records the labels present; which are expected is a QC setting."""
+    rows = build_checks(*inputs, QcSettings(expected_labels=(2, 17, 41))).set_index("subject_id")
+    assert "qc:missing_labels" not in rows.loc["a", "reasons"]
+    rows = build_checks(*inputs, QcSettings(expected_labels=(2, 53, 17, 54))).set_index(
+        "subject_id"
+    )
+    assert rows.loc["a", "status"] == "warn" and rows.loc["a", "reasons"] == ["qc:missing_labels"]
+    assert "qc:missing_labels: expected labels absent: [53, 54]" in rows.loc["a", "detail"]
+    assert "qc:missing_labels" not in rows.loc["c", "reasons"]  # failed cache: no measures
+    severity = {"qc:missing_labels": "fail"}
+    s = QcSettings(expected_labels=(53,), severity=severity)
+    assert build_checks(*inputs, s).set_index("subject_id").loc["a", "status"] == "fail"
 
 
 def test_severity_override_changes_status(inputs):
