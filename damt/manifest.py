@@ -61,14 +61,18 @@ def fs_qc_frame(stats_summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_checks(
-    config: dict,
+    qc: Mapping,
+    outdir: str | Path,
     subjects_tsv: str | Path,
     report_tsv: str | Path,
     summaries: Mapping[str, Sequence[str | Path]],
     tables: Mapping[str, str | Path],
     out: str | Path,
 ) -> pd.DataFrame:
-    """Step 1: per-subject checks and preliminary status (``qc/checks.parquet``)."""
+    """Step 1: per-subject checks and preliminary status (``qc/checks.parquet``).
+
+    ``qc``: the ``qc`` keys of :data:`damt.qc.QC_KEYS` ``["qc_checks"]`` (the rule's params).
+    """
     subjects = pd.read_csv(subjects_tsv, sep="\t", dtype=str, keep_default_na=False)
     report = pd.read_csv(report_tsv, sep="\t", dtype=str, keep_default_na=False)
     stage_frames = {stage: read_summaries(paths) for stage, paths in summaries.items()}
@@ -79,11 +83,11 @@ def write_checks(
     )
     frames = {group: read_table(path)[0] for group, path in tables.items()}
     checks = build_checks(
-        subjects, report, stage_frames, fs_qc, frames, QcSettings.from_config(config["qc"])
+        subjects, report, stage_frames, fs_qc, frames, QcSettings.from_config(qc)
     )
     # The manifest lives in outdir: its cache paths are relative to it (docs/contracts.md).
     checks["cache_dir"] = [
-        os.path.relpath(d, config["outdir"]) if d else "" for d in checks["cache_dir"]
+        os.path.relpath(d, outdir) if d else "" for d in checks["cache_dir"]
     ]
     stored = checks.assign(issues=[json.dumps(i) for i in checks["issues"]])
     write_atomic(out, lambda tmp: stored.to_parquet(tmp, index=False))
@@ -134,7 +138,7 @@ def write_normalized(
 
 
 def write_manifest(
-    config: dict,
+    qc: Mapping,
     checks: str | Path,
     z_tables: Mapping[str, str | Path],
     tables: Mapping[str, str | Path],
@@ -143,8 +147,10 @@ def write_manifest(
     distributions: str | Path,
     montage: str | Path,
 ) -> pd.DataFrame:
-    """Step 3: outliers, final statuses, ``manifest.parquet`` and the QC report assets."""
-    qc = config["qc"]
+    """Step 3: outliers, final statuses, ``manifest.parquet`` and the QC report assets.
+
+    ``qc``: the ``qc`` keys of :data:`damt.qc.QC_KEYS` ``["manifest"]`` (the rule's params).
+    """
     settings = QcSettings.from_config(qc)
     z_frames = [read_table(p)[0] for p in z_tables.values()]
     final = add_outliers(

@@ -20,7 +20,7 @@ rule qc_checks:
     conda:
         "../envs/features.yaml"
     params:
-        qc=config["qc"],
+        qc=qc_params(config["qc"], "qc_checks"),
     script:
         "../workflow/scripts/qc_checks.py"
 
@@ -75,6 +75,6 @@ rule manifest:
     conda:
         "../envs/features.yaml"
     params:
-        qc=config["qc"],
+        qc=qc_params(config["qc"], "manifest"),
     script:
         "../workflow/scripts/manifest.py"

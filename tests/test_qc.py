@@ -216,3 +216,21 @@ def test_report_assets(inputs, tmp_path: Path):
     )
     plot_montage(manifest, "/", tmp_path / "montage.png", n_subjects=3)
     assert (tmp_path / "montage.png").stat().st_size > 1000
+
+
+def test_each_qc_key_is_read_by_a_rule():
+    """Every ``qc`` key of the schema is a param of the rule(s) that use it, and only of those."""
+    from damt.config import load_schema
+    from damt.qc import QC_KEYS, qc_params
+
+    schema_keys = set(load_schema()["properties"]["qc"]["properties"])
+    assert set().union(*QC_KEYS.values()) == schema_keys
+    assert (
+        "outlier_z" not in QC_KEYS["qc_checks"] and "montage_subjects" not in QC_KEYS["qc_checks"]
+    )
+    qc = {key: f"value of {key}" for key in schema_keys}
+    assert qc_params(qc, "manifest") == {k: qc[k] for k in QC_KEYS["manifest"]}
+    s = QcSettings.from_config(
+        qc_params({**qc, "outlier_z": 3.0, "max_outliers": 1, "severity": {}}, "manifest")
+    )
+    assert (s.outlier_z, s.max_outliers) == (3.0, 1) and s.expected_labels == ()
