@@ -49,7 +49,7 @@ rule normalize:
 rule manifest:
     input:
         checks=f"{OUT}/qc/checks.parquet",
-        z_tables=expand(f"{OUT}/features/{{group}}.z.parquet", group=FEATURE_GROUPS),
+        norm_stats=expand(f"{OUT}/features/{{group}}.norm.json", group=FEATURE_GROUPS),
         tables=expand(f"{OUT}/features/{{group}}.parquet", group=FEATURE_GROUPS),
     output:
         manifest=f"{OUT}/manifest.parquet",

@@ -234,3 +234,18 @@ def test_each_qc_key_is_read_by_a_rule():
         qc_params({**qc, "outlier_z": 3.0, "max_outliers": 1, "severity": {}}, "manifest")
     )
     assert (s.outlier_z, s.max_outliers) == (3.0, 1) and s.expected_labels == ()
+
+
+def test_outliers_are_counted_before_clipping(tmp_path: Path):
+    """normalize.clip <= qc.outlier_z must not hide the outliers (the z tables are clipped)."""
+    from damt.features.normalize import fit_normalizer
+    from damt.manifest import outlier_counts
+
+    ids = ["s0", "s1", "s2", "s3"]
+    values = {"s0": {"a": 1.0, "b": 1.0}, "s1": {"a": 2.0, "b": 2.0}, "s2": {"a": 3.0, "b": 3.0}}
+    raw = cohort_frame(ids, {**values, "s3": {"a": 100.0, "b": -50.0}}, ["a", "b"])
+    norm = fit_normalizer(raw, ["s0", "s1", "s2"], clip=3.0)
+    norm.to_json(tmp_path / "g.norm.json")
+    assert count_outliers([norm.apply(raw)], threshold=5.0).to_dict()["s3"] == 0  # clipped
+    counts = outlier_counts({"g": tmp_path / "g.norm.json"}, {"g": raw}, threshold=5.0)
+    assert counts.to_dict() == {"s0": 0, "s1": 0, "s2": 0, "s3": 2}
