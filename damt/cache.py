@@ -115,6 +115,19 @@ def volume_qc(image: Volume, atlas: Volume, table: LabelTable) -> dict:
     }
 
 
+def check_labels(labels: np.ndarray, atlas_name: str) -> None:
+    """Fail the subject when its atlas holds negative labels (no class can hold them)."""
+    values = np.rint(labels) if labels.dtype.kind == "f" else labels
+    negative = values < 0
+    if negative.any():
+        ids = np.unique(values[negative]).astype(np.int64).tolist()
+        shown = ", ".join(map(str, ids[:10])) + (", ..." if len(ids) > 10 else "")
+        raise SubjectError(
+            "negative_labels",
+            f"{atlas_name} has {int(negative.sum())} voxels with negative labels ({shown})",
+        )
+
+
 class CacheStage(ImageAtlasStage):
     """Per-subject training cache (and volume QC measures)."""
 
@@ -151,6 +164,7 @@ class CacheStage(ImageAtlasStage):
         check_pair(image.grid, atlas.grid, image.data, self.image)
         if not (image.data > 0).any():
             raise SubjectError("empty_image", f"{self.image} has no voxel above 0")
+        check_labels(atlas.data, self.atlas)
         qc = volume_qc(image, atlas, self.table)
         img, classes, unknown = preprocess(image, atlas, self.settings, self.table)
         np.save(workdir / IMAGE_FILE, img)

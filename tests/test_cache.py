@@ -157,6 +157,22 @@ def test_nonfinite_and_empty_images(tmp_path: Path):
     assert res.reason == "empty_image"
 
 
+def test_negative_labels_fail_the_subject_with_a_reason(tmp_path: Path):
+    """A bad-data failure (cached, reason negative_labels), not an unexpected error."""
+    image, labels = blob_volumes()
+    labels[labels == 17] = -3
+    subject = make_subject(tmp_path, "s1", image, labels)
+    res = _run(_stage(), subject, tmp_path / "out")
+    assert (res.status, res.reason) == (FAILED, "negative_labels")
+    assert (
+        res.detail
+        == f"mri/aparc+aseg.mgz has {int((labels == -3).sum())} voxels with negative labels (-3)"
+    )
+    assert res.cacheable
+    ((_, cached),) = run_tasks(_stage(), [SubjectTask("s1", subject)], tmp_path / "out")
+    assert cached
+
+
 def test_unknown_label_is_background_and_reported(tmp_path: Path):
     image, labels = blob_volumes()
     labels[labels == 17] = 12345
