@@ -1,7 +1,7 @@
 """FreeSurfer label ids and names (from FreeSurferColorLUT.txt) that the package needs offline.
 
-A user's own LUT file can always be read with :func:`read_color_lut`; the tables below let the
-demo generator and the default label table work on machines without a FreeSurfer install.
+The tables below let the demo generator and the stats harmonisation work on machines without a
+FreeSurfer install; :class:`LabelTable` maps atlas labels to the training cache's classes.
 """
 
 from __future__ import annotations
@@ -59,13 +59,6 @@ ASEG_STATS_ROWS: dict[int, str] = {
     255: "CC_Anterior",
 }
 
-CEREBRAL_LABELS: dict[int, str] = {
-    2: "Left-Cerebral-White-Matter",
-    3: "Left-Cerebral-Cortex",
-    41: "Right-Cerebral-White-Matter",
-    42: "Right-Cerebral-Cortex",
-}
-
 # Desikan-Killiany parcels as FreeSurfer 7 writes them (1004/2004 corpuscallosum is never used).
 DESIKAN_PARCELS: dict[int, str] = {
     1: "bankssts",
@@ -107,35 +100,6 @@ DESIKAN_PARCELS: dict[int, str] = {
 HEMI_OFFSET = {"lh": 1000, "rh": 2000}
 # aparc+aseg labels of the voxels that ventricles/choroid plexus occupy (BrainSegNotVent).
 VENTRICLE_LABELS = (4, 5, 14, 15, 31, 43, 44, 63, 72)
-
-
-def cortical_label(hemi: str, parcel_index: int) -> int:
-    """aparc+aseg id of a Desikan parcel (e.g. ``('lh', 28)`` → 1028)."""
-    return HEMI_OFFSET[hemi] + parcel_index
-
-
-def aparc_aseg_names() -> dict[int, str]:
-    """Names of every label a FreeSurfer 7 aparc+aseg may hold (``ctx-lh-*`` for parcels)."""
-    names = {0: "Unknown", 2: CEREBRAL_LABELS[2], 41: CEREBRAL_LABELS[41]}
-    names.update(ASEG_STATS_ROWS)
-    for hemi, off in HEMI_OFFSET.items():
-        for idx, parcel in DESIKAN_PARCELS.items():
-            names[off + idx] = f"ctx-{hemi}-{parcel}"
-    return dict(sorted(names.items()))
-
-
-def read_color_lut(path: str | Path) -> dict[int, str]:
-    """Read a FreeSurferColorLUT-style file into ``{label id: name}``."""
-    names: dict[int, str] = {}
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, 1):
-            fields = line.split("#", 1)[0].split()
-            if not fields:
-                continue
-            if len(fields) < 2 or not fields[0].lstrip("-").isdigit():
-                raise ValueError(f"{path}:{lineno}: expected 'id name [r g b a]', got {line!r}")
-            names[int(fields[0])] = fields[1]
-    return names
 
 
 class LabelTable:
