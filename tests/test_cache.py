@@ -58,6 +58,31 @@ def test_label_table_errors(tmp_path: Path):
         read_label_table(bad)
     with pytest.raises(ValueError, match="twice"):
         LabelTable([0, 2, 2], ["a", "b", "c"])
+    bad.write_text("index\tlabel\tname\n0\t0\tUnknown\n1\t2\tA\n2\t3\tB\n1\t4\tC\n")
+    with pytest.raises(ValueError, match=r"run 0\.\.K-1 in order"):  # merged rows not adjacent
+        read_label_table(bad)
+
+
+def test_label_table_merges_classes(tmp_path: Path):
+    """Consecutive rows with one index merge their labels into one class."""
+    path = tmp_path / "merged.tsv"
+    path.write_text(
+        "# hippocampi and amygdalae as one class each\n"
+        "index\tlabel\tname\n0\t0\tUnknown\n1\t2\tLeft-WM\n"
+        "2\t17\tLeft-Hippocampus\n2\t53\tRight-Hippocampus\n"
+        "3\t18\tLeft-Amygdala\n3\t54\tRight-Amygdala\n4\t41\tRight-WM\n"
+    )
+    table = read_label_table(path)
+    assert table.n_classes == 5
+    assert table.names == [
+        "Unknown",
+        "Left-WM",
+        "Left-Hippocampus+Right-Hippocampus",
+        "Left-Amygdala+Right-Amygdala",
+        "Right-WM",
+    ]
+    classes, unknown = table.remap(np.array([0, 2, 17, 53, 18, 54, 41, 42]))
+    assert classes.tolist() == [0, 1, 2, 2, 3, 3, 4, 0] and unknown == {42: 1}
 
 
 def test_cache_of_a_subject(tmp_path: Path):

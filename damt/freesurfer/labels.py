@@ -6,6 +6,7 @@ FreeSurfer install; :class:`LabelTable` maps atlas labels to the training cache'
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -103,19 +104,32 @@ VENTRICLE_LABELS = (4, 5, 14, 15, 31, 43, 44, 63, 72)
 
 
 class LabelTable:
-    """Atlas label → class index mapping of the training cache (``index, label, name`` TSV)."""
+    """Atlas label → class index mapping of the training cache (``index, label, name`` TSV).
 
-    def __init__(self, labels: list[int], names: list[str]):
-        if not labels or labels[0] != 0:
-            raise ValueError("label table: row 0 must map label 0 (background)")
+    ``classes[i]`` is the class of ``labels[i]`` (by default ``i``). Several labels may share a
+    class (merged classes); ``names[k]`` is then their names joined by ``+``.
+    """
+
+    def __init__(self, labels: list[int], names: list[str], classes: list[int] | None = None):
+        classes = list(range(len(labels))) if classes is None else [int(c) for c in classes]
+        if not (len(labels) == len(names) == len(classes)):
+            raise ValueError("label table: labels, names and classes differ in length")
+        if not labels or labels[0] != 0 or classes[0] != 0:
+            raise ValueError("label table: row 0 must map label 0 (background) to class 0")
         if len(set(labels)) != len(labels):
             raise ValueError("label table: a label is listed twice")
+        if set(classes) != set(range(max(classes) + 1)):
+            raise ValueError("label table: class indices must run 0..K-1 with none skipped")
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.names = list(names)
+        self.classes = np.asarray(classes, dtype=np.int64)
+        members: dict[int, list[str]] = {}
+        for cls, name in zip(classes, names, strict=True):
+            members.setdefault(cls, []).append(name)
+        self.names = ["+".join(members[k]) for k in range(len(members))]
 
     @property
     def n_classes(self) -> int:
-        return len(self.labels)
+        return len(self.names)
 
     def remap(self, atlas: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
         """Class indices of an atlas, and ``{unknown label: voxel count}`` (mapped to 0)."""
@@ -127,7 +141,7 @@ class LabelTable:
             raise ValueError("atlas holds negative labels")
         size = int(max(atlas.max(initial=0), self.labels.max())) + 1
         lut = np.full(size, -1, dtype=np.int64)
-        lut[self.labels] = np.arange(self.n_classes)
+        lut[self.labels] = self.classes
         classes = lut[atlas]
         unknown_mask = classes < 0
         unknown: dict[int, int] = {}
@@ -140,7 +154,11 @@ class LabelTable:
 
 
 def read_label_table(path: str | Path) -> LabelTable:
-    """Read a label table: TSV with header ``index label name``; ``#`` lines are comments."""
+    """Read a label table: TSV with header ``index label name``; ``#`` lines are comments.
+
+    ``index`` runs 0..K-1 in order; consecutive rows may repeat an index to merge their labels
+    into one class.
+    """
     rows = []
     with open(path, encoding="utf-8") as fh:
         lines = [ln.rstrip("\n") for ln in fh if ln.strip() and not ln.startswith("#")]
@@ -152,6 +170,11 @@ def read_label_table(path: str | Path) -> LabelTable:
             rows.append((int(fields[0]), int(fields[1]), fields[2]))
         except (IndexError, ValueError) as exc:
             raise ValueError(f"{path}: bad row {lineno} {line!r}") from exc
-    if [r[0] for r in rows] != list(range(len(rows))):
-        raise ValueError(f"{path}: indices must run 0..K-1 in order")
-    return LabelTable([r[1] for r in rows], [r[2] for r in rows])
+    indices = [r[0] for r in rows]
+    steps = {b - a for a, b in pairwise(indices)}
+    if not indices or indices[0] != 0 or not steps <= {0, 1}:
+        raise ValueError(
+            f"{path}: indices must run 0..K-1 in order (repeat an index on consecutive rows to "
+            "merge labels into one class)"
+        )
+    return LabelTable([r[1] for r in rows], [r[2] for r in rows], indices)
