@@ -7,12 +7,13 @@ epoch; here it runs once per subject and the trainer reads ``image.npy`` (float1
 ``atlas.npy`` (class indices) with ``mmap_mode="r"``.
 
 The stage also records the per-volume QC measures the manifest needs (grid agreement, voxel
-size, shape, intensity percentiles, labels present/unexpected), since it reads both volumes.
+size, shape, intensity percentiles, labels present/unexpected), since it reads both volumes. It
+takes no QC setting: the checks on these measures (e.g. ``qc.expected_labels``) run in the QC
+stage, so editing them never recomputes a cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,9 +91,7 @@ def preprocess(
     return np.ascontiguousarray(img), np.ascontiguousarray(classes), unknown
 
 
-def volume_qc(
-    image: Volume, atlas: Volume, table: LabelTable, expected_labels: Sequence[int]
-) -> dict:
+def volume_qc(image: Volume, atlas: Volume, table: LabelTable) -> dict:
     """Per-volume QC measures: geometry, intensity percentiles, labels present and unexpected."""
     labels, counts = np.unique(atlas.data, return_counts=True)
     present = {int(lab): int(c) for lab, c in zip(labels, counts, strict=True) if lab != 0}
@@ -110,17 +109,30 @@ def volume_qc(
         "intensity_p1_p50_p99": pct,
         "intensity_max": float(image.data.max()),
         "n_labels": len(present),
-        "missing_expected_labels": [int(x) for x in expected_labels if int(x) not in present],
+        "labels_present": sorted(present),
         "unexpected_labels": {str(k): v for k, v in present.items() if k not in known},
         "foreground_voxels": int(foreground.size),
     }
+
+
+def check_labels(labels: np.ndarray, atlas_name: str) -> None:
+    """Fail the subject when its atlas holds negative labels (no class can hold them)."""
+    values = np.rint(labels) if labels.dtype.kind == "f" else labels
+    negative = values < 0
+    if negative.any():
+        ids = np.unique(values[negative]).astype(np.int64).tolist()
+        shown = ", ".join(map(str, ids[:10])) + (", ..." if len(ids) > 10 else "")
+        raise SubjectError(
+            "negative_labels",
+            f"{atlas_name} has {int(negative.sum())} voxels with negative labels ({shown})",
+        )
 
 
 class CacheStage(ImageAtlasStage):
     """Per-subject training cache (and volume QC measures)."""
 
     name = "cache"
-    version = "1"
+    version = "2"  # 2: info lists labels_present (expected labels are checked by the QC stage)
 
     def __init__(
         self,
@@ -128,13 +140,11 @@ class CacheStage(ImageAtlasStage):
         settings: CacheSettings,
         image: str = "mri/brainmask.mgz",
         atlas: str = "mri/aparc+aseg.mgz",
-        expected_labels: Sequence[int] = (),
     ):
         self.label_table_path = str(label_table)
         self.label_table_hash = sha256_file(label_table)
         self.settings = settings
         super().__init__(image, atlas)
-        self.expected_labels = [int(x) for x in expected_labels]
         self.table: LabelTable | None = None
 
     def setup(self) -> None:
@@ -146,7 +156,6 @@ class CacheStage(ImageAtlasStage):
             "label_table": self.label_table_hash,
             "image": self.image,
             "atlas": self.atlas,
-            "expected": self.expected_labels,
         }
 
     def compute(self, task: SubjectTask, workdir: Path) -> SubjectResult:
@@ -155,7 +164,8 @@ class CacheStage(ImageAtlasStage):
         check_pair(image.grid, atlas.grid, image.data, self.image)
         if not (image.data > 0).any():
             raise SubjectError("empty_image", f"{self.image} has no voxel above 0")
-        qc = volume_qc(image, atlas, self.table, self.expected_labels)
+        check_labels(atlas.data, self.atlas)
+        qc = volume_qc(image, atlas, self.table)
         img, classes, unknown = preprocess(image, atlas, self.settings, self.table)
         np.save(workdir / IMAGE_FILE, img)
         np.save(workdir / ATLAS_FILE, classes)
@@ -177,6 +187,4 @@ def stage_from_config(config: dict) -> CacheStage:
     settings = CacheSettings(
         cc["spacing"], cc["min_size"], tuple(cc["percentiles"]), cc["orientation"]
     )
-    return CacheStage(
-        cc["label_table"], settings, cc["image"], cc["atlas"], config["qc"]["expected_labels"]
-    )
+    return CacheStage(cc["label_table"], settings, cc["image"], cc["atlas"])

@@ -7,8 +7,9 @@ File handling around the pure functions of :mod:`damt.qc`, :mod:`damt.features.n
    into ``qc/checks.parquet`` with a preliminary status per subject;
 2. :func:`write_normalized` fits each feature group on the subjects whose preliminary status is
    in ``normalize.fit_on`` and writes ``{group}.z.parquet`` and ``{group}.norm.json``;
-3. :func:`write_manifest` adds the outlier counts of the normalised tables and writes
-   ``manifest.parquet`` plus the QC page of the report.
+3. :func:`write_manifest` adds the outlier counts of the normalised values (before
+   ``normalize.clip``, which would hide them) and writes ``manifest.parquet`` plus the QC page of
+   the report.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
-from damt.features.normalize import normalize_table
+from damt.features.normalize import Normalizer, normalize_table
 from damt.features.tables import KEY, read_table
 from damt.io import write_atomic
 from damt.qc import QcSettings, add_outliers, build_checks, count_outliers, manifest_frame
@@ -61,14 +63,18 @@ def fs_qc_frame(stats_summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_checks(
-    config: dict,
+    qc: Mapping,
+    outdir: str | Path,
     subjects_tsv: str | Path,
     report_tsv: str | Path,
     summaries: Mapping[str, Sequence[str | Path]],
     tables: Mapping[str, str | Path],
     out: str | Path,
 ) -> pd.DataFrame:
-    """Step 1: per-subject checks and preliminary status (``qc/checks.parquet``)."""
+    """Step 1: per-subject checks and preliminary status (``qc/checks.parquet``).
+
+    ``qc``: the ``qc`` keys of :data:`damt.qc.QC_KEYS` ``["qc_checks"]`` (the rule's params).
+    """
     subjects = pd.read_csv(subjects_tsv, sep="\t", dtype=str, keep_default_na=False)
     report = pd.read_csv(report_tsv, sep="\t", dtype=str, keep_default_na=False)
     stage_frames = {stage: read_summaries(paths) for stage, paths in summaries.items()}
@@ -78,13 +84,9 @@ def write_checks(
         else pd.DataFrame(columns=[KEY, "surface_holes", "etiv"])
     )
     frames = {group: read_table(path)[0] for group, path in tables.items()}
-    checks = build_checks(
-        subjects, report, stage_frames, fs_qc, frames, QcSettings.from_config(config["qc"])
-    )
+    checks = build_checks(subjects, report, stage_frames, fs_qc, frames, QcSettings.from_config(qc))
     # The manifest lives in outdir: its cache paths are relative to it (docs/contracts.md).
-    checks["cache_dir"] = [
-        os.path.relpath(d, config["outdir"]) if d else "" for d in checks["cache_dir"]
-    ]
+    checks["cache_dir"] = [os.path.relpath(d, outdir) if d else "" for d in checks["cache_dir"]]
     stored = checks.assign(issues=[json.dumps(i) for i in checks["issues"]])
     write_atomic(out, lambda tmp: stored.to_parquet(tmp, index=False))
     counts = checks["status"].value_counts().to_dict()
@@ -133,27 +135,43 @@ def write_normalized(
     )
 
 
+def outlier_counts(
+    norm_stats: Mapping[str, str | Path], tables: Mapping[str, pd.DataFrame], threshold: float
+) -> pd.Series:
+    """Per subject, the normalised values with ``|z| > threshold`` over all feature groups.
+
+    The values are normalised again from the raw tables with each group's fitted statistics
+    (``{group}.norm.json``) but without ``normalize.clip``: the clipped ``{group}.z.parquet``
+    would hold no value above a threshold at or beyond the clip.
+    """
+    z = [
+        replace(Normalizer.from_json(norm_stats[g]), clip=None).apply(tables[g]) for g in norm_stats
+    ]
+    return count_outliers(z, threshold)
+
+
 def write_manifest(
-    config: dict,
+    qc: Mapping,
     checks: str | Path,
-    z_tables: Mapping[str, str | Path],
+    norm_stats: Mapping[str, str | Path],
     tables: Mapping[str, str | Path],
     out: str | Path,
     failures: str | Path,
     distributions: str | Path,
     montage: str | Path,
 ) -> pd.DataFrame:
-    """Step 3: outliers, final statuses, ``manifest.parquet`` and the QC report assets."""
-    qc = config["qc"]
+    """Step 3: outliers, final statuses, ``manifest.parquet`` and the QC report assets.
+
+    ``qc``: the ``qc`` keys of :data:`damt.qc.QC_KEYS` ``["manifest"]`` (the rule's params).
+    """
     settings = QcSettings.from_config(qc)
-    z_frames = [read_table(p)[0] for p in z_tables.values()]
+    raw = {group: read_table(p)[0] for group, p in tables.items()}
     final = add_outliers(
-        read_checks(checks), count_outliers(z_frames, settings.outlier_z), settings
+        read_checks(checks), outlier_counts(norm_stats, raw, settings.outlier_z), settings
     )
     manifest = manifest_frame(final)
     write_atomic(out, lambda tmp: manifest.to_parquet(tmp, index=False))
     write_failures(manifest, failures)
-    raw = {group: read_table(p)[0] for group, p in tables.items()}
     plot_distributions(
         measure_frame(manifest, raw, REPORT_MEASURES), distributions, settings.outlier_z
     )

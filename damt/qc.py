@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pandas as pd
@@ -50,17 +50,46 @@ class QcSettings:
 
     @classmethod
     def from_config(cls, qc: Mapping) -> QcSettings:
-        return cls(
-            tuple(qc["expected_labels"]),
-            tuple(qc["voxel_size_range"]),
-            tuple(qc["shape_range"]),
-            tuple(qc["intensity_p99_range"]),
-            tuple(qc["etiv_range"]),
-            qc["max_surface_holes"],
-            qc["outlier_z"],
-            qc["max_outliers"],
-            dict(qc["severity"]),
-        )
+        """Settings from (a selection of, see :func:`qc_params`) the config's ``qc`` section.
+
+        Keys absent from ``qc`` keep their defaults: each QC rule passes only the keys it uses.
+        """
+        values = {}
+        for f in fields(cls):
+            if f.name not in qc:
+                continue
+            value = qc[f.name]
+            if f.name == "severity":
+                value = dict(value)
+            elif f.name == "expected_labels":
+                value = tuple(int(x) for x in value)
+            elif isinstance(value, list | tuple):
+                value = tuple(value)
+            values[f.name] = value
+        return cls(**values)
+
+
+# The ``qc`` keys each cohort QC rule reads, and only those are its Snakemake params: changing a
+# key reruns the rules that use it (and what depends on their outputs), nothing else. A key only
+# the manifest uses (outlier_z, max_outliers, montage_subjects) leaves qc/checks.parquet, the
+# normalisation and everything fitted on it alone.
+QC_KEYS: dict[str, tuple[str, ...]] = {
+    "qc_checks": (
+        "expected_labels",
+        "voxel_size_range",
+        "shape_range",
+        "intensity_p99_range",
+        "etiv_range",
+        "max_surface_holes",
+        "severity",
+    ),
+    "manifest": ("outlier_z", "max_outliers", "montage_subjects", "severity"),
+}
+
+
+def qc_params(qc: Mapping, rule: str) -> dict:
+    """The part of the config's ``qc`` section that ``rule`` (a key of :data:`QC_KEYS`) uses."""
+    return {key: qc[key] for key in QC_KEYS[rule]}
 
 
 def severity_of(code: str, overrides: Mapping[str, str]) -> str:
@@ -102,10 +131,10 @@ def volume_issues(info: Mapping, s: QcSettings) -> list[tuple[str, str]]:
                 f"{list(s.intensity_p99_range)}",
             )
         )
-    if info.get("missing_expected_labels"):
-        out.append(
-            ("qc:missing_labels", f"expected labels absent: {info['missing_expected_labels']}")
-        )
+    present = set(info.get("labels_present", []))
+    missing = [lab for lab in s.expected_labels if lab not in present]
+    if missing:
+        out.append(("qc:missing_labels", f"expected labels absent: {missing}"))
     if info.get("unexpected_labels"):
         listed = ", ".join(f"{k} ({v} voxels)" for k, v in info["unexpected_labels"].items())
         out.append(

@@ -17,6 +17,5 @@ rule cache:
     params:
         stage="cache",
         settings=config["cache"],
-        expected_labels=config["qc"]["expected_labels"],
     script:
         "../workflow/scripts/per_subject_stage.py"

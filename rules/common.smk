@@ -5,7 +5,7 @@ import os
 
 from damt.demo.cohort import ensure_demo_cohort
 from damt.discovery import discover_for_workflow, discovery_paths, shard_file
-from damt.qc import FEATURE_GROUPS
+from damt.qc import FEATURE_GROUPS, qc_params
 from damt.training.launch import check_gpus
 
 _handler = logging.StreamHandler()

@@ -20,7 +20,7 @@ rule qc_checks:
     conda:
         "../envs/features.yaml"
     params:
-        qc=config["qc"],
+        qc=qc_params(config["qc"], "qc_checks"),
     script:
         "../workflow/scripts/qc_checks.py"
 
@@ -49,7 +49,7 @@ rule normalize:
 rule manifest:
     input:
         checks=f"{OUT}/qc/checks.parquet",
-        z_tables=expand(f"{OUT}/features/{{group}}.z.parquet", group=FEATURE_GROUPS),
+        norm_stats=expand(f"{OUT}/features/{{group}}.norm.json", group=FEATURE_GROUPS),
         tables=expand(f"{OUT}/features/{{group}}.parquet", group=FEATURE_GROUPS),
     output:
         manifest=f"{OUT}/manifest.parquet",
@@ -75,6 +75,6 @@ rule manifest:
     conda:
         "../envs/features.yaml"
     params:
-        qc=config["qc"],
+        qc=qc_params(config["qc"], "manifest"),
     script:
         "../workflow/scripts/manifest.py"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,16 @@ def run_snakemake(
             f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
         )
     return proc
+
+
+def jobs_of(stdout: str) -> dict[str, int]:
+    """Rule → job count from a dry run's job stats."""
+    if "Nothing to be done" in stdout:
+        return {}
+    table = stdout[stdout.index("Job stats:") :]
+    return {
+        m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"
+    }
 
 
 def unprivileged(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -7,7 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from damt.cache import ATLAS_FILE, IMAGE_FILE, CacheSettings, CacheStage, monai_chain
+from damt.cache import (
+    ATLAS_FILE,
+    IMAGE_FILE,
+    CacheSettings,
+    CacheStage,
+    monai_chain,
+    stage_from_config,
+)
+from damt.config import validate_config
 from damt.freesurfer.labels import LabelTable, read_label_table
 from damt.shards import FAILED, OK, SubjectTask, run_tasks, stage_dir
 from tests.conftest import REPO
@@ -16,8 +24,8 @@ from tests.volume_fixtures import blob_volumes, make_subject, save_mgz
 TABLE = REPO / "config" / "labels" / "freesurfer7_aparc+aseg.tsv"
 
 
-def _stage(settings: CacheSettings | None = None, expected=(2, 17)) -> CacheStage:
-    stage = CacheStage(TABLE, settings or CacheSettings(min_size=48), expected_labels=expected)
+def _stage(settings: CacheSettings | None = None) -> CacheStage:
+    stage = CacheStage(TABLE, settings or CacheSettings(min_size=48))
     stage.setup()
     return stage
 
@@ -50,6 +58,31 @@ def test_label_table_errors(tmp_path: Path):
         read_label_table(bad)
     with pytest.raises(ValueError, match="twice"):
         LabelTable([0, 2, 2], ["a", "b", "c"])
+    bad.write_text("index\tlabel\tname\n0\t0\tUnknown\n1\t2\tA\n2\t3\tB\n1\t4\tC\n")
+    with pytest.raises(ValueError, match=r"run 0\.\.K-1 in order"):  # merged rows not adjacent
+        read_label_table(bad)
+
+
+def test_label_table_merges_classes(tmp_path: Path):
+    """Consecutive rows with one index merge their labels into one class."""
+    path = tmp_path / "merged.tsv"
+    path.write_text(
+        "# hippocampi and amygdalae as one class each\n"
+        "index\tlabel\tname\n0\t0\tUnknown\n1\t2\tLeft-WM\n"
+        "2\t17\tLeft-Hippocampus\n2\t53\tRight-Hippocampus\n"
+        "3\t18\tLeft-Amygdala\n3\t54\tRight-Amygdala\n4\t41\tRight-WM\n"
+    )
+    table = read_label_table(path)
+    assert table.n_classes == 5
+    assert table.names == [
+        "Unknown",
+        "Left-WM",
+        "Left-Hippocampus+Right-Hippocampus",
+        "Left-Amygdala+Right-Amygdala",
+        "Right-WM",
+    ]
+    classes, unknown = table.remap(np.array([0, 2, 17, 53, 18, 54, 41, 42]))
+    assert classes.tolist() == [0, 1, 2, 2, 3, 3, 4, 0] and unknown == {42: 1}
 
 
 def test_cache_of_a_subject(tmp_path: Path):
@@ -68,7 +101,7 @@ def test_cache_of_a_subject(tmp_path: Path):
         0,
         *(int(np.flatnonzero(table.labels == lab)[0]) for lab in (2, 17, 1001)),
     }
-    assert res.info["n_classes"] == 112 and res.info["missing_expected_labels"] == []
+    assert res.info["n_classes"] == 112 and res.info["labels_present"] == [2, 17, 1001]
     assert res.info["voxel_size"] == [1.0, 1.0, 1.0]
 
 
@@ -149,13 +182,29 @@ def test_nonfinite_and_empty_images(tmp_path: Path):
     assert res.reason == "empty_image"
 
 
+def test_negative_labels_fail_the_subject_with_a_reason(tmp_path: Path):
+    """A bad-data failure (cached, reason negative_labels), not an unexpected error."""
+    image, labels = blob_volumes()
+    labels[labels == 17] = -3
+    subject = make_subject(tmp_path, "s1", image, labels)
+    res = _run(_stage(), subject, tmp_path / "out")
+    assert (res.status, res.reason) == (FAILED, "negative_labels")
+    assert (
+        res.detail
+        == f"mri/aparc+aseg.mgz has {int((labels == -3).sum())} voxels with negative labels (-3)"
+    )
+    assert res.cacheable
+    ((_, cached),) = run_tasks(_stage(), [SubjectTask("s1", subject)], tmp_path / "out")
+    assert cached
+
+
 def test_unknown_label_is_background_and_reported(tmp_path: Path):
     image, labels = blob_volumes()
     labels[labels == 17] = 12345
     res = _run(_stage(), make_subject(tmp_path, "s1", image, labels), tmp_path / "out")
     assert res.status == OK
     assert res.info["unexpected_labels"] == {"12345": int((labels == 12345).sum())}
-    assert res.info["missing_expected_labels"] == [17]
+    assert res.info["labels_present"] == [2, 1001, 12345]
     assert "12345" in res.info["cache_unknown_labels"]
 
 
@@ -170,3 +219,27 @@ def test_settings_change_recomputes(tmp_path: Path):
     )
     assert not cached
     assert max(res.info["cache_shape"]) < 25  # 2 mm voxels: about half of the 40-voxel blob
+
+
+def test_qc_settings_are_not_part_of_the_cache_key(tmp_path: Path):
+    """Editing qc.expected_labels (checked by the QC stage) must not recompute any cache."""
+
+    def config(expected):
+        return validate_config(
+            {
+                "subjects": {"dirs": [{"path": "x"}]},
+                "cache": {"label_table": str(TABLE), "min_size": 48},
+                "qc": {"expected_labels": expected},
+            }
+        )
+
+    subject = make_subject(tmp_path)
+    out = tmp_path / "out"
+    ((first, cached),) = run_tasks(
+        stage_from_config(config([2])), [SubjectTask("s1", subject)], out
+    )
+    assert first.status == OK and not cached
+    ((_, cached),) = run_tasks(
+        stage_from_config(config([2, 17, 53])), [SubjectTask("s1", subject)], out
+    )
+    assert cached

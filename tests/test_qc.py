@@ -24,7 +24,7 @@ GOOD_VOLUME = {
     "voxel_size": [1.0, 1.0, 1.0],
     "shape": [256, 256, 256],
     "intensity_p1_p50_p99": [40.0, 90.0, 112.0],
-    "missing_expected_labels": [],
+    "labels_present": [2, 17, 41],
     "unexpected_labels": {},
 }
 
@@ -152,6 +152,21 @@ def test_checks_statuses_and_reasons(inputs):
     assert rows.loc["b", "has_radiomics"] and not rows.loc["bad id", "has_radiomics"]
 
 
+def test_missing_expected_labels_come_from_the_qc_settings(inputs):
+    """The cache records the labels present; which are expected is a QC setting."""
+    rows = build_checks(*inputs, QcSettings(expected_labels=(2, 17, 41))).set_index("subject_id")
+    assert "qc:missing_labels" not in rows.loc["a", "reasons"]
+    rows = build_checks(*inputs, QcSettings(expected_labels=(2, 53, 17, 54))).set_index(
+        "subject_id"
+    )
+    assert rows.loc["a", "status"] == "warn" and rows.loc["a", "reasons"] == ["qc:missing_labels"]
+    assert "qc:missing_labels: expected labels absent: [53, 54]" in rows.loc["a", "detail"]
+    assert "qc:missing_labels" not in rows.loc["c", "reasons"]  # failed cache: no measures
+    severity = {"qc:missing_labels": "fail"}
+    s = QcSettings(expected_labels=(53,), severity=severity)
+    assert build_checks(*inputs, s).set_index("subject_id").loc["a", "status"] == "fail"
+
+
 def test_severity_override_changes_status(inputs):
     s = QcSettings(severity={"qc:voxel_size": "fail"})
     rows = build_checks(*inputs, s).set_index("subject_id")
@@ -201,3 +216,36 @@ def test_report_assets(inputs, tmp_path: Path):
     )
     plot_montage(manifest, "/", tmp_path / "montage.png", n_subjects=3)
     assert (tmp_path / "montage.png").stat().st_size > 1000
+
+
+def test_each_qc_key_is_read_by_a_rule():
+    """Every ``qc`` key of the schema is a param of the rule(s) that use it, and only of those."""
+    from damt.config import load_schema
+    from damt.qc import QC_KEYS, qc_params
+
+    schema_keys = set(load_schema()["properties"]["qc"]["properties"])
+    assert set().union(*QC_KEYS.values()) == schema_keys
+    assert (
+        "outlier_z" not in QC_KEYS["qc_checks"] and "montage_subjects" not in QC_KEYS["qc_checks"]
+    )
+    qc = {key: f"value of {key}" for key in schema_keys}
+    assert qc_params(qc, "manifest") == {k: qc[k] for k in QC_KEYS["manifest"]}
+    s = QcSettings.from_config(
+        qc_params({**qc, "outlier_z": 3.0, "max_outliers": 1, "severity": {}}, "manifest")
+    )
+    assert (s.outlier_z, s.max_outliers) == (3.0, 1) and s.expected_labels == ()
+
+
+def test_outliers_are_counted_before_clipping(tmp_path: Path):
+    """normalize.clip <= qc.outlier_z must not hide the outliers (the z tables are clipped)."""
+    from damt.features.normalize import fit_normalizer
+    from damt.manifest import outlier_counts
+
+    ids = ["s0", "s1", "s2", "s3"]
+    values = {"s0": {"a": 1.0, "b": 1.0}, "s1": {"a": 2.0, "b": 2.0}, "s2": {"a": 3.0, "b": 3.0}}
+    raw = cohort_frame(ids, {**values, "s3": {"a": 100.0, "b": -50.0}}, ["a", "b"])
+    norm = fit_normalizer(raw, ["s0", "s1", "s2"], clip=3.0)
+    norm.to_json(tmp_path / "g.norm.json")
+    assert count_outliers([norm.apply(raw)], threshold=5.0).to_dict()["s3"] == 0  # clipped
+    counts = outlier_counts({"g": tmp_path / "g.norm.json"}, {"g": raw}, threshold=5.0)
+    assert counts.to_dict() == {"s0": 0, "s1": 0, "s2": 0, "s3": 2}

@@ -11,7 +11,7 @@ import pytest
 
 from damt.features.normalize import Normalizer
 from damt.features.tables import read_metadata, read_table
-from tests.conftest import run_snakemake, workflow_config
+from tests.conftest import jobs_of, run_snakemake, workflow_config
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +67,16 @@ def test_manifest_with_a_corrupt_subject(demo_copy: Path, tmp_path: Path):
         assert (results / "qc" / name).stat().st_size > 1000
     radiomics_meta = read_metadata(results / "features" / "radiomics.parquet")
     assert radiomics_meta["failed"]["sub-004"].startswith("volume_unreadable")
+
+    # A QC setting reruns only the rules that read it (their params), and never the cache.
+    def planned(**qc) -> dict[str, int]:
+        workflow_config(tmp_path, dirs, radiomics={"rois": ROIS}, cache={"min_size": 96}, qc=qc)
+        dry = run_snakemake("-n", manifest_target(results), "--configfile", str(override))
+        return jobs_of(dry.stdout)
+
+    assert planned() == {}
+    assert planned(montage_subjects=2, outlier_z=4.0, max_outliers=1) == {"manifest": 1}
+    assert planned(expected_labels=[2, 41, 53]) == {"qc_checks": 1, "normalize": 3, "manifest": 1}
 
 
 def test_cohort_of_one_stops_at_normalisation_with_a_clear_error(demo_cohort: Path, tmp_path: Path):

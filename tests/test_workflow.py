@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from damt.demo.cohort import generate_cohort
-from tests.conftest import BIN, REPO, SHARED_SUBJECTS, run_snakemake, workflow_config
+from tests.conftest import BIN, REPO, SHARED_SUBJECTS, jobs_of, run_snakemake, workflow_config
 
 pytestmark = pytest.mark.slow
 
@@ -40,16 +40,6 @@ QUICK = {
     },
     "probe": {"targets": [{"name": "age", "type": "regression"}], "folds": 4, "inner_folds": 3},
 }
-
-
-def jobs_of(stdout: str) -> dict[str, int]:
-    """Rule → job count from a dry run's job stats."""
-    if "Nothing to be done" in stdout:
-        return {}
-    table = stdout[stdout.index("Job stats:") :]
-    return {
-        m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"
-    }
 
 
 def shards_planned(stdout: str, rule: str) -> set[str]:

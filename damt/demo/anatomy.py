@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from damt.freesurfer.labels import DESIKAN_PARCELS, cortical_label
+from damt.freesurfer.labels import DESIKAN_PARCELS
 
 SHAPE = (256, 256, 256)
 # Conformed LIA vox2ras without the centre offset: R = -i, S = -j, A = +k (plus c_ras).
@@ -457,8 +457,3 @@ def _t1_image(
     img += rng.normal(0.0, 3.0, size=img.shape).astype(np.float32)
     img[~mask] = 0.0
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
-
-
-def parcel_labels() -> list[int]:
-    """aparc+aseg ids of every synthetic cortical parcel, left then right."""
-    return [cortical_label(h, i) for h in ("lh", "rh") for i in DESIKAN_PARCELS]

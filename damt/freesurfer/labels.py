@@ -1,11 +1,12 @@
 """FreeSurfer label ids and names (from FreeSurferColorLUT.txt) that the package needs offline.
 
-A user's own LUT file can always be read with :func:`read_color_lut`; the tables below let the
-demo generator and the default label table work on machines without a FreeSurfer install.
+The tables below let the demo generator and the stats harmonisation work on machines without a
+FreeSurfer install; :class:`LabelTable` maps atlas labels to the training cache's classes.
 """
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +60,6 @@ ASEG_STATS_ROWS: dict[int, str] = {
     255: "CC_Anterior",
 }
 
-CEREBRAL_LABELS: dict[int, str] = {
-    2: "Left-Cerebral-White-Matter",
-    3: "Left-Cerebral-Cortex",
-    41: "Right-Cerebral-White-Matter",
-    42: "Right-Cerebral-Cortex",
-}
-
 # Desikan-Killiany parcels as FreeSurfer 7 writes them (1004/2004 corpuscallosum is never used).
 DESIKAN_PARCELS: dict[int, str] = {
     1: "bankssts",
@@ -109,49 +103,33 @@ HEMI_OFFSET = {"lh": 1000, "rh": 2000}
 VENTRICLE_LABELS = (4, 5, 14, 15, 31, 43, 44, 63, 72)
 
 
-def cortical_label(hemi: str, parcel_index: int) -> int:
-    """aparc+aseg id of a Desikan parcel (e.g. ``('lh', 28)`` → 1028)."""
-    return HEMI_OFFSET[hemi] + parcel_index
-
-
-def aparc_aseg_names() -> dict[int, str]:
-    """Names of every label a FreeSurfer 7 aparc+aseg may hold (``ctx-lh-*`` for parcels)."""
-    names = {0: "Unknown", 2: CEREBRAL_LABELS[2], 41: CEREBRAL_LABELS[41]}
-    names.update(ASEG_STATS_ROWS)
-    for hemi, off in HEMI_OFFSET.items():
-        for idx, parcel in DESIKAN_PARCELS.items():
-            names[off + idx] = f"ctx-{hemi}-{parcel}"
-    return dict(sorted(names.items()))
-
-
-def read_color_lut(path: str | Path) -> dict[int, str]:
-    """Read a FreeSurferColorLUT-style file into ``{label id: name}``."""
-    names: dict[int, str] = {}
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, 1):
-            fields = line.split("#", 1)[0].split()
-            if not fields:
-                continue
-            if len(fields) < 2 or not fields[0].lstrip("-").isdigit():
-                raise ValueError(f"{path}:{lineno}: expected 'id name [r g b a]', got {line!r}")
-            names[int(fields[0])] = fields[1]
-    return names
-
-
 class LabelTable:
-    """Atlas label → class index mapping of the training cache (``index, label, name`` TSV)."""
+    """Atlas label → class index mapping of the training cache (``index, label, name`` TSV).
 
-    def __init__(self, labels: list[int], names: list[str]):
-        if not labels or labels[0] != 0:
-            raise ValueError("label table: row 0 must map label 0 (background)")
+    ``classes[i]`` is the class of ``labels[i]`` (by default ``i``). Several labels may share a
+    class (merged classes); ``names[k]`` is then their names joined by ``+``.
+    """
+
+    def __init__(self, labels: list[int], names: list[str], classes: list[int] | None = None):
+        classes = list(range(len(labels))) if classes is None else [int(c) for c in classes]
+        if not (len(labels) == len(names) == len(classes)):
+            raise ValueError("label table: labels, names and classes differ in length")
+        if not labels or labels[0] != 0 or classes[0] != 0:
+            raise ValueError("label table: row 0 must map label 0 (background) to class 0")
         if len(set(labels)) != len(labels):
             raise ValueError("label table: a label is listed twice")
+        if set(classes) != set(range(max(classes) + 1)):
+            raise ValueError("label table: class indices must run 0..K-1 with none skipped")
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.names = list(names)
+        self.classes = np.asarray(classes, dtype=np.int64)
+        members: dict[int, list[str]] = {}
+        for cls, name in zip(classes, names, strict=True):
+            members.setdefault(cls, []).append(name)
+        self.names = ["+".join(members[k]) for k in range(len(members))]
 
     @property
     def n_classes(self) -> int:
-        return len(self.labels)
+        return len(self.names)
 
     def remap(self, atlas: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
         """Class indices of an atlas, and ``{unknown label: voxel count}`` (mapped to 0)."""
@@ -163,7 +141,7 @@ class LabelTable:
             raise ValueError("atlas holds negative labels")
         size = int(max(atlas.max(initial=0), self.labels.max())) + 1
         lut = np.full(size, -1, dtype=np.int64)
-        lut[self.labels] = np.arange(self.n_classes)
+        lut[self.labels] = self.classes
         classes = lut[atlas]
         unknown_mask = classes < 0
         unknown: dict[int, int] = {}
@@ -176,7 +154,11 @@ class LabelTable:
 
 
 def read_label_table(path: str | Path) -> LabelTable:
-    """Read a label table: TSV with header ``index label name``; ``#`` lines are comments."""
+    """Read a label table: TSV with header ``index label name``; ``#`` lines are comments.
+
+    ``index`` runs 0..K-1 in order; consecutive rows may repeat an index to merge their labels
+    into one class.
+    """
     rows = []
     with open(path, encoding="utf-8") as fh:
         lines = [ln.rstrip("\n") for ln in fh if ln.strip() and not ln.startswith("#")]
@@ -188,6 +170,11 @@ def read_label_table(path: str | Path) -> LabelTable:
             rows.append((int(fields[0]), int(fields[1]), fields[2]))
         except (IndexError, ValueError) as exc:
             raise ValueError(f"{path}: bad row {lineno} {line!r}") from exc
-    if [r[0] for r in rows] != list(range(len(rows))):
-        raise ValueError(f"{path}: indices must run 0..K-1 in order")
-    return LabelTable([r[1] for r in rows], [r[2] for r in rows])
+    indices = [r[0] for r in rows]
+    steps = {b - a for a, b in pairwise(indices)}
+    if not indices or indices[0] != 0 or not steps <= {0, 1}:
+        raise ValueError(
+            f"{path}: indices must run 0..K-1 in order (repeat an index on consecutive rows to "
+            "merge labels into one class)"
+        )
+    return LabelTable([r[1] for r in rows], [r[2] for r in rows], indices)

@@ -8,9 +8,9 @@ from damt.qc import FEATURE_GROUPS
 
 with rule_log(snakemake.log[0]):
     write_manifest(
-        snakemake.config,
+        snakemake.params.qc,
         snakemake.input.checks,
-        dict(zip(FEATURE_GROUPS, snakemake.input.z_tables, strict=True)),
+        dict(zip(FEATURE_GROUPS, snakemake.input.norm_stats, strict=True)),
         dict(zip(FEATURE_GROUPS, snakemake.input.tables, strict=True)),
         snakemake.output.manifest,
         snakemake.output.failures,

@@ -7,7 +7,8 @@ from damt.manifest import write_checks
 
 with rule_log(snakemake.log[0]):
     write_checks(
-        snakemake.config,
+        snakemake.params.qc,
+        snakemake.config["outdir"],
         snakemake.input.subjects,
         snakemake.input.report,
         {s: snakemake.input[s] for s in ("stats", "radiomics", "cache")},
