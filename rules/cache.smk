@@ -16,6 +16,6 @@ rule cache:
     threads: config["cache"]["threads"]
     params:
         stage="cache",
-        settings=config["cache"],
+        settings=stage_settings("cache"),
     script:
         "../workflow/scripts/per_subject_stage.py"

@@ -43,6 +43,12 @@ if workflow.is_main_process:
     check_gpus(config, _gpus)
 
 
+def stage_settings(section):
+    """A per-subject stage's settings as a rerun trigger: all but ``threads``, which changes
+    how fast a shard job runs, not what it computes."""
+    return {k: v for k, v in config[section].items() if k != "threads"}
+
+
 def shard_members(wildcards):
     """Membership file of the shard a per-subject job processes."""
     return shard_file(OUT, wildcards.shard)

@@ -16,7 +16,7 @@ rule radiomics:
     threads: config["radiomics"]["threads"]
     params:
         stage="radiomics",
-        settings=config["radiomics"],
+        settings=stage_settings("radiomics"),
     script:
         "../workflow/scripts/per_subject_stage.py"
 

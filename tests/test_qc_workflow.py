@@ -68,13 +68,21 @@ def test_manifest_with_a_corrupt_subject(demo_copy: Path, tmp_path: Path):
     radiomics_meta = read_metadata(results / "features" / "radiomics.parquet")
     assert radiomics_meta["failed"]["sub-004"].startswith("volume_unreadable")
 
-    # A QC setting reruns only the rules that read it (their params), and never the cache.
-    def planned(**qc) -> dict[str, int]:
-        workflow_config(tmp_path, dirs, radiomics={"rois": ROIS}, cache={"min_size": 96}, qc=qc)
+    # A QC setting reruns only the rules that read it (their params), and never the cache;
+    # a stage's thread count reruns nothing.
+    def planned(threads: int = 1, **qc) -> dict[str, int]:
+        workflow_config(
+            tmp_path,
+            dirs,
+            radiomics={"rois": ROIS, "threads": threads},
+            cache={"min_size": 96, "threads": threads},
+            qc=qc,
+        )
         dry = run_snakemake("-n", manifest_target(results), "--configfile", str(override))
         return jobs_of(dry.stdout)
 
     assert planned() == {}
+    assert planned(threads=2) == {}
     assert planned(montage_subjects=2, outlier_z=4.0, max_outliers=1) == {"manifest": 1}
     assert planned(expected_labels=[2, 41, 53]) == {"qc_checks": 1, "normalize": 3, "manifest": 1}
 
