@@ -1,7 +1,9 @@
 """What the workflow's pretrain job does: decide whether to (re)train, then launch ``torchrun``.
 
 A run folder holds ``checkpoints/`` and ``signature.json``: what the checkpoints were trained on
-(the training subjects, the ``pretrain`` settings, the feature columns and the label table). The
+(the training subjects, the ``pretrain`` settings that shape the model, the feature columns and
+the label table). Operational settings (``OPERATIONAL_KEYS``: threads, data loader workers,
+logging, which checkpoints are kept, the policy itself) are not part of it. The
 ``pretrain.retrain`` policy compares it with the current inputs:
 
 - a run that stopped before its last epoch resumes, unless its signature changed (then it
@@ -43,6 +45,23 @@ SIGNATURE_FILE = "signature.json"
 RUN_CONFIG_FILE = "config.yaml"
 TRAIN, RESUME, EXPORT = "train", "resume", "export"
 
+# Keys of `pretrain` that change how a run is carried out or kept, not the model it trains, so
+# they stay out of the signature: changing one neither trains a finished run again (retrain:
+# cohort) nor moves an interrupted run aside instead of resuming it. num_workers is one of them
+# because augmentation is seeded per item (seed, epoch, index), whatever worker draws it. gpus,
+# cpu_processes (global batch, learning rate), seed and deterministic do count.
+OPERATIONAL_KEYS = frozenset(
+    {
+        "threads",  # CPU threads of the job
+        "num_workers",  # DataLoader processes per training process
+        "log_every_steps",  # TensorBoard and progress-bar cadence
+        "save_every",  # which epochs' checkpoints are kept besides the latest
+        "max_consecutive_nonfinite",  # when a failing run gives up
+        "retrain",  # this policy
+        "run_name",  # the run folder itself
+    }
+)
+
 
 class LaunchError(RuntimeError):
     """The pretrain job cannot run as configured (the message says why and what to change)."""
@@ -63,6 +82,17 @@ def training_subjects(manifest: str | Path) -> list[str]:
     return sorted(frame.loc[trains(frame), "subject_id"].astype(str))
 
 
+def model_settings(pretrain: dict) -> dict:
+    """The ``pretrain`` settings a trained model depends on: all but ``OPERATIONAL_KEYS``, and
+    of ``presets`` only the one in use.
+    """
+    settings = {k: v for k, v in pretrain.items() if k not in OPERATIONAL_KEYS}
+    presets, preset = pretrain.get("presets"), pretrain.get("preset")
+    if isinstance(presets, dict) and preset in presets:
+        settings["presets"] = {preset: presets[preset]}
+    return settings
+
+
 def signature(
     config: dict, manifest: str | Path, label_table: str | Path, tables: dict[str, Path | None]
 ) -> dict:
@@ -76,7 +106,7 @@ def signature(
     return {
         "subjects": hashlib.sha256("\n".join(subjects).encode()).hexdigest()[:16],
         "n_subjects": len(subjects),
-        "pretrain": stable_hash(config["pretrain"]),
+        "pretrain": stable_hash(model_settings(config["pretrain"])),
         "feature_columns": stable_hash(columns),
         "label_table": sha256_file(label_table)[:16],
     }
@@ -92,15 +122,34 @@ def _finished(run_dir: Path, epochs: int) -> bool | None:
     return int(state["epoch"]) >= epochs
 
 
+def previous_signature(run_dir: Path) -> dict | None:
+    """The run's ``signature.json``, or None when it is missing or unreadable.
+
+    Signatures written before ``OPERATIONAL_KEYS`` existed hash the whole ``pretrain`` section;
+    such a hash is translated when it matches the run's ``config.yaml`` (written with it by the
+    same launch), so upgrading does not train finished runs again.
+    """
+    try:
+        previous = json.loads((run_dir / SIGNATURE_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if not isinstance(previous, dict):
+        return None
+    try:
+        pretrain = yaml.safe_load((run_dir / RUN_CONFIG_FILE).read_text())["pretrain"]
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return previous
+    if isinstance(pretrain, dict) and previous.get("pretrain") == stable_hash(pretrain):
+        previous["pretrain"] = stable_hash(model_settings(pretrain))
+    return previous
+
+
 def plan_run(run_dir: Path, current: dict, policy: str, epochs: int) -> Plan:
     """Decide what to do with the run folder (pure apart from reading its files)."""
     finished = _finished(run_dir, epochs)
     if finished is None:
         return Plan(TRAIN, "no checkpoint yet")
-    try:
-        previous = json.loads((run_dir / SIGNATURE_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        previous = None
+    previous = previous_signature(run_dir)
     changed = sorted(k for k in current if previous is None or previous.get(k) != current[k])
     changed = [k for k in changed if k != "n_subjects"]
     what = ", ".join(changed) if changed else "nothing"
