@@ -220,3 +220,16 @@ def test_signatures_of_the_whole_pretrain_section_still_match(tmp_path: Path):
     # Without the config it was signed with, the old hash cannot be read: trained again.
     (run / "config.yaml").unlink()
     assert plan_run(run, current, "cohort", epochs=2).action == TRAIN
+
+
+@pytest.mark.parametrize("key", ["feature_columns", "label_table"])
+def test_never_refuses_to_resume_on_other_targets(tmp_path: Path, key):
+    """Its heads learnt the old columns or classes: resuming on other ones is meaningless, and
+    the network would not even load when their number changed.
+    """
+    run = make_run(tmp_path / "run", 2, {**SIG, key: "other"})
+    with pytest.raises(LaunchError) as err:
+        plan_run(run, SIG, "never", epochs=4)
+    msg = str(err.value)
+    assert "retrain: never" in msg and key in msg and "epoch 2 of 4" in msg
+    assert "retrain: cohort" in msg and "epochs: 2" in msg

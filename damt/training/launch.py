@@ -7,11 +7,15 @@ logging, which checkpoints are kept, the policy itself) are not part of it. The
 ``pretrain.retrain`` policy compares it with the current inputs:
 
 - a run that stopped before its last epoch resumes, unless its signature changed (then it
-  could not be resumed meaningfully and starts afresh);
+  could not be resumed meaningfully and starts afresh; under ``never`` it resumes, but refuses
+  with an explanation when the feature columns or the label table changed);
 - ``cohort``: a finished run with the same signature is kept (its weights are exported again,
   no training); a changed signature trains afresh;
 - ``always``: a finished run trains afresh whenever the job runs;
 - ``never``: a finished run is kept whatever changed.
+
+A kept run is exported by ``damt train`` from its checkpoint alone (the network it trained and
+the facts of its training), in one process.
 
 Superseded checkpoints, metrics and TensorBoard files move to ``superseded/<time>/`` instead of
 being deleted. Training runs as ``python -m torch.distributed.run --standalone --nnodes=1
@@ -112,14 +116,12 @@ def signature(
     }
 
 
-def _finished(run_dir: Path, epochs: int) -> bool | None:
-    """True/False for a finished/unfinished run; None when there is no checkpoint."""
+def _epochs_done(run_dir: Path) -> int | None:
+    """Epochs of the latest checkpoint; None when there is none."""
     from damt.training.checkpoint import load_latest
 
     state = load_latest(run_dir / "checkpoints")
-    if state is None:
-        return None
-    return int(state["epoch"]) >= epochs
+    return None if state is None else int(state["epoch"])
 
 
 def previous_signature(run_dir: Path) -> dict | None:
@@ -146,9 +148,10 @@ def previous_signature(run_dir: Path) -> dict | None:
 
 def plan_run(run_dir: Path, current: dict, policy: str, epochs: int) -> Plan:
     """Decide what to do with the run folder (pure apart from reading its files)."""
-    finished = _finished(run_dir, epochs)
-    if finished is None:
+    done = _epochs_done(run_dir)
+    if done is None:
         return Plan(TRAIN, "no checkpoint yet")
+    finished = done >= epochs
     previous = previous_signature(run_dir)
     changed = sorted(k for k in current if previous is None or previous.get(k) != current[k])
     changed = [k for k in changed if k != "n_subjects"]
@@ -157,6 +160,18 @@ def plan_run(run_dir: Path, current: dict, policy: str, epochs: int) -> Plan:
         if changed and policy != "never":
             return Plan(
                 TRAIN, f"interrupted run trained on other inputs ({what} changed)", supersede=True
+            )
+        targets = [k for k in changed if k in ("feature_columns", "label_table")]
+        if targets:
+            # Its regression and atlas heads learnt the former columns and classes: training
+            # on, on other ones, would be meaningless (and fails when their number changed).
+            raise LaunchError(
+                f"pretrain.retrain: never keeps {run_dir}, but that run stopped after epoch "
+                f"{done} of {epochs} and its {' and '.join(targets)} changed since (the heads "
+                "learnt the former ones), so it cannot resume on the current inputs. Restore "
+                "the inputs it was trained with, set pretrain.retrain: cohort to train afresh "
+                f"(its checkpoints move to superseded/), or set pretrain.epochs: {done} to "
+                "keep it as it is (warmup_epochs must stay below it)."
             )
         return Plan(RESUME, "interrupted run: resuming from its latest checkpoint")
     if policy == "never":
