@@ -66,6 +66,9 @@ def test_plan(tmp_path: Path, epoch, stored, policy, action, supersede_):
     run = make_run(tmp_path / "run", epoch, stored)
     plan = plan_run(run, SIG, policy, epochs=4)
     assert (plan.action, plan.supersede) == (action, supersede_), plan.reason
+    # The signature on file describes what the checkpoints were trained on.
+    kept_on_other_inputs = action == EXPORT and policy == "never" and stored != SIG
+    assert plan.sign == (not kept_on_other_inputs), plan.reason
 
 
 def test_supersede_moves_everything_aside(tmp_path: Path):

@@ -78,6 +78,9 @@ class Plan:
     action: str  # train | resume | export
     reason: str
     supersede: bool = False  # move the existing checkpoints aside first
+    # Write the current signature. Not when a kept run was trained on other inputs: its
+    # signature still says on which (so a later retrain: cohort sees the difference).
+    sign: bool = True
 
 
 def training_subjects(manifest: str | Path) -> list[str]:
@@ -175,7 +178,7 @@ def plan_run(run_dir: Path, current: dict, policy: str, epochs: int) -> Plan:
             )
         return Plan(RESUME, "interrupted run: resuming from its latest checkpoint")
     if policy == "never":
-        return Plan(EXPORT, f"finished run kept (retrain: never; {what} changed)")
+        return Plan(EXPORT, f"finished run kept (retrain: never; {what} changed)", sign=not changed)
     if policy == "always":
         return Plan(TRAIN, "finished run trained again (retrain: always)", supersede=True)
     if changed:
@@ -252,7 +255,8 @@ def launch(
     # The merged workflow config (config files and command-line overrides) for the trainer.
     config_file = run_dir / RUN_CONFIG_FILE
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    write_json_atomic(run_dir / SIGNATURE_FILE, current)
+    if plan.sign:
+        write_json_atomic(run_dir / SIGNATURE_FILE, current)
     train_args = [
         "train",
         "--config",
