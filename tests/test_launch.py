@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from damt.training.launch import (
     EXPORT,
@@ -65,6 +66,9 @@ def test_plan(tmp_path: Path, epoch, stored, policy, action, supersede_):
     run = make_run(tmp_path / "run", epoch, stored)
     plan = plan_run(run, SIG, policy, epochs=4)
     assert (plan.action, plan.supersede) == (action, supersede_), plan.reason
+    # The signature on file describes what the checkpoints were trained on.
+    kept_on_other_inputs = action == EXPORT and policy == "never" and stored != SIG
+    assert plan.sign == (not kept_on_other_inputs), plan.reason
 
 
 def test_supersede_moves_everything_aside(tmp_path: Path):
@@ -157,3 +161,78 @@ def test_one_trainer_per_run_folder(tmp_path: Path):
         pass
     with run_lock(tmp_path):  # released on exit
         pass
+
+
+def _signature_inputs(tmp_path: Path) -> tuple[Path, Path, dict]:
+    manifest = tmp_path / "manifest.parquet"
+    pd.DataFrame({"subject_id": ["a"], "status": ["pass"], "has_cache": [True]}).to_parquet(
+        manifest
+    )
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("index\tlabel\tname\n0\t0\tUnknown\n")
+    return manifest, labels, {}
+
+
+def test_signature_ignores_operational_pretrain_keys(tmp_path: Path):
+    from damt.config import load_config
+    from tests.training_data import write_config
+
+    manifest, labels, tables = _signature_inputs(tmp_path)
+    config = load_config(write_config(tmp_path / "c.yaml"))
+    first = signature(config, manifest, labels, tables)
+    p = config["pretrain"]
+    operational = {
+        "threads": p["threads"] + 1,
+        "num_workers": p["num_workers"] + 1,
+        "log_every_steps": p["log_every_steps"] + 1,
+        "save_every": p["save_every"] + 1,
+        "max_consecutive_nonfinite": p["max_consecutive_nonfinite"] + 1,
+        "retrain": "never",
+        "run_name": "elsewhere",
+        # A preset that is not in use shapes nothing.
+        "presets": {**p["presets"], "full": {**p["presets"]["full"], "embed_dim": 96}},
+    }
+    for key, value in operational.items():
+        other = {**config, "pretrain": {**p, key: value}}
+        assert signature(other, manifest, labels, tables) == first, key
+    for key, value in {"base_lr": p["base_lr"] * 2, "epochs": p["epochs"] + 1}.items():
+        other = {**config, "pretrain": {**p, key: value}}
+        assert signature(other, manifest, labels, tables)["pretrain"] != first["pretrain"], key
+    tiny = {**p["presets"]["tiny"], "embed_dim": 24}
+    other = {**config, "pretrain": {**p, "presets": {**p["presets"], "tiny": tiny}}}
+    assert signature(other, manifest, labels, tables)["pretrain"] != first["pretrain"]
+
+
+def test_signatures_of_the_whole_pretrain_section_still_match(tmp_path: Path):
+    """A run signed before operational keys were left out is kept, not trained again."""
+    from damt.config import load_config
+    from damt.io import stable_hash
+    from tests.training_data import write_config
+
+    manifest, labels, tables = _signature_inputs(tmp_path)
+    config = load_config(write_config(tmp_path / "c.yaml"))
+    current = signature(config, manifest, labels, tables)
+    old = {**current, "pretrain": stable_hash(config["pretrain"])}  # the former hash
+    run = make_run(tmp_path / "run", 2, old)
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert plan_run(run, current, "cohort", epochs=2).action == EXPORT
+    # A threads change since is operational: still kept.
+    config["pretrain"]["threads"] += 1
+    current = signature(config, manifest, labels, tables)
+    assert plan_run(run, current, "cohort", epochs=2).action == EXPORT
+    # Without the config it was signed with, the old hash cannot be read: trained again.
+    (run / "config.yaml").unlink()
+    assert plan_run(run, current, "cohort", epochs=2).action == TRAIN
+
+
+@pytest.mark.parametrize("key", ["feature_columns", "label_table"])
+def test_never_refuses_to_resume_on_other_targets(tmp_path: Path, key):
+    """Its heads learnt the old columns or classes: resuming on other ones is meaningless, and
+    the network would not even load when their number changed.
+    """
+    run = make_run(tmp_path / "run", 2, {**SIG, key: "other"})
+    with pytest.raises(LaunchError) as err:
+        plan_run(run, SIG, "never", epochs=4)
+    msg = str(err.value)
+    assert "retrain: never" in msg and key in msg and "epoch 2 of 4" in msg
+    assert "retrain: cohort" in msg and "epochs: 2" in msg

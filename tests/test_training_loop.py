@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from monai.networks.nets import SwinUNETR
@@ -170,11 +172,63 @@ def test_rerunning_a_finished_run_changes_nothing(finished_run, files):
         assert torch.equal(value, weights[key])
 
 
+def _copy_run(run: Path, target: Path) -> Path:
+    shutil.copytree(run, target, ignore=shutil.ignore_patterns("train.lock"))
+    return target
+
+
 def test_resume_refuses_a_run_with_another_network(finished_run, files, tmp_path, capsys):
-    run, _ = finished_run
-    other = write_config(tmp_path / "other.yaml", contrastive_dim=24)
+    run = _copy_run(finished_run[0], tmp_path / "run")
+    # One more epoch than trained: a resume, with another contrastive head.
+    other = write_config(tmp_path / "other.yaml", contrastive_dim=24, epochs=3)
     assert damt_main(_train_args(files, other, run)) == 2
-    assert "another network" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "another network" in err and "contrastive_dim 32 in the checkpoint, 24 now" in err
+
+
+def _wider_inputs(files, root: Path) -> tuple[Path, Path]:
+    """The training set's tables with one more column each, and a label table with one more
+    class: the network these inputs give has other head widths.
+    """
+    tables = root / "features"
+    tables.mkdir(parents=True)
+    for name in TABLES:
+        frame = pd.read_parquet(files.tables_dir / f"{name}.z.parquet")
+        frame[f"{name}_extra"] = 0.5
+        frame.to_parquet(tables / f"{name}.z.parquet")
+    labels = pd.read_csv(files.label_table, sep="\t")
+    n = len(labels)
+    labels.loc[n] = [n, int(labels["label"].max()) + 1, "region-extra"]
+    labels.to_csv(root / "labels.tsv", sep="\t", index=False)
+    return tables, root / "labels.tsv"
+
+
+def test_export_rebuilds_the_trained_network_and_keeps_the_training_facts(
+    finished_run, files, tmp_path, capsys
+):
+    """Exporting a finished run again (retrain: never, or a rerun under cohort) uses what the
+    checkpoint was trained with: its network, not one rebuilt from changed tables and label
+    table, and its world size, batch, learning rate, steps and data in the model card.
+    """
+    run = _copy_run(finished_run[0], tmp_path / "run")
+    card_before = json.loads((run / "model_card.json").read_text())
+    tables, labels = _wider_inputs(files, tmp_path / "data")
+    # Another batch size: other steps per epoch, global batch and peak lr, were it training.
+    config = write_config(tmp_path / "c.yaml", batch_size_per_gpu=1)
+    args = _train_args(files, config, run)
+    args[args.index("--tables-dir") + 1] = str(tables)
+    args[args.index("--label-table") + 1] = str(labels)
+    capsys.readouterr()
+    assert damt_main(args) == 0
+    assert "do not match" not in capsys.readouterr().err
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["pretraining"] == card_before["pretraining"]
+    assert card["data"] == card_before["data"]
+    assert card["pretraining"]["global_batch"] == 2 and card["pretraining"]["steps"] == 4
+    assert card["data"]["morphometry"]["features"] == 12
+    state = load_latest(run / "checkpoints")["model"]
+    for key, value in load_file(str(run / "encoder.safetensors")).items():
+        assert torch.equal(value, state[f"network.encoder.swinViT.{key}"])
 
 
 def test_odd_last_batch_and_switched_off_tasks_without_tables(tmp_path):

@@ -159,6 +159,25 @@ class NetworkSpec:
         if "atlas" in self.tasks and self.n_atlas_classes < 2:
             raise ValueError("the atlas task needs a label table with at least 2 classes")
 
+    def to_dict(self) -> dict:
+        """Plain containers only (stored in checkpoints, which load with weights_only)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NetworkSpec:
+        encoder = EncoderSpec.from_json(json.dumps(d["encoder"]))
+        return cls(**{**d, "encoder": encoder, "tasks": tuple(d["tasks"])})
+
+    def differences(self, other: NetworkSpec) -> list[tuple[str, object, object]]:
+        """``(field, value here, value there)`` of each field that differs (encoder dotted)."""
+
+        def flat(spec: NetworkSpec) -> dict:
+            d = asdict(spec)
+            return {**{f"encoder.{k}": v for k, v in d.pop("encoder").items()}, **d}
+
+        mine, theirs = flat(self), flat(other)
+        return [(k, mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]]
+
 
 def encoder_spec_from_config(pretrain: dict) -> EncoderSpec:
     """The encoder of the configured preset (``pretrain`` = validated config section)."""

@@ -1,15 +1,21 @@
 """What the workflow's pretrain job does: decide whether to (re)train, then launch ``torchrun``.
 
 A run folder holds ``checkpoints/`` and ``signature.json``: what the checkpoints were trained on
-(the training subjects, the ``pretrain`` settings, the feature columns and the label table). The
+(the training subjects, the ``pretrain`` settings that shape the model, the feature columns and
+the label table). Operational settings (``OPERATIONAL_KEYS``: threads, data loader workers,
+logging, which checkpoints are kept, the policy itself) are not part of it. The
 ``pretrain.retrain`` policy compares it with the current inputs:
 
 - a run that stopped before its last epoch resumes, unless its signature changed (then it
-  could not be resumed meaningfully and starts afresh);
+  could not be resumed meaningfully and starts afresh; under ``never`` it resumes, but refuses
+  with an explanation when the feature columns or the label table changed);
 - ``cohort``: a finished run with the same signature is kept (its weights are exported again,
   no training); a changed signature trains afresh;
 - ``always``: a finished run trains afresh whenever the job runs;
 - ``never``: a finished run is kept whatever changed.
+
+A kept run is exported by ``damt train`` from its checkpoint alone (the network it trained and
+the facts of its training), in one process.
 
 Superseded checkpoints, metrics and TensorBoard files move to ``superseded/<time>/`` instead of
 being deleted. Training runs as ``python -m torch.distributed.run --standalone --nnodes=1
@@ -43,6 +49,23 @@ SIGNATURE_FILE = "signature.json"
 RUN_CONFIG_FILE = "config.yaml"
 TRAIN, RESUME, EXPORT = "train", "resume", "export"
 
+# Keys of `pretrain` that change how a run is carried out or kept, not the model it trains, so
+# they stay out of the signature: changing one neither trains a finished run again (retrain:
+# cohort) nor moves an interrupted run aside instead of resuming it. num_workers is one of them
+# because augmentation is seeded per item (seed, epoch, index), whatever worker draws it. gpus,
+# cpu_processes (global batch, learning rate), seed and deterministic do count.
+OPERATIONAL_KEYS = frozenset(
+    {
+        "threads",  # CPU threads of the job
+        "num_workers",  # DataLoader processes per training process
+        "log_every_steps",  # TensorBoard and progress-bar cadence
+        "save_every",  # which epochs' checkpoints are kept besides the latest
+        "max_consecutive_nonfinite",  # when a failing run gives up
+        "retrain",  # this policy
+        "run_name",  # the run folder itself
+    }
+)
+
 
 class LaunchError(RuntimeError):
     """The pretrain job cannot run as configured (the message says why and what to change)."""
@@ -55,12 +78,26 @@ class Plan:
     action: str  # train | resume | export
     reason: str
     supersede: bool = False  # move the existing checkpoints aside first
+    # Write the current signature. Not when a kept run was trained on other inputs: its
+    # signature still says on which (so a later retrain: cohort sees the difference).
+    sign: bool = True
 
 
 def training_subjects(manifest: str | Path) -> list[str]:
     """Subjects the trainer uses: status pass/warn with a training cache (sorted)."""
     frame = pd.read_parquet(manifest, columns=["subject_id", "status", "has_cache"])
     return sorted(frame.loc[trains(frame), "subject_id"].astype(str))
+
+
+def model_settings(pretrain: dict) -> dict:
+    """The ``pretrain`` settings a trained model depends on: all but ``OPERATIONAL_KEYS``, and
+    of ``presets`` only the one in use.
+    """
+    settings = {k: v for k, v in pretrain.items() if k not in OPERATIONAL_KEYS}
+    presets, preset = pretrain.get("presets"), pretrain.get("preset")
+    if isinstance(presets, dict) and preset in presets:
+        settings["presets"] = {preset: presets[preset]}
+    return settings
 
 
 def signature(
@@ -76,31 +113,49 @@ def signature(
     return {
         "subjects": hashlib.sha256("\n".join(subjects).encode()).hexdigest()[:16],
         "n_subjects": len(subjects),
-        "pretrain": stable_hash(config["pretrain"]),
+        "pretrain": stable_hash(model_settings(config["pretrain"])),
         "feature_columns": stable_hash(columns),
         "label_table": sha256_file(label_table)[:16],
     }
 
 
-def _finished(run_dir: Path, epochs: int) -> bool | None:
-    """True/False for a finished/unfinished run; None when there is no checkpoint."""
+def _epochs_done(run_dir: Path) -> int | None:
+    """Epochs of the latest checkpoint; None when there is none."""
     from damt.training.checkpoint import load_latest
 
     state = load_latest(run_dir / "checkpoints")
-    if state is None:
+    return None if state is None else int(state["epoch"])
+
+
+def previous_signature(run_dir: Path) -> dict | None:
+    """The run's ``signature.json``, or None when it is missing or unreadable.
+
+    Signatures written before ``OPERATIONAL_KEYS`` existed hash the whole ``pretrain`` section;
+    such a hash is translated when it matches the run's ``config.yaml`` (written with it by the
+    same launch), so upgrading does not train finished runs again.
+    """
+    try:
+        previous = json.loads((run_dir / SIGNATURE_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
         return None
-    return int(state["epoch"]) >= epochs
+    if not isinstance(previous, dict):
+        return None
+    try:
+        pretrain = yaml.safe_load((run_dir / RUN_CONFIG_FILE).read_text())["pretrain"]
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return previous
+    if isinstance(pretrain, dict) and previous.get("pretrain") == stable_hash(pretrain):
+        previous["pretrain"] = stable_hash(model_settings(pretrain))
+    return previous
 
 
 def plan_run(run_dir: Path, current: dict, policy: str, epochs: int) -> Plan:
     """Decide what to do with the run folder (pure apart from reading its files)."""
-    finished = _finished(run_dir, epochs)
-    if finished is None:
+    done = _epochs_done(run_dir)
+    if done is None:
         return Plan(TRAIN, "no checkpoint yet")
-    try:
-        previous = json.loads((run_dir / SIGNATURE_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        previous = None
+    finished = done >= epochs
+    previous = previous_signature(run_dir)
     changed = sorted(k for k in current if previous is None or previous.get(k) != current[k])
     changed = [k for k in changed if k != "n_subjects"]
     what = ", ".join(changed) if changed else "nothing"
@@ -109,9 +164,21 @@ def plan_run(run_dir: Path, current: dict, policy: str, epochs: int) -> Plan:
             return Plan(
                 TRAIN, f"interrupted run trained on other inputs ({what} changed)", supersede=True
             )
+        targets = [k for k in changed if k in ("feature_columns", "label_table")]
+        if targets:
+            # Its regression and atlas heads learnt the former columns and classes: training
+            # on, on other ones, would be meaningless (and fails when their number changed).
+            raise LaunchError(
+                f"pretrain.retrain: never keeps {run_dir}, but that run stopped after epoch "
+                f"{done} of {epochs} and its {' and '.join(targets)} changed since (the heads "
+                "learnt the former ones), so it cannot resume on the current inputs. Restore "
+                "the inputs it was trained with, set pretrain.retrain: cohort to train afresh "
+                f"(its checkpoints move to superseded/), or set pretrain.epochs: {done} to "
+                "keep it as it is (warmup_epochs must stay below it)."
+            )
         return Plan(RESUME, "interrupted run: resuming from its latest checkpoint")
     if policy == "never":
-        return Plan(EXPORT, f"finished run kept (retrain: never; {what} changed)")
+        return Plan(EXPORT, f"finished run kept (retrain: never; {what} changed)", sign=not changed)
     if policy == "always":
         return Plan(TRAIN, "finished run trained again (retrain: always)", supersede=True)
     if changed:
@@ -188,7 +255,8 @@ def launch(
     # The merged workflow config (config files and command-line overrides) for the trainer.
     config_file = run_dir / RUN_CONFIG_FILE
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    write_json_atomic(run_dir / SIGNATURE_FILE, current)
+    if plan.sign:
+        write_json_atomic(run_dir / SIGNATURE_FILE, current)
     train_args = [
         "train",
         "--config",

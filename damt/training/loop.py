@@ -8,6 +8,7 @@ encoder at the end.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -39,7 +40,9 @@ from damt.training.views import ROTATIONS
 
 log = logging.getLogger("damt.train")
 
-CHECKPOINT_FORMAT = 1
+# 2: checkpoints also hold the network they train ("network", a NetworkSpec) and the facts of
+# the run for the model card ("run"), so a finished run is exported from them alone.
+CHECKPOINT_FORMAT = 2
 
 
 class NonFiniteLossError(RuntimeError):
@@ -96,6 +99,11 @@ def network_spec(settings: TrainSettings, data: TrainingData) -> NetworkSpec:
         radiomics_dim=data.width("radiomics"),
         n_atlas_classes=data.n_classes,
     )
+
+
+def _plain(obj: object) -> object:
+    """``obj`` as JSON types (numpy scalars as numbers): checkpoints load with weights_only."""
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
 def _seed_for(*parts: int) -> int:
@@ -295,8 +303,22 @@ def run_pretraining(
 def _train(
     s: TrainSettings, config: dict, inputs: TrainInputs, run_dir: Path, env: DistEnv
 ) -> TrainResult:
+    ckpt_dir = run_dir / "checkpoints"
+    state = load_latest(ckpt_dir)
+    if state is not None and "network" in state and state["epoch"] >= s.epochs:
+        return _export(s, state, run_dir, env)
     data = inputs.load(s.tasks)
     spec = network_spec(s, data)
+    if state is not None and "network" in state:
+        changed = NetworkSpec.from_dict(state["network"]).differences(spec)
+        if changed:
+            raise ValueError(
+                f"cannot resume {run_dir}: the checkpoint was written by a run with another "
+                "network ("
+                + ", ".join(f"{k} {old} in the checkpoint, {new} now" for k, old, new in changed)
+                + "); restore the settings and inputs it was trained with, use a new output "
+                "folder, or delete its checkpoints/"
+            )
     torch.manual_seed(s.seed)
     objective = PretrainObjective(DAMTNetwork(spec), s.balancing, s.contrastive_temperature)
     objective.to(env.device)
@@ -314,12 +336,24 @@ def _train(
         num_workers=s.num_workers,
         pin_memory=env.device.type == "cuda",
     )
-    ckpt_dir = run_dir / "checkpoints"
-    state = load_latest(ckpt_dir)
     resume_key = stable_hash({"network": repr(spec), "balancing": s.balancing})
     trainer = Trainer(s, objective, loader, env, resume_key, state)
     if state is not None:
         log.info("resuming %s after epoch %d", run_dir, trainer.start_epoch)
+    # What the model card reports, kept in every checkpoint for a later export-only run (one
+    # process, maybe other settings and inputs under retrain: never).
+    facts = _plain(
+        {
+            "world_size": env.world_size,
+            "device": env.device.type,
+            "precision": trainer.precision,
+            "global_batch": trainer.global_batch,
+            "peak_lr": trainer.peak_lr,
+            "tasks": list(s.tasks),
+            "config": config["pretrain"],
+            "data": data.summary,
+        }
+    )
     if env.is_main:
         log.info(
             "training %d subjects on %d %s process(es): %d steps/epoch, global batch %d, "
@@ -340,7 +374,8 @@ def _train(
         record = trainer.run_epoch(epoch, metrics)
         if env.is_main:
             metrics.epoch(record)
-            save_checkpoint(ckpt_dir, trainer.state(epoch + 1), epoch + 1, s.save_every)
+            checkpoint = {**trainer.state(epoch + 1), "network": spec.to_dict(), "run": facts}
+            save_checkpoint(ckpt_dir, checkpoint, epoch + 1, s.save_every)
             log.info(
                 "epoch %d/%d: loss %.4g, %.2f samples/s, %d skipped steps",
                 epoch + 1, s.epochs, math.nan if record["loss"] is None else record["loss"],
@@ -353,26 +388,78 @@ def _train(
     records = read_records(run_dir)
     last_record = records[-1] if records else None
     if env.is_main:
-        encoder = objective.network.encoder
-        export_encoder(encoder, run_dir / ENCODER_FILE)
-        write_model_card(
-            run_dir / MODEL_CARD_FILE,
-            encoder,
-            pretraining={
-                "epochs": s.epochs,
-                "steps": s.epochs * trainer.iters,
-                "world_size": env.world_size,
-                "device": env.device.type,
-                "precision": trainer.precision,
-                "global_batch": trainer.global_batch,
-                "peak_lr": trainer.peak_lr,
-                "skipped_steps": trainer.skipped_total,
-                "tasks": list(s.tasks),
-                "config": config["pretrain"],
-                "final_epoch": last_record,
-            },
-            data=data.summary,
+        if state is not None and "network" not in state and trainer.start_epoch >= s.epochs:
+            log.warning(
+                "the finished run's checkpoint (format 1) does not record how it was trained: "
+                "the model card describes this process and the current inputs"
+            )
+        steps = s.epochs * trainer.iters
+        _write_outputs(
+            run_dir, objective, facts, s.epochs, steps, trainer.skipped_total, last_record
         )
-        log.info("wrote %s and %s", run_dir / ENCODER_FILE, run_dir / MODEL_CARD_FILE)
     barrier()
     return TrainResult(objective, last_record)
+
+
+def _export(s: TrainSettings, state: dict, run_dir: Path, env: DistEnv) -> TrainResult:
+    """Export a finished run from its checkpoint alone: the network it trained (not one rebuilt
+    from the current tables and label table) and the facts of its training for the model card.
+    """
+    facts = state["run"]
+    trained = facts["config"]
+    objective = PretrainObjective(
+        DAMTNetwork(NetworkSpec.from_dict(state["network"])),
+        trained.get("balancing", s.balancing),
+        trained.get("contrastive_temperature", s.contrastive_temperature),
+    )
+    objective.load_state_dict(state["model"])
+    log.info(
+        "%s finished its %d epochs: exporting its weights (no training)", run_dir, state["epoch"]
+    )
+    records = read_records(run_dir)
+    last_record = records[-1] if records else None
+    if env.is_main:
+        _write_outputs(
+            run_dir,
+            objective,
+            facts,
+            state["epoch"],
+            state["step"],
+            state["skipped_steps"],
+            last_record,
+        )
+    barrier()
+    return TrainResult(objective, last_record)
+
+
+def _write_outputs(
+    run_dir: Path,
+    objective: PretrainObjective,
+    facts: dict,
+    epochs: int,
+    steps: int,
+    skipped_steps: int,
+    last_record: dict | None,
+) -> None:
+    """``encoder.safetensors`` and ``model_card.json`` (``facts``: see ``_train``)."""
+    encoder = objective.network.encoder
+    export_encoder(encoder, run_dir / ENCODER_FILE)
+    write_model_card(
+        run_dir / MODEL_CARD_FILE,
+        encoder,
+        pretraining={
+            "epochs": epochs,
+            "steps": steps,
+            "world_size": facts["world_size"],
+            "device": facts["device"],
+            "precision": facts["precision"],
+            "global_batch": facts["global_batch"],
+            "peak_lr": facts["peak_lr"],
+            "skipped_steps": skipped_steps,
+            "tasks": facts["tasks"],
+            "config": facts["config"],
+            "final_epoch": last_record,
+        },
+        data=facts["data"],
+    )
+    log.info("wrote %s and %s", run_dir / ENCODER_FILE, run_dir / MODEL_CARD_FILE)
