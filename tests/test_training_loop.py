@@ -186,6 +186,15 @@ def test_resume_refuses_a_run_with_another_network(finished_run, files, tmp_path
     assert "another network" in err and "contrastive_dim 32 in the checkpoint, 24 now" in err
 
 
+def test_checkpoints_of_another_format_are_refused(finished_run, files, tmp_path, capsys):
+    run = _copy_run(finished_run[0], tmp_path / "run")
+    path = run / "checkpoints" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "format": 1}, path)
+    assert damt_main(_train_args(files, finished_run[1], run)) == 2
+    assert "holds checkpoints of format 1" in capsys.readouterr().err
+
+
 def _wider_inputs(files, root: Path) -> tuple[Path, Path]:
     """The training set's tables with one more column each, and a label table with one more
     class: the network these inputs give has other head widths.

@@ -305,11 +305,16 @@ def _train(
 ) -> TrainResult:
     ckpt_dir = run_dir / "checkpoints"
     state = load_latest(ckpt_dir)
-    if state is not None and "network" in state and state["epoch"] >= s.epochs:
+    if state is not None and state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{ckpt_dir} holds checkpoints of format {state.get('format')}, this damt reads "
+            f"format {CHECKPOINT_FORMAT}: train into a new output folder (pretrain.run_name)"
+        )
+    if state is not None and state["epoch"] >= s.epochs:
         return _export(s, state, run_dir, env)
     data = inputs.load(s.tasks)
     spec = network_spec(s, data)
-    if state is not None and "network" in state:
+    if state is not None:
         changed = NetworkSpec.from_dict(state["network"]).differences(spec)
         if changed:
             raise ValueError(
@@ -388,11 +393,6 @@ def _train(
     records = read_records(run_dir)
     last_record = records[-1] if records else None
     if env.is_main:
-        if state is not None and "network" not in state and trainer.start_epoch >= s.epochs:
-            log.warning(
-                "the finished run's checkpoint (format 1) does not record how it was trained: "
-                "the model card describes this process and the current inputs"
-            )
         steps = s.epochs * trainer.iters
         _write_outputs(
             run_dir, objective, facts, s.epochs, steps, trainer.skipped_total, last_record
