@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from damt.training.launch import (
     EXPORT,
@@ -201,28 +200,6 @@ def test_signature_ignores_operational_pretrain_keys(tmp_path: Path):
     tiny = {**p["presets"]["tiny"], "embed_dim": 24}
     other = {**config, "pretrain": {**p, "presets": {**p["presets"], "tiny": tiny}}}
     assert signature(other, manifest, labels, tables)["pretrain"] != first["pretrain"]
-
-
-def test_signatures_of_the_whole_pretrain_section_still_match(tmp_path: Path):
-    """A run signed before operational keys were left out is kept, not trained again."""
-    from damt.config import load_config
-    from damt.io import stable_hash
-    from tests.training_data import write_config
-
-    manifest, labels, tables = _signature_inputs(tmp_path)
-    config = load_config(write_config(tmp_path / "c.yaml"))
-    current = signature(config, manifest, labels, tables)
-    old = {**current, "pretrain": stable_hash(config["pretrain"])}  # the former hash
-    run = make_run(tmp_path / "run", 2, old)
-    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    assert plan_run(run, current, "cohort", epochs=2).action == EXPORT
-    # A threads change since is operational: still kept.
-    config["pretrain"]["threads"] += 1
-    current = signature(config, manifest, labels, tables)
-    assert plan_run(run, current, "cohort", epochs=2).action == EXPORT
-    # Without the config it was signed with, the old hash cannot be read: trained again.
-    (run / "config.yaml").unlink()
-    assert plan_run(run, current, "cohort", epochs=2).action == TRAIN
 
 
 @pytest.mark.parametrize("key", ["feature_columns", "label_table"])

@@ -128,25 +128,12 @@ def _epochs_done(run_dir: Path) -> int | None:
 
 
 def previous_signature(run_dir: Path) -> dict | None:
-    """The run's ``signature.json``, or None when it is missing or unreadable.
-
-    Signatures written before ``OPERATIONAL_KEYS`` existed hash the whole ``pretrain`` section;
-    such a hash is translated when it matches the run's ``config.yaml`` (written with it by the
-    same launch), so upgrading does not train finished runs again.
-    """
+    """The run's ``signature.json``, or None when it is missing or unreadable."""
     try:
         previous = json.loads((run_dir / SIGNATURE_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    if not isinstance(previous, dict):
-        return None
-    try:
-        pretrain = yaml.safe_load((run_dir / RUN_CONFIG_FILE).read_text())["pretrain"]
-    except (OSError, yaml.YAMLError, TypeError, KeyError):
-        return previous
-    if isinstance(pretrain, dict) and previous.get("pretrain") == stable_hash(pretrain):
-        previous["pretrain"] = stable_hash(model_settings(pretrain))
-    return previous
+    return previous if isinstance(previous, dict) else None
 
 
 def plan_run(run_dir: Path, current: dict, policy: str, epochs: int) -> Plan:
