@@ -152,10 +152,9 @@ class CacheStage(ImageAtlasStage):
 
     def params(self) -> dict:
         return {
+            **super().params(),
             "settings": self.settings.__dict__,
             "label_table": self.label_table_hash,
-            "image": self.image,
-            "atlas": self.atlas,
         }
 
     def compute(self, task: SubjectTask, workdir: Path) -> SubjectResult:

@@ -31,6 +31,9 @@ class ImageAtlasStage(Stage):
     def __init__(self, image: str, atlas: str):
         self.image, self.atlas = image, atlas
 
+    def params(self) -> dict:
+        return {"image": self.image, "atlas": self.atlas}
+
     def input_files(self, task: SubjectTask) -> list[Path]:
         return [task.path / self.image, task.path / self.atlas]
 

@@ -180,12 +180,7 @@ class RadiomicsStage(ImageAtlasStage):
         self.extractor = Extractor(self.params_path, self.threads)
 
     def params(self) -> dict:
-        return {
-            "params_sha256": self.params_hash,
-            "rois": self.roi_spec,
-            "image": self.image,
-            "atlas": self.atlas,
-        }
+        return {**super().params(), "params_sha256": self.params_hash, "rois": self.roi_spec}
 
     def compute(self, task: SubjectTask, workdir: Path) -> SubjectResult:
         assert self.extractor is not None, "setup() builds the extractor"
