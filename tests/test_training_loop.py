@@ -186,6 +186,13 @@ def test_resume_refuses_a_run_with_another_network(finished_run, files, tmp_path
     assert "another network" in err and "contrastive_dim 32 in the checkpoint, 24 now" in err
 
 
+def test_resume_refuses_a_run_with_another_task_balancing(finished_run, files, tmp_path, capsys):
+    run = _copy_run(finished_run[0], tmp_path / "run")
+    other = write_config(tmp_path / "equal.yaml", balancing="equal", epochs=3)
+    assert damt_main(_train_args(files, other, run)) == 2
+    assert "balancing uncertainty in the checkpoint, equal now" in capsys.readouterr().err
+
+
 def test_checkpoints_of_another_format_are_refused(finished_run, files, tmp_path, capsys):
     run = _copy_run(finished_run[0], tmp_path / "run")
     path = run / "checkpoints" / "checkpoint.pt"

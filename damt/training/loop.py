@@ -24,7 +24,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from damt.io import stable_hash
 from damt.model.network import DAMTNetwork
 from damt.model.spec import NetworkSpec
 from damt.training.checkpoint import load_latest, run_lock, save_checkpoint
@@ -134,12 +133,10 @@ class Trainer:
         objective: PretrainObjective,
         loader: DataLoader,
         env: DistEnv,
-        resume_key: str,
         state: dict | None,
     ) -> None:
         s = self.settings = settings
         self.objective, self.loader, self.env = objective, loader, env
-        self.resume_key = resume_key
         self.iters = len(loader)
         self.global_batch = s.batch_size_per_gpu * env.world_size
         self.peak_lr = s.base_lr * self.global_batch / 256
@@ -163,11 +160,6 @@ class Trainer:
             )
 
     def _restore(self, state: dict) -> None:
-        if state.get("resume_key") != self.resume_key:
-            raise ValueError(
-                "the checkpoint was written by a run with another network, tasks or data "
-                "widths; use a new output folder or delete its checkpoints/"
-            )
         self.objective.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -183,7 +175,6 @@ class Trainer:
         """Everything a resumed run needs (tensors and plain containers only)."""
         return {
             "format": CHECKPOINT_FORMAT,
-            "resume_key": self.resume_key,
             "epoch": epochs_done,
             "step": epochs_done * self.iters,
             "skipped_steps": self.skipped_total,
@@ -316,6 +307,9 @@ def _train(
     spec = network_spec(s, data)
     if state is not None:
         changed = NetworkSpec.from_dict(state["network"]).differences(spec)
+        trained_balancing = state["run"]["config"]["balancing"]
+        if trained_balancing != s.balancing:
+            changed.append(("balancing", trained_balancing, s.balancing))
         if changed:
             raise ValueError(
                 f"cannot resume {run_dir}: the checkpoint was written by a run with another "
@@ -341,8 +335,7 @@ def _train(
         num_workers=s.num_workers,
         pin_memory=env.device.type == "cuda",
     )
-    resume_key = stable_hash({"network": repr(spec), "balancing": s.balancing})
-    trainer = Trainer(s, objective, loader, env, resume_key, state)
+    trainer = Trainer(s, objective, loader, env, state)
     if state is not None:
         log.info("resuming %s after epoch %d", run_dir, trainer.start_epoch)
     # What the model card reports, kept in every checkpoint for a later export-only run (one
@@ -409,8 +402,8 @@ def _export(s: TrainSettings, state: dict, run_dir: Path, env: DistEnv) -> Train
     trained = facts["config"]
     objective = PretrainObjective(
         DAMTNetwork(NetworkSpec.from_dict(state["network"])),
-        trained.get("balancing", s.balancing),
-        trained.get("contrastive_temperature", s.contrastive_temperature),
+        trained["balancing"],
+        trained["contrastive_temperature"],
     )
     objective.load_state_dict(state["model"])
     log.info(
