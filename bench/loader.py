@@ -25,12 +25,12 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from damt.cache import CacheSettings, CacheStage, monai_chain
 from damt.config import validate_config
 from damt.demo.cohort import generate_cohort
 from damt.freesurfer.labels import read_label_table
 from damt.model.spec import view_spec_from_config
-from damt.shards import SubjectTask, run_tasks
+from damt.stages.cache import CacheSettings, CacheStage, monai_chain
+from damt.stages.store import SubjectTask, run_tasks
 from damt.training.data import PretrainDataset, load_training_data
 
 REPO = Path(__file__).resolve().parents[1]

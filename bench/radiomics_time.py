@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from damt.config import validate_config
-from damt.features.radiomics import RadiomicsStage
-from damt.shards import SubjectTask
+from damt.stages.radiomics import RadiomicsStage
+from damt.stages.store import SubjectTask
 
 REPO = Path(__file__).resolve().parents[1]
 BERT = REPO.parent / "shared" / "data" / "freesurfer" / "subjects" / "bert"

@@ -51,7 +51,7 @@ def seconds(cmd: list[str], env: dict | None = None) -> float:
 def import_cost(env: dict) -> tuple[float, float]:
     """Best of 5: bare interpreter start, and start + the imports of the stats rule script."""
     bare = min(seconds([sys.executable, "-c", "pass"], env) for _ in range(5))
-    code = "import damt.cli, damt.freesurfer.stats_stage"
+    code = "import damt.cli, damt.stages.stats"
     full = min(seconds([sys.executable, "-c", code], env) for _ in range(5))
     return bare, full
 
@@ -59,8 +59,8 @@ def import_cost(env: dict) -> tuple[float, float]:
 def in_process(root: Path) -> float:
     """Seconds per subject of the stats stage run in this process (parse + Parquet)."""
     sys.path.insert(0, str(REPO))
-    from damt.freesurfer.stats_stage import StatsStage
-    from damt.shards import SubjectTask, run_tasks
+    from damt.stages.stats import StatsStage
+    from damt.stages.store import SubjectTask, run_tasks
 
     tasks = [SubjectTask(p.name, p) for p in sorted(root.iterdir())]
     out = WORK / "inprocess"
@@ -73,12 +73,12 @@ def in_process(root: Path) -> float:
 
 def tables_in_process(n_shards: int) -> float:
     """Seconds per subject of the morphometry tables, in-process, on a finished run."""
-    from damt.discovery import discovery_paths
     from damt.features.morphometry import build_morphometry_tables
+    from damt.paths import ResultPaths
 
     outdir = WORK / f"results-{n_shards}"
     summaries = sorted((outdir / "stats" / "shards").glob("*.tsv"))
-    subjects = discovery_paths(outdir)["subjects"]
+    subjects = ResultPaths(str(outdir)).discovery_subjects()
     outputs = {g: WORK / f"tables-{g}.parquet" for g in ("global", "local")}
     catalog = REPO / "config" / "morphometry_catalog.yaml"
     t0 = time.perf_counter()

@@ -52,12 +52,24 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return "".join(parts).lstrip(".") or "<top level>"
 
 
-def validate_config(config: dict, source: str = "config") -> dict:
+def validate_config(
+    config: dict, source: str = "config", sections: tuple[str, ...] | None = None
+) -> dict:
     """Validate ``config`` in place (filling defaults) and return it.
 
+    With ``sections``, only those top-level sections are validated and filled; the others may be
+    absent (``damt train`` reads a file holding the ``pretrain`` section alone).
     Raises :class:`ConfigError` listing every violation as ``key.path: message``.
     """
-    validator = _DefaultFillingValidator(load_schema())
+    schema = load_schema()
+    if sections is not None:
+        schema = {
+            **schema,
+            "properties": {k: schema["properties"][k] for k in sections},
+            "required": [],
+            "additionalProperties": True,
+        }
+    validator = _DefaultFillingValidator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"  {_key_path(e)}: {e.message}" for e in errors]
@@ -75,8 +87,13 @@ def deep_update(base: dict, overrides: Mapping[str, Any]) -> dict:
     return base
 
 
-def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict:
-    """Read a YAML configuration file, apply ``overrides`` and validate it."""
+def load_config(
+    path: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    sections: tuple[str, ...] | None = None,
+) -> dict:
+    """Read a YAML configuration file, apply ``overrides`` and validate it (``sections``: see
+    :func:`validate_config`)."""
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as fh:
@@ -89,4 +106,4 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
         raise ConfigError(f"configuration file {path} must hold a mapping at the top level")
     if overrides:
         deep_update(config, overrides)
-    return validate_config(config, source=str(path))
+    return validate_config(config, source=str(path), sections=sections)

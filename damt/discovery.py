@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from damt.io import write_text_if_changed
+from damt.paths import ResultPaths
 
 log = logging.getLogger(__name__)
 
@@ -261,43 +262,31 @@ def _read_tsv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh, delimiter="\t"))
 
 
-def discovery_paths(outdir: str | Path) -> dict[str, Path]:
-    """Where the discovery files live under the results folder."""
-    base = Path(outdir) / "discovery"
-    return {
-        "subjects": base / "subjects.tsv",
-        "report": base / "report.tsv",
-        "shards": base / "shards",
-    }
-
-
-def shard_file(outdir: str | Path, shard: str) -> Path:
-    """Membership file of one shard."""
-    return discovery_paths(outdir)["shards"] / f"{shard}.tsv"
-
-
 def write_discovery(discovery: Discovery, outdir: str | Path) -> list[Path]:
     """Write the discovery files, touching only those whose content changed; drop stale shards.
 
     Returns the paths that were (re)written.
     """
-    paths = discovery_paths(outdir)
+    paths = ResultPaths(str(outdir))
     written: list[Path] = []
     subj_rows = [[getattr(s, c) for c in SUBJECT_COLUMNS] for s in discovery.subjects]
-    if write_text_if_changed(paths["subjects"], _tsv(subj_rows, SUBJECT_COLUMNS)):
-        written.append(paths["subjects"])
+    subjects = Path(paths.discovery_subjects())
+    if write_text_if_changed(subjects, _tsv(subj_rows, SUBJECT_COLUMNS)):
+        written.append(subjects)
     rep_rows = [[getattr(f, c) for c in REPORT_COLUMNS] for f in discovery.report]
-    if write_text_if_changed(paths["report"], _tsv(rep_rows, REPORT_COLUMNS)):
-        written.append(paths["report"])
+    report = Path(paths.discovery_report())
+    if write_text_if_changed(report, _tsv(rep_rows, REPORT_COLUMNS)):
+        written.append(report)
 
     shards = discovery.shards()
     for shard, members in shards.items():
         rows = [[s.subject_id, s.path, s.fingerprint] for s in members]
-        target = shard_file(outdir, shard)
+        target = Path(paths.shard_members(shard))
         if write_text_if_changed(target, _tsv(rows, MEMBER_COLUMNS)):
             written.append(target)
-    if paths["shards"].is_dir():
-        for stale in paths["shards"].glob("*.tsv"):
+    shards_dir = Path(paths.shards_dir())
+    if shards_dir.is_dir():
+        for stale in shards_dir.glob("*.tsv"):
             if stale.stem not in shards:
                 stale.unlink()
     return written
@@ -305,9 +294,9 @@ def write_discovery(discovery: Discovery, outdir: str | Path) -> list[Path]:
 
 def read_discovery(outdir: str | Path) -> Discovery:
     """Load the discovery files written by :func:`write_discovery`."""
-    paths = discovery_paths(outdir)
-    subjects = [Subject(**row) for row in _read_tsv(paths["subjects"])]
-    report = [Finding(**row) for row in _read_tsv(paths["report"])]
+    paths = ResultPaths(str(outdir))
+    subjects = [Subject(**row) for row in _read_tsv(Path(paths.discovery_subjects()))]
+    report = [Finding(**row) for row in _read_tsv(Path(paths.discovery_report()))]
     shard_ids = {s.shard for s in subjects}
     n_shards = 0 if all(s.shard == s.subject_id for s in subjects) else len(shard_ids)
     return Discovery(subjects, report, n_shards)
@@ -339,7 +328,7 @@ def discover_for_workflow(config: dict, main_process: bool = True) -> Discovery:
     every job sees the cohort the main process planned with.
     """
     outdir = config["outdir"]
-    if not main_process and discovery_paths(outdir)["subjects"].exists():
+    if not main_process and Path(ResultPaths(outdir).discovery_subjects()).exists():
         return read_discovery(outdir)
     discovery = discover_from_config(config)
     for notice in discovery.notices:

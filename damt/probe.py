@@ -218,8 +218,8 @@ def encoder_features(encoder, cache_dirs: Mapping[str, Path]) -> pd.DataFrame:
     """Pooled last-stage features of each subject's whole cached volume (frozen encoder)."""
     import torch
 
-    from damt.cache import IMAGE_FILE
     from damt.model import pooled_features
+    from damt.stages.cache import IMAGE_FILE
 
     rows = []
     for sid, folder in cache_dirs.items():
@@ -297,7 +297,7 @@ def plot_results(table: pd.DataFrame, path: str | Path) -> None:
 
 
 def run_probe(
-    config: dict,
+    probe: Mapping,
     manifest: str | Path,
     encoder_path: str | Path,
     morphometry_tables: Sequence[str | Path],
@@ -305,14 +305,17 @@ def run_probe(
     out_table: str | Path,
     out_plot: str | Path,
 ) -> dict:
-    """The probe rule: frozen pretrained encoder vs. random-init encoder vs. morphometry."""
+    """The probe rule: frozen pretrained encoder vs. random-init encoder vs. morphometry.
+
+    ``probe`` is the config's ``probe`` section (the rule's params).
+    """
     import torch
 
     from damt.features.tables import KEY, read_table
     from damt.io import write_atomic, write_json_atomic
     from damt.model import build_encoder, load_encoder, read_encoder_spec
 
-    pc = config["probe"]
+    pc = probe
     torch.set_num_threads(pc["threads"])
     frame = pd.read_parquet(manifest)
     chosen = frame[frame["status"].isin(pc["statuses"]) & frame["has_cache"]]

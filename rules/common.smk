@@ -1,11 +1,19 @@
-# Shared set-up of the workflow: demo cohort, subject discovery, shard lists and targets.
-# Functions only (rules live in the other .smk files); the logic itself is in `damt`.
+# Shared set-up of the workflow: results paths, subject discovery, shard lists and targets.
+# Functions only (rules live in the other .smk files); the logic is in `damt` (damt.paths,
+# damt.discovery, damt.demo.cohort, damt.training.launch.check_gpus).
+#
+# Parsing the workflow WRITES FILES, on purpose: the demo cohort (when `demo.enabled`, so that
+# `make demo` needs no download) and the discovery files under results/discovery/. Subjects are
+# found at parse time, and the discovery files are rewritten only when the cohort changes; every
+# cohort rule takes them as input, so a new or removed subject reruns the cohort stages (and only
+# the new subject's per-subject jobs).
 import logging
-import os
 
 from damt.demo.cohort import ensure_demo_cohort
-from damt.discovery import discover_for_workflow, discovery_paths, shard_file
-from damt.qc import FEATURE_GROUPS, qc_params
+from damt.discovery import discover_for_workflow
+from damt.features import FEATURE_GROUPS, TASK_FEATURE_GROUPS
+from damt.paths import ENCODER_FILE, MODEL_CARD_FILE, ResultPaths
+from damt.qc.checks import qc_params
 from damt.training.launch import check_gpus
 
 _handler = logging.StreamHandler()
@@ -14,7 +22,8 @@ logging.getLogger("damt").addHandler(_handler)
 logging.getLogger("damt").setLevel(logging.INFO)
 
 OUT = config["outdir"]
-RUN_DIR = f"{OUT}/pretrain/{config['pretrain']['run_name']}"
+PATHS = ResultPaths(OUT)
+RUN = config["pretrain"]["run_name"]
 
 
 report: "../docs/report/workflow.rst"
@@ -27,12 +36,8 @@ wildcard_constraints:
 if workflow.is_main_process:
     ensure_demo_cohort(config)
 
-# Subjects are found at parse time: the discovery files are rewritten only when the cohort
-# changes, and every aggregate rule takes them as input, so a new or removed subject reruns
-# the cohort stages (and only the new subject's per-subject jobs).
 DISCOVERY = discover_for_workflow(config, main_process=workflow.is_main_process)
 SHARDS = list(DISCOVERY.shards())
-DISCOVERY_FILES = discovery_paths(OUT)
 
 # Snakemake scales a job's resources down to --resources without a word; fail before hours of
 # other stages instead of training on fewer GPUs than configured (or in half precision on CPUs).
@@ -40,7 +45,7 @@ if workflow.is_main_process:
     _gpus = config["pretrain"]["gpus"]
     if "gpu" in workflow.global_resources:
         _gpus = min(workflow.global_resources["gpu"].value, _gpus)
-    check_gpus(config, _gpus)
+    check_gpus(config["pretrain"], _gpus)
 
 
 def stage_settings(section):
@@ -51,7 +56,12 @@ def stage_settings(section):
 
 def shard_members(wildcards):
     """Membership file of the shard a per-subject job processes."""
-    return shard_file(OUT, wildcards.shard)
+    return PATHS.shard_members(wildcards.shard)
+
+
+def stage_summaries(stage):
+    """Every shard summary of a per-subject stage."""
+    return [PATHS.stage_summary(stage, shard) for shard in SHARDS]
 
 
 def retrain_input(paths):
@@ -66,10 +76,10 @@ def retrain_input(paths):
 def all_targets():
     """Final outputs of the workflow (the probe only when a phenotype table is configured)."""
     targets = [
-        f"{OUT}/manifest.parquet",
-        f"{RUN_DIR}/encoder.safetensors",
-        f"{RUN_DIR}/loss_curves.png",
+        PATHS.manifest(),
+        PATHS.run_file(RUN, ENCODER_FILE),
+        PATHS.run_file(RUN, "loss_curves.png"),
     ]
     if config["probe"]["phenotypes"]:
-        targets.append(f"{OUT}/probe/probe.json")
+        targets.append(PATHS.probe("probe.json"))
     return targets

@@ -1,54 +1,55 @@
 # Self-supervised pretraining (DDP under torchrun) and its report figures.
+# Work done by damt.training.launch (retrain policy, torchrun) and damt.training.report.
 
 
 rule pretrain:
+    """Pretrain the 3D Swin encoder on the training cache (or export the kept run)."""
     input:
-        manifest=retrain_input(f"{OUT}/manifest.parquet"),
-        tables=retrain_input(
-            expand(f"{OUT}/features/{{group}}.z.parquet", group=FEATURE_GROUPS)
-        ),
-        cache=retrain_input(expand(f"{OUT}/cache/shards/{{shard}}.tsv", shard=SHARDS)),
+        manifest=retrain_input(PATHS.manifest()),
+        tables=retrain_input([PATHS.normalized_table(g) for g in FEATURE_GROUPS]),
+        cache=retrain_input(stage_summaries("cache")),
         label_table=retrain_input(config["cache"]["label_table"]),
     output:
-        encoder=f"{RUN_DIR}/encoder.safetensors",
-        model_card=f"{RUN_DIR}/model_card.json",
+        encoder=PATHS.run_file(RUN, ENCODER_FILE),
+        model_card=PATHS.run_file(RUN, MODEL_CARD_FILE),
     log:
-        f"{OUT}/logs/pretrain.log",
+        PATHS.log("pretrain"),
     benchmark:
-        f"{OUT}/benchmarks/pretrain.tsv"
+        PATHS.benchmark("pretrain")
     conda:
         "../envs/train.yaml"
     threads: config["pretrain"]["threads"]
     resources:
         gpu=config["pretrain"]["gpus"],
     params:
-        run_dir=lambda w, output: os.path.dirname(output.encoder),
+        run_dir=PATHS.run_dir(RUN),
         pretrain=config["pretrain"],
     script:
         "../workflow/scripts/pretrain.py"
 
 
 rule training_report:
+    """Loss curves and learned task weights of the pretraining run."""
     input:
-        model_card=f"{RUN_DIR}/model_card.json",
+        model_card=PATHS.run_file(RUN, MODEL_CARD_FILE),
     output:
         curves=report(
-            f"{RUN_DIR}/loss_curves.png",
+            PATHS.run_file(RUN, "loss_curves.png"),
             category="Pretraining",
             caption="../docs/report/loss_curves.rst",
         ),
         weights=report(
-            f"{RUN_DIR}/task_weights.png",
+            PATHS.run_file(RUN, "task_weights.png"),
             category="Pretraining",
             caption="../docs/report/task_weights.rst",
         ),
     log:
-        f"{OUT}/logs/training_report.log",
+        PATHS.log("training_report"),
     benchmark:
-        f"{OUT}/benchmarks/training_report.tsv"
+        PATHS.benchmark("training_report")
     conda:
         "../envs/train.yaml"
     params:
-        run_dir=lambda w, input: os.path.dirname(input.model_card),
+        run_dir=PATHS.run_dir(RUN),
     script:
         "../workflow/scripts/training_report.py"

@@ -1,31 +1,32 @@
 # Linear probe of the frozen encoder, with a random-init encoder and morphometry as baselines.
+# Work done by damt.probe.
 
 
 rule probe:
+    """Linear probe of the frozen encoder against its baselines."""
     input:
-        encoder=f"{RUN_DIR}/encoder.safetensors",
-        manifest=f"{OUT}/manifest.parquet",
-        morphometry=expand(
-            f"{OUT}/features/morphometry_{{group}}.z.parquet",
-            group=("global", "local"),
-        ),
+        encoder=PATHS.run_file(RUN, ENCODER_FILE),
+        manifest=PATHS.manifest(),
+        morphometry=[
+            PATHS.normalized_table(g) for g in TASK_FEATURE_GROUPS["morphometry"]
+        ],
         phenotypes=config["probe"]["phenotypes"] or [],
     output:
-        results=f"{OUT}/probe/probe.json",
+        results=PATHS.probe("probe.json"),
         table=report(
-            f"{OUT}/probe/probe.tsv",
+            PATHS.probe("probe.tsv"),
             category="Linear probe",
             caption="../docs/report/probe_table.rst",
         ),
         plot=report(
-            f"{OUT}/probe/probe.png",
+            PATHS.probe("probe.png"),
             category="Linear probe",
             caption="../docs/report/probe_plot.rst",
         ),
     log:
-        f"{OUT}/logs/probe.log",
+        PATHS.log("probe"),
     benchmark:
-        f"{OUT}/benchmarks/probe.tsv"
+        PATHS.benchmark("probe")
     conda:
         "../envs/train.yaml"
     threads: config["probe"]["threads"]

@@ -1,41 +1,44 @@
 # Cohort QC: checks -> normalisation (fitted on QC-passing subjects) -> manifest + QC report.
+# Work done by damt.qc.steps (checks: damt.qc.checks, figures: damt.qc.report) and
+# damt.features.normalize.
 
 
 rule qc_checks:
+    """Per-subject checks and a preliminary QC status (before outliers)."""
     input:
-        subjects=DISCOVERY_FILES["subjects"],
-        report=DISCOVERY_FILES["report"],
-        stats=expand(f"{OUT}/stats/shards/{{shard}}.tsv", shard=SHARDS),
-        radiomics=expand(f"{OUT}/radiomics/shards/{{shard}}.tsv", shard=SHARDS),
-        cache=expand(f"{OUT}/cache/shards/{{shard}}.tsv", shard=SHARDS),
-        morphometry_global=f"{OUT}/features/morphometry_global.parquet",
-        morphometry_local=f"{OUT}/features/morphometry_local.parquet",
-        radiomics_table=f"{OUT}/features/radiomics.parquet",
+        subjects=PATHS.discovery_subjects(),
+        report=PATHS.discovery_report(),
+        stats=stage_summaries("stats"),
+        radiomics=stage_summaries("radiomics"),
+        cache=stage_summaries("cache"),
+        tables=[PATHS.feature_table(g) for g in FEATURE_GROUPS],
     output:
-        checks=f"{OUT}/qc/checks.parquet",
+        checks=PATHS.qc_checks(),
     log:
-        f"{OUT}/logs/qc_checks.log",
+        PATHS.log("qc_checks"),
     benchmark:
-        f"{OUT}/benchmarks/qc_checks.tsv"
+        PATHS.benchmark("qc_checks")
     conda:
         "../envs/features.yaml"
     params:
         qc=qc_params(config["qc"], "qc_checks"),
+        outdir=OUT,
     script:
         "../workflow/scripts/qc_checks.py"
 
 
 rule normalize:
+    """Normalise one feature group, fitted on the subjects that pass the checks."""
     input:
-        table=f"{OUT}/features/{{group}}.parquet",
-        checks=f"{OUT}/qc/checks.parquet",
+        table=PATHS.feature_table("{group}"),
+        checks=PATHS.qc_checks(),
     output:
-        table=f"{OUT}/features/{{group}}.z.parquet",
-        stats=f"{OUT}/features/{{group}}.norm.json",
+        table=PATHS.normalized_table("{group}"),
+        stats=PATHS.norm_stats("{group}"),
     log:
-        f"{OUT}/logs/normalize/{{group}}.log",
+        PATHS.log("normalize/{group}"),
     benchmark:
-        f"{OUT}/benchmarks/normalize/{{group}}.tsv"
+        PATHS.benchmark("normalize/{group}")
     wildcard_constraints:
         group="|".join(FEATURE_GROUPS),
     conda:
@@ -47,31 +50,32 @@ rule normalize:
 
 
 rule manifest:
+    """Outliers, final statuses, the manifest and the QC page of the report."""
     input:
-        checks=f"{OUT}/qc/checks.parquet",
-        norm_stats=expand(f"{OUT}/features/{{group}}.norm.json", group=FEATURE_GROUPS),
-        tables=expand(f"{OUT}/features/{{group}}.parquet", group=FEATURE_GROUPS),
+        checks=PATHS.qc_checks(),
+        norm_stats=[PATHS.norm_stats(g) for g in FEATURE_GROUPS],
+        tables=[PATHS.feature_table(g) for g in FEATURE_GROUPS],
     output:
-        manifest=f"{OUT}/manifest.parquet",
+        manifest=PATHS.manifest(),
         failures=report(
-            f"{OUT}/qc/failures.tsv",
+            PATHS.qc_page("failures.tsv"),
             category="Quality control",
             caption="../docs/report/qc_failures.rst",
         ),
         distributions=report(
-            f"{OUT}/qc/distributions.png",
+            PATHS.qc_page("distributions.png"),
             category="Quality control",
             caption="../docs/report/qc_distributions.rst",
         ),
         montage=report(
-            f"{OUT}/qc/montage.png",
+            PATHS.qc_page("montage.png"),
             category="Quality control",
             caption="../docs/report/qc_montage.rst",
         ),
     log:
-        f"{OUT}/logs/manifest.log",
+        PATHS.log("manifest"),
     benchmark:
-        f"{OUT}/benchmarks/manifest.tsv"
+        PATHS.benchmark("manifest")
     conda:
         "../envs/features.yaml"
     params:

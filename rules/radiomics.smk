@@ -1,38 +1,44 @@
 # PyRadiomics texture features: one job per shard, then the cohort table.
+# Work done by damt.stages.radiomics (PyRadiomics call and cohort table: damt.features.radiomics).
 
 
 rule radiomics:
+    """PyRadiomics features of each subject's ROIs (one job per shard)."""
     input:
         members=shard_members,
         params=config["radiomics"]["params"],
     output:
-        summary=f"{OUT}/radiomics/shards/{{shard}}.tsv",
+        summary=PATHS.stage_summary("radiomics", "{shard}"),
     log:
-        f"{OUT}/logs/radiomics/{{shard}}.log",
+        PATHS.log("radiomics/{shard}"),
     benchmark:
-        f"{OUT}/benchmarks/radiomics/{{shard}}.tsv"
+        PATHS.benchmark("radiomics/{shard}")
     conda:
         "../envs/features.yaml"
     threads: config["radiomics"]["threads"]
     params:
         stage="radiomics",
         settings=stage_settings("radiomics"),
+        outdir=OUT,
     script:
         "../workflow/scripts/per_subject_stage.py"
 
 
 rule radiomics_table:
+    """Cohort radiomics table (one row per subject, NaN where a subject failed)."""
     input:
-        summaries=expand(f"{OUT}/radiomics/shards/{{shard}}.tsv", shard=SHARDS),
-        subjects=DISCOVERY_FILES["subjects"],
+        summaries=stage_summaries("radiomics"),
+        subjects=PATHS.discovery_subjects(),
         params=config["radiomics"]["params"],
     output:
-        table=f"{OUT}/features/radiomics.parquet",
+        table=PATHS.feature_table("radiomics"),
     log:
-        f"{OUT}/logs/radiomics_table.log",
+        PATHS.log("radiomics_table"),
     benchmark:
-        f"{OUT}/benchmarks/radiomics_table.tsv"
+        PATHS.benchmark("radiomics_table")
     conda:
         "../envs/features.yaml"
+    params:
+        rois=config["radiomics"]["rois"],
     script:
         "../workflow/scripts/radiomics_table.py"

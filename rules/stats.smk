@@ -1,36 +1,40 @@
 # FreeSurfer stats → per-subject long tables (one job per shard) → cohort morphometry tables.
-# Logic: damt.freesurfer.stats_stage and damt.features.morphometry.
+# Work done by damt.stages.stats (parsing: damt.freesurfer.stats) and damt.features.morphometry.
 
 
 rule stats:
+    """Parse each subject's stats/ folder into its long table (one job per shard)."""
     input:
         members=shard_members,
     output:
-        summary=f"{OUT}/stats/shards/{{shard}}.tsv",
+        summary=PATHS.stage_summary("stats", "{shard}"),
     log:
-        f"{OUT}/logs/stats/{{shard}}.log",
+        PATHS.log("stats/{shard}"),
     benchmark:
-        f"{OUT}/benchmarks/stats/{{shard}}.tsv"
+        PATHS.benchmark("stats/{shard}")
     conda:
         "../envs/features.yaml"
     params:
         stage="stats",
+        settings={},
+        outdir=OUT,
     script:
         "../workflow/scripts/per_subject_stage.py"
 
 
 rule morphometry_tables:
+    """Cohort morphometry tables (global and local) from the subjects' long tables."""
     input:
-        summaries=expand(f"{OUT}/stats/shards/{{shard}}.tsv", shard=SHARDS),
-        subjects=DISCOVERY_FILES["subjects"],
+        summaries=stage_summaries("stats"),
+        subjects=PATHS.discovery_subjects(),
         catalog=config["morphometry"]["catalog"],
     output:
-        global_table=f"{OUT}/features/morphometry_global.parquet",
-        local_table=f"{OUT}/features/morphometry_local.parquet",
+        global_table=PATHS.feature_table("morphometry_global"),
+        local_table=PATHS.feature_table("morphometry_local"),
     log:
-        f"{OUT}/logs/morphometry_tables.log",
+        PATHS.log("morphometry_tables"),
     benchmark:
-        f"{OUT}/benchmarks/morphometry_tables.tsv"
+        PATHS.benchmark("morphometry_tables")
     conda:
         "../envs/features.yaml"
     script:

@@ -59,6 +59,24 @@ def demo_copy(demo_cohort: Path, tmp_path: Path) -> Path:
     return dst
 
 
+def run_stage_shards(stage, subjects_dir: Path, outdir: Path, **discovery_options) -> list[Path]:
+    """Run a per-subject stage over a folder's subjects as the workflow's shard jobs do
+    (discovery files, then one job per shard); returns the shard summaries."""
+    from damt.discovery import discover_subjects, write_discovery
+    from damt.paths import ResultPaths
+    from damt.stages.store import run_shard
+
+    discovery = discover_subjects([{"path": str(subjects_dir)}], **discovery_options)
+    write_discovery(discovery, outdir)
+    paths = ResultPaths(str(outdir))
+    summaries = []
+    for shard in discovery.shards():
+        summary = Path(paths.stage_summary(stage.name, shard))
+        run_shard(stage, paths.shard_members(shard), outdir, summary)
+        summaries.append(summary)
+    return summaries
+
+
 def workflow_config(tmp_path: Path, subjects_dirs: list[dict], **sections) -> Path:
     """Write a config override file for running the real Snakefile on test data."""
     cfg = {

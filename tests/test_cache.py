@@ -7,17 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from damt.cache import (
+from damt.config import validate_config
+from damt.freesurfer.labels import LabelTable, read_label_table
+from damt.stages.cache import (
     ATLAS_FILE,
     IMAGE_FILE,
     CacheSettings,
     CacheStage,
     monai_chain,
-    stage_from_config,
+    stage_from_settings,
 )
-from damt.config import validate_config
-from damt.freesurfer.labels import LabelTable, read_label_table
-from damt.shards import FAILED, OK, SubjectTask, run_tasks, stage_dir
+from damt.stages.store import FAILED, OK, SubjectTask, run_tasks, stage_dir
 from tests.conftest import REPO
 from tests.volume_fixtures import blob_volumes, make_subject, save_mgz
 
@@ -183,7 +183,7 @@ def test_nonfinite_and_empty_images(tmp_path: Path):
 
 
 def test_negative_labels_fail_the_subject_with_a_reason(tmp_path: Path):
-    """A bad-data failure (cached, reason negative_labels), not an unexpected error."""
+    """A bad-data failure (stored, reason negative_labels), not an unexpected error."""
     image, labels = blob_volumes()
     labels[labels == 17] = -3
     subject = make_subject(tmp_path, "s1", image, labels)
@@ -193,9 +193,9 @@ def test_negative_labels_fail_the_subject_with_a_reason(tmp_path: Path):
         res.detail
         == f"mri/aparc+aseg.mgz has {int((labels == -3).sum())} voxels with negative labels (-3)"
     )
-    assert res.cacheable
-    ((_, cached),) = run_tasks(_stage(), [SubjectTask("s1", subject)], tmp_path / "out")
-    assert cached
+    assert res.reusable
+    ((_, reused),) = run_tasks(_stage(), [SubjectTask("s1", subject)], tmp_path / "out")
+    assert reused
 
 
 def test_unknown_label_is_background_and_reported(tmp_path: Path):
@@ -212,16 +212,16 @@ def test_settings_change_recomputes(tmp_path: Path):
     subject = make_subject(tmp_path)
     out = tmp_path / "out"
     _run(_stage(), subject, out)
-    ((_, cached),) = run_tasks(_stage(), [SubjectTask("s1", subject)], out)
-    assert cached
-    ((res, cached),) = run_tasks(
+    ((_, reused),) = run_tasks(_stage(), [SubjectTask("s1", subject)], out)
+    assert reused
+    ((res, reused),) = run_tasks(
         _stage(CacheSettings(spacing=2.0, min_size=16)), [SubjectTask("s1", subject)], out
     )
-    assert not cached
+    assert not reused
     assert max(res.info["cache_shape"]) < 25  # 2 mm voxels: about half of the 40-voxel blob
 
 
-def test_qc_settings_are_not_part_of_the_cache_key(tmp_path: Path):
+def test_qc_settings_are_not_part_of_the_result_key(tmp_path: Path):
     """Editing qc.expected_labels (checked by the QC stage) must not recompute any cache."""
 
     def config(expected):
@@ -235,11 +235,11 @@ def test_qc_settings_are_not_part_of_the_cache_key(tmp_path: Path):
 
     subject = make_subject(tmp_path)
     out = tmp_path / "out"
-    ((first, cached),) = run_tasks(
-        stage_from_config(config([2])), [SubjectTask("s1", subject)], out
+    ((first, reused),) = run_tasks(
+        stage_from_settings(config([2])["cache"]), [SubjectTask("s1", subject)], out
     )
-    assert first.status == OK and not cached
-    ((_, cached),) = run_tasks(
-        stage_from_config(config([2, 17, 53])), [SubjectTask("s1", subject)], out
+    assert first.status == OK and not reused
+    ((_, reused),) = run_tasks(
+        stage_from_settings(config([2, 17, 53])["cache"]), [SubjectTask("s1", subject)], out
     )
-    assert cached
+    assert reused

@@ -16,10 +16,10 @@ from damt.discovery import (
     read_discovery,
     read_shard,
     read_subjects_list,
-    shard_file,
     shard_of,
     write_discovery,
 )
+from damt.paths import ResultPaths
 from tests.conftest import unprivileged
 
 REQUIRED = ("mri/brainmask.mgz", "mri/aparc+aseg.mgz")
@@ -198,15 +198,17 @@ def test_write_discovery_touches_only_changed_files(tmp_path: Path):
     assert set(written) == {
         out / "discovery" / "subjects.tsv",
         out / "discovery" / "report.tsv",
-        shard_file(out, "s3"),
+        Path(ResultPaths(str(out)).shard_members("s3")),
     }
     loaded = read_discovery(out)
     assert loaded.subject_ids == ["s1", "s2", "s3"]
-    assert read_shard(shard_file(out, "s3"))[0]["subject_id"] == "s3"
+    assert read_shard(Path(ResultPaths(str(out)).shard_members("s3")))[0]["subject_id"] == "s3"
 
     (root / "s1" / "mri" / "brainmask.mgz").unlink()
     write_discovery(discover_subjects([{"path": str(root)}]), out)
-    assert not shard_file(out, "s1").exists()  # a removed subject's shard disappears
+    assert not Path(
+        ResultPaths(str(out)).shard_members("s1")
+    ).exists()  # a removed subject's shard disappears
 
 
 def test_changed_volume_changes_the_fingerprint(tmp_path: Path):

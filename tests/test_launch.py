@@ -85,12 +85,12 @@ def test_supersede_moves_everything_aside(tmp_path: Path):
 
 
 def test_gpu_grant_must_match_the_config():
-    check_gpus({"pretrain": {"gpus": 2, "precision": "bf16"}}, 2)
-    check_gpus({"pretrain": {"gpus": 0, "precision": "auto"}}, 0)
+    check_gpus({"gpus": 2, "precision": "bf16"}, 2)
+    check_gpus({"gpus": 0, "precision": "auto"}, 0)
     with pytest.raises(LaunchError, match=r"precision is bf16 but pretrain\.gpus is 0"):
-        check_gpus({"pretrain": {"gpus": 0, "precision": "bf16"}}, 0)
+        check_gpus({"gpus": 0, "precision": "bf16"}, 0)
     with pytest.raises(LaunchError) as err:
-        check_gpus({"pretrain": {"gpus": 4, "precision": "auto"}}, 2)
+        check_gpus({"gpus": 4, "precision": "auto"}, 2)
     msg = str(err.value)
     assert "pretrain.gpus is 4 but this job was given gpu=2" in msg
     assert "--resources gpu=4" in msg and "pretrain.gpus: 2" in msg
@@ -119,17 +119,17 @@ def test_signature_follows_the_training_subjects(tmp_path: Path):
     pd.DataFrame({"subject_id": ["a"], "x": [1.0]}).to_parquet(table)
     config = {"pretrain": {"epochs": 3}}
     assert training_subjects(manifest) == ["a", "b"]
-    first = signature(config, manifest, labels, {"radiomics": table})
+    first = signature(config["pretrain"], manifest, labels, {"radiomics": table})
     # Feature values change: same signature. A new training subject: new signature.
     pd.DataFrame({"subject_id": ["a"], "x": [2.0]}).to_parquet(table)
-    assert signature(config, manifest, labels, {"radiomics": table}) == first
+    assert signature(config["pretrain"], manifest, labels, {"radiomics": table}) == first
     frame.loc[2, ["status", "has_cache"]] = ["pass", True]
     frame.to_parquet(manifest)
-    changed = signature(config, manifest, labels, {"radiomics": table})
+    changed = signature(config["pretrain"], manifest, labels, {"radiomics": table})
     assert changed["subjects"] != first["subjects"] and changed["n_subjects"] == 3
     pd.DataFrame({"subject_id": ["a"], "y": [2.0]}).to_parquet(table)
     assert (
-        signature(config, manifest, labels, {"radiomics": table})["feature_columns"]
+        signature(config["pretrain"], manifest, labels, {"radiomics": table})["feature_columns"]
         != changed["feature_columns"]
     )
 
@@ -178,7 +178,7 @@ def test_signature_ignores_operational_pretrain_keys(tmp_path: Path):
 
     manifest, labels, tables = _signature_inputs(tmp_path)
     config = load_config(write_config(tmp_path / "c.yaml"))
-    first = signature(config, manifest, labels, tables)
+    first = signature(config["pretrain"], manifest, labels, tables)
     p = config["pretrain"]
     operational = {
         "threads": p["threads"] + 1,
@@ -192,13 +192,12 @@ def test_signature_ignores_operational_pretrain_keys(tmp_path: Path):
         "presets": {**p["presets"], "full": {**p["presets"]["full"], "embed_dim": 96}},
     }
     for key, value in operational.items():
-        other = {**config, "pretrain": {**p, key: value}}
-        assert signature(other, manifest, labels, tables) == first, key
+        assert signature({**p, key: value}, manifest, labels, tables) == first, key
     for key, value in {"base_lr": p["base_lr"] * 2, "epochs": p["epochs"] + 1}.items():
-        other = {**config, "pretrain": {**p, key: value}}
-        assert signature(other, manifest, labels, tables)["pretrain"] != first["pretrain"], key
+        changed = signature({**p, key: value}, manifest, labels, tables)
+        assert changed["pretrain"] != first["pretrain"], key
     tiny = {**p["presets"]["tiny"], "embed_dim": 24}
-    other = {**config, "pretrain": {**p, "presets": {**p["presets"], "tiny": tiny}}}
+    other = {**p, "presets": {**p["presets"], "tiny": tiny}}
     assert signature(other, manifest, labels, tables)["pretrain"] != first["pretrain"]
 
 

@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from damt.config import ConfigError, load_config
-from damt.discovery import discover_subjects, discovery_paths, shard_file, write_discovery
 from damt.features.morphometry import (
     FILE_ERROR,
     FILE_MISSING,
@@ -25,9 +24,10 @@ from damt.features.morphometry import (
     parse_catalog,
 )
 from damt.features.tables import read_metadata
-from damt.freesurfer.stats_stage import LONG_FILE, StatsStage
-from damt.shards import FAILED, OK, SubjectTask, read_result, run_shard, run_tasks
-from tests.conftest import REPO
+from damt.paths import ResultPaths
+from damt.stages.stats import LONG_FILE, StatsStage
+from damt.stages.store import FAILED, OK, SubjectTask, read_result, run_tasks
+from tests.conftest import REPO, run_stage_shards
 from tests.fs_versions import make_fs5_subject, make_fs6_subject
 
 DEFAULT_CATALOG = REPO / "config" / "morphometry_catalog.yaml"
@@ -41,17 +41,11 @@ def run_cohort(tmp_path: Path, folders: dict[str, Path], catalog: Path = DEFAULT
     for sid, folder in folders.items():
         if not (root / sid).exists():
             (root / sid).symlink_to(folder, target_is_directory=True)
-    discovery = discover_subjects([{"path": str(root)}], required_files=(), exclude=())
     outdir = tmp_path / "results"
-    write_discovery(discovery, outdir)
-    summaries = []
-    for shard in discovery.shards():
-        summary = outdir / "stats" / "shards" / f"{shard}.tsv"
-        run_shard(StatsStage(), shard_file(outdir, shard), outdir, summary)
-        summaries.append(summary)
+    summaries = run_stage_shards(StatsStage(), root, outdir, required_files=(), exclude=())
     outputs = {g: outdir / "features" / f"morphometry_{g}.parquet" for g in ("global", "local")}
     tables = build_morphometry_tables(
-        summaries, discovery_paths(outdir)["subjects"], catalog, outputs
+        summaries, ResultPaths(str(outdir)).discovery_subjects(), catalog, outputs
     )
     meta = {g: read_metadata(p) for g, p in outputs.items()}
     for g, p in outputs.items():
@@ -277,19 +271,19 @@ def test_changed_or_added_stats_file_invalidates_the_cached_result(bert: Path, t
     shutil.copy(bert / "stats" / "aseg.stats", subj / "stats")
     tasks = [SubjectTask("s", subj)]
     out = tmp_path / "out"
-    [(first, cached)] = run_tasks(StatsStage(), tasks, out)
-    assert not cached and first.info["files"] == ["aseg.stats"]
-    [(_, cached)] = run_tasks(StatsStage(), tasks, out)
-    assert cached
+    [(first, reused)] = run_tasks(StatsStage(), tasks, out)
+    assert not reused and first.info["files"] == ["aseg.stats"]
+    [(_, reused)] = run_tasks(StatsStage(), tasks, out)
+    assert reused
     aseg = subj / "stats" / "aseg.stats"
     aseg.chmod(0o644)
     st = aseg.stat()
     os.utime(aseg, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    [(_, cached)] = run_tasks(StatsStage(), tasks, out)
-    assert not cached
+    [(_, reused)] = run_tasks(StatsStage(), tasks, out)
+    assert not reused
     shutil.copy(bert / "stats" / "lh.aparc.stats", subj / "stats")
-    [(res, cached)] = run_tasks(StatsStage(), tasks, out)
-    assert not cached and res.info["files"] == ["aseg.stats", "lh.aparc.stats"]
+    [(res, reused)] = run_tasks(StatsStage(), tasks, out)
+    assert not reused and res.info["files"] == ["aseg.stats", "lh.aparc.stats"]
 
 
 # --- catalog validation -------------------------------------------------------------------------

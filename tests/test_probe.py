@@ -101,23 +101,20 @@ def test_morphometry_predicts_demo_age_above_chance(tmp_path):
     """The demo cohort's hidden age is recoverable from its morphometry (what `make demo`
     reports as the morphometry baseline): 16 subjects, the real parse → table → z-score path."""
     from damt.demo.cohort import generate_cohort
-    from damt.discovery import discover_subjects, discovery_paths, shard_file, write_discovery
     from damt.features.morphometry import build_morphometry_tables
     from damt.features.normalize import fit_normalizer
-    from damt.freesurfer.stats_stage import StatsStage
-    from damt.shards import run_shard
-    from tests.conftest import REPO
+    from damt.paths import ResultPaths
+    from damt.stages.stats import StatsStage
+    from tests.conftest import REPO, run_stage_shards
 
     cohort = tmp_path / "subjects"
     generate_cohort(cohort, 16, seed=0)  # the default config's demo cohort
     out = tmp_path / "results"
-    write_discovery(discover_subjects([{"path": str(cohort)}], n_shards=1), out)
-    summary = out / "stats" / "shards" / "shard0.tsv"
-    run_shard(StatsStage(), shard_file(out, "shard0"), out, summary)
+    summaries = run_stage_shards(StatsStage(), cohort, out, n_shards=1)
     paths = {g: out / f"morphometry_{g}.parquet" for g in ("global", "local")}
     tables = build_morphometry_tables(
-        [summary],
-        discovery_paths(out)["subjects"],
+        summaries,
+        ResultPaths(str(out)).discovery_subjects(),
         REPO / "config" / "morphometry_catalog.yaml",
         paths,
     )

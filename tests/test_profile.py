@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from damt.discovery import read_shard
+from damt.paths import ResultPaths
 from tests.conftest import REPO, run_snakemake, workflow_config
 
 PROFILE = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
@@ -47,6 +48,10 @@ def dry_run(demo_cohort, tmp_path_factory):
         if rule:
             fields = dict(re.findall(r"^\s+(\w+): (.*)$", block, re.MULTILINE))
             jobs.append({"rule": rule.group(1), **fields})
+    # A parser that stopped matching Snakemake's output must fail here, not pass vacuously.
+    rules = {j["rule"] for j in jobs}
+    assert {"stats", "radiomics", "cache", "manifest", "pretrain"} <= rules, (rules, out[-2000:])
+    assert all("resources" in j for j in jobs), jobs
     return jobs, out, tmp / "results"
 
 
@@ -68,7 +73,7 @@ def test_runtime_grows_with_the_shard(dry_run):
     for rule in ("radiomics", "cache"):
         runtime_by_size = {}
         for job in (j for j in jobs if j["rule"] == rule):
-            members = results / "discovery" / "shards" / f"{job['wildcards'][6:]}.tsv"
+            members = Path(ResultPaths(str(results)).shard_members(job["wildcards"][6:]))
             runtime = int(job_resources(job)["runtime"])
             assert runtime == profile_resource(rule, "runtime", members)
             runtime_by_size[len(read_shard(members))] = runtime

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from damt.features.tables import cohort_frame
-from damt.qc import (
+from damt.qc.checks import (
     QcSettings,
     add_outliers,
     build_checks,
@@ -18,7 +18,7 @@ from damt.qc import (
     severity_of,
     status_of,
 )
-from damt.qc_report import measure_frame, plot_distributions, plot_montage, write_failures
+from damt.qc.report import measure_frame, plot_distributions, plot_montage, write_failures
 
 GOOD_VOLUME = {
     "voxel_size": [1.0, 1.0, 1.0],
@@ -38,7 +38,7 @@ def summary(stage_rows: list[dict]) -> pd.DataFrame:
                 "status": r.get("status", "ok"),
                 "reason": r.get("reason", ""),
                 "detail": r.get("detail", ""),
-                "cached": False,
+                "reused": False,
                 "outputs": r.get("outputs", {}),
                 "info": r.get("info", {}),
             }
@@ -221,7 +221,7 @@ def test_report_assets(inputs, tmp_path: Path):
 def test_each_qc_key_is_read_by_a_rule():
     """Every ``qc`` key of the schema is a param of the rule(s) that use it, and only of those."""
     from damt.config import load_schema
-    from damt.qc import QC_KEYS, qc_params
+    from damt.qc.checks import QC_KEYS, qc_params
 
     schema_keys = set(load_schema()["properties"]["qc"]["properties"])
     assert set().union(*QC_KEYS.values()) == schema_keys
@@ -239,7 +239,7 @@ def test_each_qc_key_is_read_by_a_rule():
 def test_outliers_are_counted_before_clipping(tmp_path: Path):
     """normalize.clip <= qc.outlier_z must not hide the outliers (the z tables are clipped)."""
     from damt.features.normalize import fit_normalizer
-    from damt.manifest import outlier_counts
+    from damt.qc.steps import outlier_counts
 
     ids = ["s0", "s1", "s2", "s3"]
     values = {"s0": {"a": 1.0, "b": 1.0}, "s1": {"a": 2.0, "b": 2.0}, "s2": {"a": 3.0, "b": 3.0}}

@@ -11,6 +11,7 @@ import pytest
 
 from damt.features.normalize import Normalizer
 from damt.features.tables import read_metadata, read_table
+from damt.paths import ResultPaths
 from tests.conftest import jobs_of, run_snakemake, workflow_config
 
 pytestmark = pytest.mark.slow
@@ -51,7 +52,7 @@ def test_manifest_with_a_corrupt_subject(demo_copy: Path, tmp_path: Path):
     assert all((results / d / "image.npy").is_file() for d in good["cache_dir"])
 
     # Normalisation: fitted on the three passing subjects, the failing one still gets rows.
-    z, meta = read_table(results / "features" / "radiomics.z.parquet")
+    z, meta = read_table(ResultPaths(str(results)).normalized_table("radiomics"))
     assert list(z.subject_id) == list(manifest.index)
     assert z.set_index("subject_id").loc["sub-004"].isna().all()
     norm = Normalizer.from_json(results / "features" / "radiomics.norm.json")
@@ -65,7 +66,7 @@ def test_manifest_with_a_corrupt_subject(demo_copy: Path, tmp_path: Path):
     assert failures.subject_id.tolist() == ["sub-004"]
     for name in ("distributions.png", "montage.png"):
         assert (results / "qc" / name).stat().st_size > 1000
-    radiomics_meta = read_metadata(results / "features" / "radiomics.parquet")
+    radiomics_meta = read_metadata(ResultPaths(str(results)).feature_table("radiomics"))
     assert radiomics_meta["failed"]["sub-004"].startswith("volume_unreadable")
 
     # A QC setting reruns only the rules that read it (their params), and never the cache;
@@ -108,7 +109,7 @@ def test_cohort_of_one_stops_at_normalisation_with_a_clear_error(demo_cohort: Pa
     logs = "".join(p.read_text() for p in (results / "logs" / "normalize").glob("*.log"))
     assert "1 subject(s) pass QC, at least 2 are needed" in logs
     # Everything computed before the failure is kept.
-    assert (results / "features" / "radiomics.parquet").is_file()
+    assert Path(ResultPaths(str(results)).feature_table("radiomics")).is_file()
     assert (results / "qc" / "checks.parquet").is_file()
     summary = pd.read_csv(results / "cache" / "shards" / "sub-001.tsv", sep="\t")
     assert summary.status.tolist() == ["ok"]

@@ -11,17 +11,12 @@ import pytest
 import SimpleITK as sitk
 
 from damt.cli import main as damt_main
-from damt.features.radiomics import (
-    RadiomicsStage,
-    Roi,
-    build_radiomics_table,
-    parse_rois,
-    radiomics_for_files,
-)
+from damt.features.radiomics import Roi, build_radiomics_table, parse_rois, radiomics_for_files
 from damt.features.tables import read_table
-from damt.shards import FAILED, OK, SubjectError, SubjectTask, run_tasks, stage_dir
+from damt.stages.radiomics import RadiomicsStage
+from damt.stages.store import FAILED, OK, SubjectError, SubjectTask, run_tasks, stage_dir
 from damt.volumes import load_sitk
-from tests.conftest import REPO
+from tests.conftest import REPO, run_stage_shards
 from tests.volume_fixtures import blob_volumes, make_subject, save_mgz
 
 PARAMS = REPO / "config" / "radiomics.yaml"
@@ -159,14 +154,9 @@ def test_cohort_table_has_nan_rows_for_failed_subjects(tmp_path: Path):
     bad = make_subject(tmp_path / "in", "bad")
     (bad / "mri" / "aparc+aseg.mgz").write_bytes(b"not a volume")
     out = tmp_path / "results"
-    from damt.discovery import discover_subjects, shard_file, write_discovery
-    from damt.shards import run_shard
-
-    write_discovery(discover_subjects([{"path": str(tmp_path / "in")}], n_shards=1), out)
-    summary = out / "radiomics" / "shards" / "shard0.tsv"
-    run_shard(_stage(), shard_file(out, "shard0"), out, summary)
+    summaries = run_stage_shards(_stage(), tmp_path / "in", out, n_shards=1)
     table = build_radiomics_table(
-        [summary], ["bad", "good", "late"], PARAMS, ROIS, out / "radiomics.parquet"
+        summaries, ["bad", "good", "late"], PARAMS, ROIS, out / "radiomics.parquet"
     )
     frame, meta = read_table(out / "radiomics.parquet")
     assert list(frame.subject_id) == ["bad", "good", "late"]

@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 
 from damt.discovery import read_shard
+from damt.paths import ResultPaths
 from tests.conftest import BIN, REPO, workflow_config
 from tests.slurm_cluster import SlurmCluster, running_cluster, unavailable_reason
 from tests.test_profile import PROFILE, profile_resource
@@ -211,7 +212,7 @@ def test_jobs_inherit_the_environment(slurm_run):
 
 
 def test_outputs(slurm_run):
-    table = pd.read_parquet(slurm_run.out / "features" / "radiomics.parquet")
+    table = pd.read_parquet(ResultPaths(str(slurm_run.out)).feature_table("radiomics"))
     assert table["subject_id"].tolist() == slurm_run.subjects
     features = table.drop(columns="subject_id")
     assert features.shape[1] > 0 and features.notna().all(axis=None)

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from damt.cli import main
+from damt.errors import SubjectError
 from damt.freesurfer.harmonize import classify_stats_file
 from damt.freesurfer.stats import (
     LONG_COLUMNS,
     StatsParseError,
-    StatsUnavailableError,
     build_stamp_version,
     long_table,
     parse_stats_file,
@@ -367,13 +367,13 @@ def test_binary_garbage_and_comment_only_files():
 
 
 def test_missing_stats_folder(fsaverage: Path, tmp_path: Path):
-    with pytest.raises(StatsUnavailableError) as info:
+    with pytest.raises(SubjectError) as info:
         parse_subject_stats(fsaverage)
     assert info.value.reason == "stats_missing"
     assert str(fsaverage / "stats") in info.value.detail
     (tmp_path / "s" / "stats").parent.mkdir()
     (tmp_path / "s" / "stats").write_text("not a folder")
-    with pytest.raises(StatsUnavailableError, match="not a folder"):
+    with pytest.raises(SubjectError, match="not a folder"):
         parse_subject_stats(tmp_path / "s")
 
 
@@ -414,8 +414,8 @@ def test_unreadable_stats_fail_the_subject_with_a_reason(bert: Path, open_tmp: P
     code = (
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from damt.freesurfer.stats_stage import StatsStage\n"
-        "from damt.shards import SubjectTask, SubjectError\n"
+        "from damt.stages.stats import StatsStage\n"
+        "from damt.stages.store import SubjectTask, SubjectError\n"
         "out = {}\n"
         "for p in sys.argv[1:]:\n"
         "    try:\n"

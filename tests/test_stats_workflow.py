@@ -9,8 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from damt.features import FEATURE_GROUPS
 from damt.features.tables import read_metadata
-from damt.shards import read_summaries
+from damt.paths import ResultPaths
+from damt.stages.store import read_summaries
 from tests.conftest import run_snakemake, workflow_config
 
 pytestmark = pytest.mark.slow
@@ -93,16 +95,16 @@ def test_new_subject_reruns_only_its_stats_and_the_tables(
     summaries = sorted((results / "stats" / "shards").glob("*.tsv"))
     summary = read_summaries(summaries).set_index("subject_id")
     assert list(summary.index) == [*old_ids, "sub-900"]
-    assert summary.loc["sub-900", "status"] == "ok" and not summary.loc["sub-900", "cached"]
+    assert summary.loc["sub-900", "status"] == "ok" and not summary.loc["sub-900", "reused"]
     if n_shards == 0:
         # One job per subject: the old subjects' jobs did not run at all.
         assert {p: after[p] for p in before} == before
         assert (results / "stats" / "shards" / "sub-900.tsv").is_file()
     else:
         # One shard holds everyone: its job ran again and reused the old subjects' results.
-        assert summary.loc[old_ids, "cached"].all()
+        assert summary.loc[old_ids, "reused"].all()
         changed = {p for p in after if after[p] != before[p]}
         assert changed == {str(p) for p in summaries}
-    frame = pd.read_parquet(results / "features" / "morphometry_global.parquet")
+    frame = pd.read_parquet(ResultPaths(str(results)).feature_table(FEATURE_GROUPS[0]))
     assert list(frame["subject_id"]) == [*old_ids, "sub-900"]
     assert not frame.drop(columns="subject_id").isna().any().any()

@@ -16,6 +16,8 @@ import pytest
 import yaml
 
 from damt.demo.cohort import generate_cohort
+from damt.features import FEATURE_GROUPS
+from damt.paths import ResultPaths
 from tests.conftest import BIN, REPO, SHARED_SUBJECTS, jobs_of, run_snakemake, workflow_config
 
 pytestmark = pytest.mark.slow
@@ -186,8 +188,8 @@ def test_incremental_reruns(cohort6: Path, tmp_path: Path):
     run_snakemake("--cores", "2", *args)
     manifest = pd.read_parquet(results / "manifest.parquet")
     assert "sub-006" not in set(manifest["subject_id"])
-    for group in ("morphometry_global", "radiomics"):
-        table = pd.read_parquet(results / "features" / f"{group}.parquet")
+    for group in FEATURE_GROUPS:
+        table = pd.read_parquet(ResultPaths(str(results)).feature_table(group))
         assert "sub-006" not in set(table["subject_id"])
 
 

@@ -13,8 +13,10 @@ statistics to any table (new subjects, another site); missing values stay NaN, a
 from __future__ import annotations
 
 import json
+import logging
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import pandas as pd
 from damt.features.tables import KEY, feature_columns
 from damt.io import write_json_atomic
 
+log = logging.getLogger(__name__)
 METHODS = ("zscore", "robust")
 IQR_TO_SD = 1.349
 
@@ -182,4 +185,41 @@ def normalize_table(
     }
     write_table(norm.apply(frame), out_table, meta)
     norm.to_json(out_stats)
+    return norm
+
+
+def write_normalized(
+    normalize: Mapping,
+    group: str,
+    table: str | Path,
+    checks: str | Path,
+    out_table: str | Path,
+    out_stats: str | Path,
+) -> Normalizer:
+    """The ``normalize`` rule: fit one feature group on the subjects whose preliminary QC status
+    (``qc/checks.parquet``) is in ``normalize.fit_on``; write the normalised table and statistics.
+
+    ``normalize`` is the config's ``normalize`` section (the rule's params).
+    """
+    status = pd.read_parquet(checks, columns=[KEY, "status"])
+    fit_ids = status.loc[status["status"].isin(normalize["fit_on"]), KEY].tolist()
+    norm = normalize_table(
+        table,
+        fit_ids,
+        out_table,
+        out_stats,
+        group,
+        method=normalize["method"],
+        clip=normalize["clip"],
+        min_subjects=normalize["min_subjects"],
+        max_mode_fraction=normalize["max_mode_fraction"],
+    )
+    log.info(
+        "%s: fitted on %d subjects, %d columns kept, %d dropped %s",
+        group,
+        norm.n_fit,
+        len(norm.columns),
+        len(norm.dropped),
+        sorted(set(norm.dropped.values())),
+    )
     return norm

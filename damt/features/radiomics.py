@@ -20,8 +20,8 @@ import SimpleITK as sitk
 
 from damt.features.tables import cohort_frame, write_table
 from damt.io import sha256_file, write_atomic
-from damt.shards import OK, SubjectError, SubjectResult, SubjectTask, read_summaries
-from damt.volume_stage import ImageAtlasStage, check_pair
+from damt.stages.image_atlas import check_pair
+from damt.stages.store import OK, SubjectError, read_summaries
 from damt.volumes import load_sitk, sitk_geometry
 
 log = logging.getLogger(__name__)
@@ -152,59 +152,6 @@ def radiomics_for_files(
     frame = pd.DataFrame([features], dtype="float64")
     frame.insert(0, "subject_id", subject_id or Path(image).name.split(".")[0])
     return frame
-
-
-class RadiomicsStage(ImageAtlasStage):
-    """Per-subject radiomics of the workflow (image and atlas from the subject folder)."""
-
-    name = "radiomics"
-    version = "1"
-
-    def __init__(
-        self,
-        params: str | Path,
-        rois: Mapping[str, Sequence[int | str]],
-        image: str = "mri/brainmask.mgz",
-        atlas: str = "mri/aparc+aseg.mgz",
-        threads: int = 1,
-    ):
-        self.params_path = str(params)
-        self.params_hash = sha256_file(params)
-        self.roi_spec = {k: list(v) for k, v in rois.items()}
-        self.rois = parse_rois(self.roi_spec)
-        super().__init__(image, atlas)
-        self.threads = threads
-        self.extractor: Extractor | None = None
-
-    def setup(self) -> None:
-        self.extractor = Extractor(self.params_path, self.threads)
-
-    def params(self) -> dict:
-        return {**super().params(), "params_sha256": self.params_hash, "rois": self.roi_spec}
-
-    def compute(self, task: SubjectTask, workdir: Path) -> SubjectResult:
-        assert self.extractor is not None, "setup() builds the extractor"
-        image, atlas = self.load_pair(task, load_sitk)
-        features, errors = extract_rois(self.extractor, image, atlas, self.rois)
-        if not features:
-            reasons = sorted({e.split(":", 1)[0] for e in errors.values()})
-            raise SubjectError(
-                reasons[0] if len(reasons) == 1 else "all_rois_failed",
-                "; ".join(f"{k}: {v}" for k, v in errors.items()),
-            )
-        write_row(workdir / OUTPUT_FILE, task.subject_id, features)
-        return SubjectResult(
-            task.subject_id,
-            OK,
-            outputs={"features": OUTPUT_FILE},
-            info={"roi_errors": errors, "n_features": len(features)},
-        )
-
-
-def stage_from_config(config: dict) -> RadiomicsStage:
-    """The radiomics stage with the workflow configuration's settings."""
-    rc = config["radiomics"]
-    return RadiomicsStage(rc["params"], rc["rois"], rc["image"], rc["atlas"], rc["threads"])
 
 
 def build_radiomics_table(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from damt.errors import SubjectError
 from damt.freesurfer.harmonize import (
     KINDS,
     canonical_measure,
@@ -61,16 +62,6 @@ class StatsParseError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
-class StatsUnavailableError(Exception):
-    """A subject has no usable ``stats/`` folder. ``reason``: ``stats_missing`` or
-    ``stats_unreadable``."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
 class Measure(NamedTuple):
     """One ``# Measure KEY, NAME, DESCRIPTION, VALUE, UNIT`` line (canonical key and name)."""
 
@@ -96,6 +87,11 @@ class StatsTable:
     lines: list[int]  # line number of each row
 
 
+def _header_field(key: str) -> property:
+    """A ``# key value`` header line of a stats file, "" when absent."""
+    return property(lambda self: self.header.get(key, ""), doc=f"The ``{key}`` header line.")
+
+
 @dataclass
 class StatsFile:
     """A parsed stats file."""
@@ -111,21 +107,10 @@ class StatsFile:
     def name(self) -> str:
         return os.path.basename(self.path)
 
-    @property
-    def generating_program(self) -> str:
-        return self.header.get("generating_program", "")
-
-    @property
-    def cvs_version(self) -> str:
-        return self.header.get("cvs_version", "")
-
-    @property
-    def subject_name(self) -> str:
-        return self.header.get("subjectname", "")
-
-    @property
-    def creation_time(self) -> str:
-        return self.header.get("CreationTime", "")
+    generating_program = _header_field("generating_program")
+    cvs_version = _header_field("cvs_version")
+    subject_name = _header_field("subjectname")
+    creation_time = _header_field("CreationTime")
 
     @property
     def fs_version(self) -> str:
@@ -417,7 +402,7 @@ def stats_dir_of(subject_dir: str | Path) -> Path:
 def list_stats_files(stats_dir: str | Path) -> tuple[list[tuple[str, str, str]], list[str]]:
     """Split a ``stats/`` folder into files to parse ``(name, kind, hemisphere)`` and skipped names.
 
-    Raises :class:`StatsUnavailableError` when the folder is missing or cannot be listed. When two
+    Raises :class:`SubjectError` when the folder is missing or cannot be listed. When two
     files have the same canonical kind (``lh.aparc.DKTatlas40.stats`` next to
     ``lh.aparc.DKTatlas.stats`` after a partial rerun), the FreeSurfer 7 name wins.
     """
@@ -425,11 +410,11 @@ def list_stats_files(stats_dir: str | Path) -> tuple[list[tuple[str, str, str]],
     try:
         names = sorted(e.name for e in os.scandir(stats_dir) if e.name.endswith(".stats"))
     except FileNotFoundError:
-        raise StatsUnavailableError("stats_missing", f"{stats_dir} does not exist") from None
+        raise SubjectError("stats_missing", f"{stats_dir} does not exist") from None
     except NotADirectoryError:
-        raise StatsUnavailableError("stats_missing", f"{stats_dir} is not a folder") from None
+        raise SubjectError("stats_missing", f"{stats_dir} is not a folder") from None
     except OSError as exc:
-        raise StatsUnavailableError(
+        raise SubjectError(
             "stats_unreadable", f"{stats_dir} cannot be listed: {exc.strerror or exc}"
         ) from None
     chosen: dict[tuple[str, str], str] = {}
@@ -465,7 +450,7 @@ def parse_subject_stats(subject_dir: str | Path, subject_id: str | None = None) 
     """Parse every modelled stats file of a subject folder.
 
     A file that cannot be read or parsed does not stop the others: it is recorded in
-    ``errors``. Raises :class:`StatsUnavailableError` when ``stats/`` is missing or unreadable.
+    ``errors``. Raises :class:`SubjectError` when ``stats/`` is missing or unreadable.
     """
     subject_dir = Path(subject_dir)
     stats_dir = stats_dir_of(subject_dir)
@@ -604,3 +589,43 @@ def read_long_metadata(path: str | Path) -> dict:
 
     meta = pq.read_schema(str(path)).metadata or {}
     return json.loads(meta.get(b"damt", b"{}"))
+
+
+def stats_to_file(
+    subject_dir: str | Path,
+    out: str | Path,
+    subject_id: str | None = None,
+    keep_going: bool = False,
+) -> tuple[int, list[str]]:
+    """What ``damt stats`` does: parse a subject's ``stats/`` into ``out`` (.parquet/.tsv/.csv).
+
+    Returns the exit status (0 written, 1 some files unparsable and nothing written without
+    ``keep_going``, 2 nothing to parse) and the messages for the user.
+    """
+    out = Path(out)
+    if out.suffix not in (".parquet", ".tsv", ".csv"):
+        raise ValueError(f"output {out} must end in .parquet, .tsv or .csv")
+    try:
+        subject = parse_subject_stats(subject_dir, subject_id)
+    except SubjectError as exc:
+        return 2, [f"error: {exc.detail} ({exc.reason})"]
+    messages = [f"error: {message}" for message in subject.file_errors().values()]
+    if not subject.files:
+        return 2, [*messages, f"error: no stats file parsed in {subject.stats_dir}"]
+    if subject.errors and not keep_going:
+        return 1, [
+            *messages,
+            f"{len(subject.errors)} file(s) could not be parsed; nothing written "
+            "(--keep-going writes the others)",
+        ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        write_long_table(subject, out)
+    else:
+        long_table(subject).to_csv(out, sep="\t" if out.suffix == ".tsv" else ",", index=False)
+    skipped = f"; skipped {', '.join(subject.skipped)}" if subject.skipped else ""
+    messages.append(
+        f"{subject.subject_id}: parsed {len(subject.files)} stats file(s) "
+        f"(FreeSurfer {subject.fs_version or 'version unknown'}){skipped} → {out}"
+    )
+    return 0, messages

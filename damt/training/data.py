@@ -14,18 +14,13 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from damt.cache import ATLAS_FILE, IMAGE_FILE
+from damt.features import TASK_FEATURE_GROUPS
 from damt.features.tables import KEY
 from damt.freesurfer.labels import read_label_table
 from damt.model.spec import ViewSpec
-from damt.qc import trains
+from damt.qc.checks import trains
+from damt.stages.cache import ATLAS_FILE, IMAGE_FILE
 from damt.training.views import make_views
-
-TABLE_FILES = {
-    "morphometry_global": "morphometry_global.z.parquet",
-    "morphometry_local": "morphometry_local.z.parquet",
-    "radiomics": "radiomics.z.parquet",
-}
 
 
 def read_feature_table(path: str | Path) -> pd.DataFrame:
@@ -70,11 +65,11 @@ def load_training_data(
     label_table: str | Path,
     tables: dict[str, str | Path | None],
 ) -> TrainingData:
-    """Read the manifest and the tables named in ``tables`` (keys of ``TABLE_FILES``).
+    """Read the manifest and the tables named in ``tables`` (keys: feature groups).
 
-    The morphometry target is global and local morphometry side by side; it is built when both
-    tables are given, the radiomics target when its table is. A relative ``cache_dir`` is
-    relative to the manifest's folder (the workflow's ``outdir``).
+    A task's target is its feature groups (:data:`damt.features.TASK_FEATURE_GROUPS`) side by
+    side, built when all of them are given (morphometry: global and local). A relative
+    ``cache_dir`` is relative to the manifest's folder (the workflow's ``outdir``).
     """
     manifest = Path(manifest)
     df = pd.read_parquet(manifest)
@@ -100,16 +95,11 @@ def load_training_data(
         "atlas_classes": data.n_classes,
     }
     loaded = {k: read_feature_table(v) for k, v in tables.items() if v is not None}
-    if "morphometry_global" in loaded and "morphometry_local" in loaded:
-        data.targets["morphometry"] = np.concatenate(
-            [
-                _aligned(loaded["morphometry_global"], subjects),
-                _aligned(loaded["morphometry_local"], subjects),
-            ],
-            axis=1,
-        )
-    if "radiomics" in loaded:
-        data.targets["radiomics"] = _aligned(loaded["radiomics"], subjects)
+    for task, groups in TASK_FEATURE_GROUPS.items():
+        if all(g in loaded for g in groups):
+            data.targets[task] = np.concatenate(
+                [_aligned(loaded[g], subjects) for g in groups], axis=1
+            )
     for task, values in data.targets.items():
         finite = np.isfinite(values)
         data.summary[task] = {

@@ -13,9 +13,7 @@ from safetensors.torch import save_file
 import damt
 from damt.io import atomic_path, write_json_atomic
 from damt.model.encoder import SwinEncoder, encoder_metadata
-
-ENCODER_FILE = "encoder.safetensors"
-MODEL_CARD_FILE = "model_card.json"
+from damt.paths import ENCODER_FILE
 
 
 def export_encoder(encoder: SwinEncoder, path: str | Path) -> Path:

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from damt.io import sha256_file, stable_hash, write_json_atomic
-from damt.qc import trains
+from damt.qc.checks import trains
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def model_settings(pretrain: dict) -> dict:
 
 
 def signature(
-    config: dict, manifest: str | Path, label_table: str | Path, tables: dict[str, Path | None]
+    pretrain: dict, manifest: str | Path, label_table: str | Path, tables: dict[str, Path | None]
 ) -> dict:
     """What a trained model depends on, beyond feature values: see the module docstring."""
     subjects = training_subjects(manifest)
@@ -113,7 +113,7 @@ def signature(
     return {
         "subjects": hashlib.sha256("\n".join(subjects).encode()).hexdigest()[:16],
         "n_subjects": len(subjects),
-        "pretrain": stable_hash(model_settings(config["pretrain"])),
+        "pretrain": stable_hash(model_settings(pretrain)),
         "feature_columns": stable_hash(columns),
         "label_table": sha256_file(label_table)[:16],
     }
@@ -185,14 +185,14 @@ def supersede(run_dir: Path) -> Path:
     return target
 
 
-def check_gpus(config: dict, granted: int) -> None:
-    """Refuse a GPU grant that differs from the configuration, or half precision on the CPU,
-    saying how to fix it (at parse time, not after the cohort stages have run).
+def check_gpus(pretrain: dict, granted: int) -> None:
+    """Refuse a GPU grant that differs from the ``pretrain`` settings, or half precision on the
+    CPU, saying how to fix it (at parse time, not after the cohort stages have run).
     """
-    wanted = config["pretrain"]["gpus"]
-    if wanted == 0 and config["pretrain"]["precision"] in ("bf16", "fp16"):
+    wanted = pretrain["gpus"]
+    if wanted == 0 and pretrain["precision"] in ("bf16", "fp16"):
         raise LaunchError(
-            f"pretrain.precision is {config['pretrain']['precision']} but pretrain.gpus is 0: "
+            f"pretrain.precision is {pretrain['precision']} but pretrain.gpus is 0: "
             "half precision is GPU-only (see damt.training.step.resolve_precision); use "
             "precision: auto or fp32 on the CPU, or set pretrain.gpus."
         )
@@ -221,7 +221,7 @@ def torchrun_command(n_processes: int, train_args: list[str]) -> list[str]:
 
 
 def launch(
-    config: dict,
+    pretrain: dict,
     manifest: Path,
     label_table: Path,
     tables: dict[str, Path | None],
@@ -230,18 +230,21 @@ def launch(
     cores: int,
     log_file: str | None = None,
 ) -> None:
-    """Plan, then train/resume under torchrun or export the finished run."""
-    check_gpus(config, granted_gpus)
-    p = config["pretrain"]
+    """Plan, then train/resume under torchrun or export the finished run.
+
+    ``pretrain`` is the config's ``pretrain`` section (the rule's params).
+    """
+    check_gpus(pretrain, granted_gpus)
+    p = pretrain
     run_dir.mkdir(parents=True, exist_ok=True)
-    current = signature(config, manifest, label_table, tables)
+    current = signature(pretrain, manifest, label_table, tables)
     plan = plan_run(run_dir, current, p["retrain"], p["epochs"])
     log.info("pretrain plan: %s (%s)", plan.action, plan.reason)
     if plan.supersede:
         supersede(run_dir)
-    # The merged workflow config (config files and command-line overrides) for the trainer.
+    # The run's settings (config files and command-line overrides merged) for the trainer.
     config_file = run_dir / RUN_CONFIG_FILE
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    config_file.write_text(yaml.safe_dump({"pretrain": pretrain}, sort_keys=False))
     if plan.sign:
         write_json_atomic(run_dir / SIGNATURE_FILE, current)
     train_args = [

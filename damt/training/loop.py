@@ -24,12 +24,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from damt.features import FEATURE_GROUPS, TASK_FEATURE_GROUPS
 from damt.model.network import DAMTNetwork
 from damt.model.spec import NetworkSpec
+from damt.paths import ENCODER_FILE, MODEL_CARD_FILE, normalized_table_file
 from damt.training.checkpoint import load_latest, run_lock, save_checkpoint
 from damt.training.data import PretrainDataset, TrainingData, load_training_data
 from damt.training.distributed import DistEnv, all_reduce, barrier, init_distributed, shutdown
-from damt.training.export import ENCODER_FILE, MODEL_CARD_FILE, export_encoder, write_model_card
+from damt.training.export import export_encoder, write_model_card
 from damt.training.metrics import MetricsLog, read_records
 from damt.training.objective import PretrainObjective
 from damt.training.schedules import cosine_schedule
@@ -56,25 +58,40 @@ class TrainInputs:
     label_table: Path
     tables: dict[str, Path | None] = field(default_factory=dict)
 
+    @classmethod
+    def from_arguments(
+        cls,
+        manifest: str | Path,
+        label_table: str | Path,
+        tables_dir: str | Path | None,
+        explicit: dict[str, str | Path | None],
+    ) -> TrainInputs:
+        """``damt train``'s inputs: a table given explicitly, else its file in ``tables_dir``."""
+        tables: dict[str, Path | None] = {}
+        for group in FEATURE_GROUPS:
+            if explicit.get(group):
+                tables[group] = Path(explicit[group])
+            elif tables_dir:
+                tables[group] = Path(tables_dir) / normalized_table_file(group)
+        return cls(Path(manifest), Path(label_table), tables)
+
     def load(self, tasks: tuple[str, ...]) -> TrainingData:
         """Read the manifest, the label table and the tables the switched-on tasks need."""
         needed = {
-            "morphometry_global": "morphometry" in tasks,
-            "morphometry_local": "morphometry" in tasks,
-            "radiomics": "radiomics" in tasks,
+            group: task
+            for task, groups in TASK_FEATURE_GROUPS.items()
+            if task in tasks
+            for group in groups
         }
-        for name, need in needed.items():
-            path = self.tables.get(name)
-            if need and (path is None or not Path(path).is_file()):
-                task = name.split("_")[0]
+        for group, task in needed.items():
+            path = self.tables.get(group)
+            if path is None or not Path(path).is_file():
                 raise ValueError(
-                    f"the {task} task is on but the {name} table is missing ({path}); pass it "
+                    f"the {task} task is on but the {group} table is missing ({path}); pass it "
                     f"or switch the task off (pretrain.tasks.{task}: false)"
                 )
         return load_training_data(
-            self.manifest,
-            self.label_table,
-            {k: self.tables.get(k) for k, need in needed.items() if need},
+            self.manifest, self.label_table, {group: self.tables[group] for group in needed}
         )
 
 

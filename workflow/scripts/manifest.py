@@ -1,10 +1,10 @@
-"""QC step 3: outliers, final statuses, the manifest and the QC report assets."""
+"""Rule `manifest`: outliers, final statuses, the manifest and the QC page (damt.qc.steps)."""
 
 import _damt_path  # noqa: F401
 
+from damt.features import FEATURE_GROUPS
 from damt.logs import rule_log
-from damt.manifest import write_manifest
-from damt.qc import FEATURE_GROUPS
+from damt.qc.steps import write_manifest
 
 with rule_log(snakemake.log[0]):
     write_manifest(

@@ -1,13 +1,13 @@
-"""QC step 2: normalise one feature group on the QC-passing subjects."""
+"""Rule `normalize`: normalise one feature group on the QC-passing subjects."""
 
 import _damt_path  # noqa: F401
 
+from damt.features.normalize import write_normalized
 from damt.logs import rule_log
-from damt.manifest import write_normalized
 
 with rule_log(snakemake.log[0]):
     write_normalized(
-        snakemake.config,
+        snakemake.params.normalize,
         snakemake.wildcards.group,
         snakemake.input.table,
         snakemake.input.checks,

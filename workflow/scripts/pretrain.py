@@ -1,16 +1,16 @@
-"""Pretraining: apply the retrain policy, then train under torchrun (damt.training.launch)."""
+"""Rule `pretrain`: apply the retrain policy, then train under torchrun (damt.training.launch)."""
 
 from pathlib import Path
 
 import _damt_path  # noqa: F401
 
+from damt.features import FEATURE_GROUPS
 from damt.logs import rule_log
-from damt.qc import FEATURE_GROUPS
 from damt.training.launch import launch
 
 with rule_log(snakemake.log[0]):
     launch(
-        snakemake.config,
+        snakemake.params.pretrain,
         Path(snakemake.input.manifest),
         Path(snakemake.input.label_table),
         dict(zip(FEATURE_GROUPS, map(Path, snakemake.input.tables), strict=True)),

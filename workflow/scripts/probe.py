@@ -1,4 +1,4 @@
-"""Linear probe of the frozen encoder and its baselines."""
+"""Rule `probe`: linear probe of the frozen encoder and its baselines (damt.probe)."""
 
 import _damt_path  # noqa: F401
 
@@ -7,7 +7,7 @@ from damt.probe import run_probe
 
 with rule_log(snakemake.log[0]):
     run_probe(
-        snakemake.config,
+        snakemake.params.probe,
         snakemake.input.manifest,
         snakemake.input.encoder,
         snakemake.input.morphometry,

@@ -1,21 +1,18 @@
-"""QC step 1: per-subject checks and preliminary status."""
+"""Rule `qc_checks`: per-subject checks and preliminary status (damt.qc.steps)."""
 
 import _damt_path  # noqa: F401
 
+from damt.features import FEATURE_GROUPS
 from damt.logs import rule_log
-from damt.manifest import write_checks
+from damt.qc.steps import write_checks
 
 with rule_log(snakemake.log[0]):
     write_checks(
         snakemake.params.qc,
-        snakemake.config["outdir"],
+        snakemake.params.outdir,
         snakemake.input.subjects,
         snakemake.input.report,
         {s: snakemake.input[s] for s in ("stats", "radiomics", "cache")},
-        {
-            "morphometry_global": snakemake.input.morphometry_global,
-            "morphometry_local": snakemake.input.morphometry_local,
-            "radiomics": snakemake.input.radiomics_table,
-        },
+        dict(zip(FEATURE_GROUPS, snakemake.input.tables, strict=True)),
         snakemake.output.checks,
     )

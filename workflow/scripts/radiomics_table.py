@@ -1,4 +1,4 @@
-"""Cohort radiomics table from the shard summaries."""
+"""Rule `radiomics_table`: the cohort radiomics table from the shard summaries."""
 
 import _damt_path  # noqa: F401
 
@@ -10,7 +10,7 @@ with rule_log(snakemake.log[0]):
     build_radiomics_table(
         snakemake.input.summaries,
         read_discovery_subject_ids(snakemake.input.subjects),
-        snakemake.config["radiomics"]["params"],
-        snakemake.config["radiomics"]["rois"],
+        snakemake.input.params,
+        snakemake.params.rois,
         snakemake.output.table,
     )

@@ -1,4 +1,4 @@
-"""Loss curves and learned task weights of the pretraining run."""
+"""Rule `training_report`: loss curves and learned task weights of the pretraining run."""
 
 import _damt_path  # noqa: F401
 

@@ -14,6 +14,7 @@ stage, so editing them never recomputes a cache.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,8 @@ import numpy as np
 
 from damt.freesurfer.labels import LabelTable, read_label_table
 from damt.io import sha256_file
-from damt.shards import OK, SubjectError, SubjectResult, SubjectTask
-from damt.volume_stage import ImageAtlasStage, check_pair
+from damt.stages.image_atlas import ImageAtlasStage, check_pair
+from damt.stages.store import OK, SubjectError, SubjectResult, SubjectTask
 from damt.volumes import Volume, load_volume
 
 IMAGE_FILE, ATLAS_FILE = "image.npy", "atlas.npy"
@@ -180,10 +181,9 @@ class CacheStage(ImageAtlasStage):
         )
 
 
-def stage_from_config(config: dict) -> CacheStage:
-    """The cache stage with the workflow configuration's settings."""
-    cc = config["cache"]
+def stage_from_settings(cache: Mapping) -> CacheStage:
+    """The cache stage with the config's ``cache`` section."""
     settings = CacheSettings(
-        cc["spacing"], cc["min_size"], tuple(cc["percentiles"]), cc["orientation"]
+        cache["spacing"], cache["min_size"], tuple(cache["percentiles"]), cache["orientation"]
     )
-    return CacheStage(cc["label_table"], settings, cc["image"], cc["atlas"])
+    return CacheStage(cache["label_table"], settings, cache["image"], cache["atlas"])

@@ -1,9 +1,9 @@
 """The per-subject ``stats`` stage: parse a subject's ``stats/`` into its long table.
 
-Runs inside shard jobs through :func:`damt.shards.run_shard`. A subject fails only when nothing
-can be parsed (reasons ``stats_missing``, ``stats_unreadable``, ``stats_malformed``); a single
-malformed or unreadable file is recorded in ``info["file_errors"]`` and the subject stays ``ok``
-(the tables give that file's columns NaN).
+Adapts :mod:`damt.freesurfer.stats` (the parser) to the shard jobs of :mod:`damt.stages.store`.
+A subject fails only when nothing can be parsed (reasons ``stats_missing``,
+``stats_unreadable``, ``stats_malformed``); a single malformed or unreadable file is recorded in
+``info["file_errors"]`` and the subject stays ``ok`` (the tables give that file's columns NaN).
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ from pathlib import Path
 
 from damt.freesurfer.harmonize import HARMONIZATION_VERSION
 from damt.freesurfer.stats import (
-    StatsUnavailableError,
     SubjectStats,
     parse_subject_stats,
     stats_input_files,
     write_long_table,
 )
-from damt.shards import OK, Stage, SubjectError, SubjectResult, SubjectTask
+from damt.stages.store import OK, Stage, SubjectError, SubjectResult, SubjectTask
 
 STAGE = "stats"
 LONG_FILE = "stats.parquet"
@@ -50,10 +49,7 @@ class StatsStage(Stage):
         return stats_input_files(task.path)
 
     def compute(self, task: SubjectTask, workdir: Path) -> SubjectResult:
-        try:
-            subject = parse_subject_stats(task.path, task.subject_id)
-        except StatsUnavailableError as exc:
-            raise SubjectError(exc.reason, exc.detail) from None
+        subject = parse_subject_stats(task.path, task.subject_id)
         errors = subject.file_errors()
         if not subject.files:
             if not subject.errors:

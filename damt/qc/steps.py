@@ -1,12 +1,12 @@
-"""The cohort QC steps of the workflow: checks → normalisation → manifest and report assets.
+"""The cohort QC steps of the workflow: checks, then (after normalisation) the manifest.
 
-File handling around the pure functions of :mod:`damt.qc`, :mod:`damt.features.normalize` and
-:mod:`damt.qc_report`, in the order the rules run them:
+File handling around the pure functions of :mod:`damt.qc.checks` and :mod:`damt.qc.report`,
+in the order the rules run them:
 
 1. :func:`write_checks` gathers discovery, per-subject stage results and feature availability
    into ``qc/checks.parquet`` with a preliminary status per subject;
-2. :func:`write_normalized` fits each feature group on the subjects whose preliminary status is
-   in ``normalize.fit_on`` and writes ``{group}.z.parquet`` and ``{group}.norm.json``;
+2. (rule ``normalize``: :func:`damt.features.normalize.write_normalized` fits each feature group
+   on the subjects whose preliminary status is in ``normalize.fit_on``;)
 3. :func:`write_manifest` adds the outlier counts of the normalised values (before
    ``normalize.clip``, which would hide them) and writes ``manifest.parquet`` plus the QC page of
    the report.
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from damt.features.normalize import Normalizer, normalize_table
+from damt.features.normalize import Normalizer
 from damt.features.tables import KEY, read_table
 from damt.io import write_atomic
-from damt.qc import QcSettings, add_outliers, build_checks, count_outliers, manifest_frame
-from damt.qc_report import measure_frame, plot_distributions, plot_montage, write_failures
-from damt.shards import read_summaries
+from damt.qc.checks import QcSettings, add_outliers, build_checks, count_outliers, manifest_frame
+from damt.qc.report import measure_frame, plot_distributions, plot_montage, write_failures
+from damt.stages.store import read_summaries
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def write_checks(
 ) -> pd.DataFrame:
     """Step 1: per-subject checks and preliminary status (``qc/checks.parquet``).
 
-    ``qc``: the ``qc`` keys of :data:`damt.qc.QC_KEYS` ``["qc_checks"]`` (the rule's params).
+    ``qc``: the ``qc`` keys of :data:`damt.qc.checks.QC_KEYS` ``["qc_checks"]`` (the rule's params).
     """
     subjects = pd.read_csv(subjects_tsv, sep="\t", dtype=str, keep_default_na=False)
     report = pd.read_csv(report_tsv, sep="\t", dtype=str, keep_default_na=False)
@@ -100,39 +100,6 @@ def read_checks(path: str | Path) -> pd.DataFrame:
     frame["issues"] = [[tuple(i) for i in json.loads(s)] for s in frame["issues"]]
     frame["reasons"] = [list(r) for r in frame["reasons"]]
     return frame
-
-
-def write_normalized(
-    config: dict,
-    group: str,
-    table: str | Path,
-    checks: str | Path,
-    out_table: str | Path,
-    out_stats: str | Path,
-) -> None:
-    """Step 2: fit on the QC-selected subjects, write the normalised table and statistics."""
-    nc = config["normalize"]
-    frame = read_checks(checks)
-    fit_ids = frame.loc[frame["status"].isin(nc["fit_on"]), KEY].tolist()
-    norm = normalize_table(
-        table,
-        fit_ids,
-        out_table,
-        out_stats,
-        group,
-        method=nc["method"],
-        clip=nc["clip"],
-        min_subjects=nc["min_subjects"],
-        max_mode_fraction=nc["max_mode_fraction"],
-    )
-    log.info(
-        "%s: fitted on %d subjects, %d columns kept, %d dropped %s",
-        group,
-        norm.n_fit,
-        len(norm.columns),
-        len(norm.dropped),
-        sorted(set(norm.dropped.values())),
-    )
 
 
 def outlier_counts(
@@ -162,7 +129,7 @@ def write_manifest(
 ) -> pd.DataFrame:
     """Step 3: outliers, final statuses, ``manifest.parquet`` and the QC report assets.
 
-    ``qc``: the ``qc`` keys of :data:`damt.qc.QC_KEYS` ``["manifest"]`` (the rule's params).
+    ``qc``: the ``qc`` keys of :data:`damt.qc.checks.QC_KEYS` ``["manifest"]`` (the rule's params).
     """
     settings = QcSettings.from_config(qc)
     raw = {group: read_table(p)[0] for group, p in tables.items()}

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import pandas as pd
 
+from damt.features import FEATURE_GROUPS
 from damt.features.tables import KEY, feature_columns
-from damt.shards import OK
+from damt.stages.store import OK
 
 PASS, WARN, FAIL, IGNORE = "pass", "warn", "fail", "ignore"
 _RANK = {PASS: 0, IGNORE: 0, WARN: 1, FAIL: 2}
 FAIL_BY_DEFAULT = ("discovery:", "cache:")
-FEATURE_GROUPS = ("morphometry_global", "morphometry_local", "radiomics")
 TRAINING_STATUSES = (PASS, WARN)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from damt.shards import Stage, SubjectError, SubjectTask
+from damt.stages.store import Stage, SubjectError, SubjectTask
 from damt.volumes import VolumeError, grid_difference
 
 

@@ -1,8 +1,8 @@
-"""Per-subject work inside shard jobs, with a per-subject result cache.
+"""Per-subject work inside shard jobs, with a per-subject result store.
 
 A per-subject stage (stats, radiomics, cache) runs one Snakemake job per shard. The job calls
-:func:`run_shard`, which for every subject of the shard reuses the subject's previous result when
-its cache key (stage version, stage settings, size and mtime of the stage's input files) is
+:func:`run_shard`, which for every subject of the shard reuses the subject's stored result when
+its result key (stage version, stage settings, size and mtime of the stage's input files) is
 unchanged, and computes it otherwise. Results live in ``{outdir}/subjects/{id}/{stage}/``:
 the stage's files plus ``result.json``. A subject whose data are bad gets a failed result with a
 machine-readable reason and the shard goes on; results of other subjects are never touched, so a
@@ -28,22 +28,15 @@ import pandas as pd
 
 from damt import __version__
 from damt.discovery import read_shard
+from damt.errors import SubjectError
 from damt.io import stable_hash, write_json_atomic
+from damt.paths import ResultPaths
 
 log = logging.getLogger(__name__)
 
 OK, FAILED = "ok", "failed"
 RESULT_FILE = "result.json"
-SUMMARY_COLUMNS = ("subject_id", "status", "reason", "detail", "cached", "outputs", "info")
-
-
-class SubjectError(Exception):
-    """A problem with one subject's data. ``reason`` is a machine-readable code."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
+SUMMARY_COLUMNS = ("subject_id", "status", "reason", "detail", "reused", "outputs", "info")
 
 
 @dataclass(frozen=True)
@@ -65,7 +58,7 @@ class SubjectResult:
     outputs: dict[str, str] = field(default_factory=dict)  # name → file inside the stage dir
     info: dict = field(default_factory=dict)  # stage-specific facts (e.g. FreeSurfer version)
     key: str = ""
-    cacheable: bool = True  # False for unexpected errors: retried on the next run
+    reusable: bool = True  # False for unexpected errors: retried on the next run
     seconds: float = 0.0
     damt_version: str = __version__
 
@@ -74,7 +67,7 @@ class Stage(ABC):
     """A per-subject computation. Subclasses must be picklable (they may run in workers)."""
 
     name: str = ""
-    version: str = "1"  # bump when the computation changes: invalidates every cached result
+    version: str = "1"  # bump when the computation changes: invalidates every stored result
     # Threads one compute() may use. Worker processes get 1: the pool is the parallelism, and
     # a job of n threads must not run n workers of n threads each.
     threads: int = 1
@@ -83,25 +76,25 @@ class Stage(ABC):
         """Build expensive state once per process (e.g. a feature extractor)."""
 
     def params(self) -> dict:
-        """Settings that change the result (part of the cache key)."""
+        """Settings that change the result (part of the result key)."""
         return {}
 
     @abstractmethod
     def input_files(self, task: SubjectTask) -> list[Path]:
-        """Files the result depends on (their size and mtime are part of the cache key)."""
+        """Files the result depends on (their size and mtime are part of the result key)."""
 
     @abstractmethod
     def compute(self, task: SubjectTask, workdir: Path) -> SubjectResult:
         """Write the subject's outputs into ``workdir`` and describe them.
 
         Raise :class:`SubjectError` for bad data; any other exception is recorded as an
-        unexpected (non-cached) failure.
+        unexpected (never reused) failure.
         """
 
 
 def stage_dir(outdir: str | Path, subject_id: str, stage: str) -> Path:
-    """Folder of one subject's results of one stage."""
-    return Path(outdir) / "subjects" / subject_id / stage
+    """Folder of one subject's stored result of one stage."""
+    return Path(ResultPaths(str(outdir)).subject_stage(subject_id, stage))
 
 
 def read_result(outdir: str | Path, subject_id: str, stage: str) -> SubjectResult | None:
@@ -111,11 +104,14 @@ def read_result(outdir: str | Path, subject_id: str, stage: str) -> SubjectResul
         data = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+    # Stores written before the result store got its name call the flag "cacheable".
+    if "cacheable" in data:
+        data.setdefault("reusable", data.pop("cacheable"))
     known = SubjectResult.__dataclass_fields__
     return SubjectResult(**{k: v for k, v in data.items() if k in known})
 
 
-def cache_key(stage: Stage, task: SubjectTask) -> str:
+def result_key(stage: Stage, task: SubjectTask) -> str:
     """Key of a subject's result: stage version and settings, input sizes and mtimes."""
     files = []
     for path in stage.input_files(task):
@@ -158,7 +154,7 @@ def _run_one(stage: Stage, task: SubjectTask, outdir: Path, key: str) -> Subject
             FAILED,
             f"error:{type(exc).__name__}",
             str(exc) or type(exc).__name__,
-            cacheable=False,
+            reusable=False,
         )
     except BaseException:  # interrupted (Ctrl-C, job killed): keep the previous result
         shutil.rmtree(workdir, ignore_errors=True)
@@ -201,19 +197,19 @@ def run_tasks(
     workers: int = 1,
     force: bool = False,
 ) -> list[tuple[SubjectResult, bool]]:
-    """Bring every task's result up to date; return ``(result, was_cached)`` in task order."""
+    """Bring every task's result up to date; return ``(result, was_reused)`` in task order."""
     outdir = Path(outdir)
     results: dict[str, tuple[SubjectResult, bool]] = {}
     todo: list[tuple[SubjectTask, Path, str]] = []
     for task in tasks:
-        key = cache_key(stage, task)
+        key = result_key(stage, task)
         previous = None if force else read_result(outdir, task.subject_id, stage.name)
-        if previous is not None and previous.key == key and previous.cacheable:
+        if previous is not None and previous.key == key and previous.reusable:
             results[task.subject_id] = (previous, True)
         else:
             todo.append((task, outdir, key))
     log.info(
-        "%s: %d subject(s), %d cached, %d to compute",
+        "%s: %d subject(s), %d reused, %d to compute",
         stage.name,
         len(tasks),
         len(tasks) - len(todo),
@@ -250,7 +246,7 @@ def run_shard(
     tasks = [SubjectTask(row["subject_id"], Path(row["path"])) for row in read_shard(members_file)]
     done = run_tasks(stage, tasks, outdir, workers=workers, force=force)
     rows = []
-    for r, cached in done:
+    for r, reused in done:
         where = stage_dir(outdir, r.subject_id, stage.name)
         outputs = {k: str(where / v) for k, v in r.outputs.items()}
         rows.append(
@@ -259,7 +255,7 @@ def run_shard(
                 r.status,
                 r.reason,
                 r.detail,
-                cached,
+                reused,
                 json.dumps(outputs, sort_keys=True),
                 json.dumps(r.info, sort_keys=True, default=str),
             ]
@@ -277,7 +273,7 @@ def read_summaries(paths: Sequence[str | Path]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
     out = pd.concat(frames, ignore_index=True)
-    out["cached"] = out["cached"].map({"True": True, "False": False})
+    out["reused"] = out["reused"].map({"True": True, "False": False})
     out["outputs"] = out["outputs"].map(json.loads)
     out["info"] = out["info"].map(json.loads)
     return out.sort_values("subject_id", ignore_index=True)

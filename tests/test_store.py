@@ -1,4 +1,4 @@
-"""The shard runner: per-subject caching, isolation of failures, parallel workers."""
+"""The result store: per-subject reuse, isolation of failures, parallel workers."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from damt.discovery import discover_subjects, shard_file, write_discovery
-from damt.shards import (
+from damt.stages.store import (
     FAILED,
     OK,
     Stage,
@@ -18,10 +17,10 @@ from damt.shards import (
     SubjectTask,
     read_result,
     read_summaries,
-    run_shard,
     run_tasks,
     stage_dir,
 )
+from tests.conftest import run_stage_shards
 
 
 class CountStage(Stage):
@@ -58,17 +57,17 @@ def make_tasks(root: Path, names) -> list[SubjectTask]:
     return tasks
 
 
-def test_results_are_cached_and_reused_untouched(tmp_path: Path):
+def test_stored_results_are_reused_untouched(tmp_path: Path):
     tasks = make_tasks(tmp_path / "in", ["s1", "s22"])
     out = tmp_path / "out"
     first = run_tasks(CountStage(), tasks, out)
-    assert [(r.status, cached) for r, cached in first] == [(OK, False), (OK, False)]
+    assert [(r.status, reused) for r, reused in first] == [(OK, False), (OK, False)]
     assert (stage_dir(out, "s22", "count") / "n.txt").read_text() == "3"
     files = list((out / "subjects").rglob("*"))
     before = {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in files}
 
     second = run_tasks(CountStage(), tasks + make_tasks(tmp_path / "in", ["s333"]), out)
-    assert [cached for _, cached in second] == [True, True, False]
+    assert [reused for _, reused in second] == [True, True, False]
     assert {
         p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in files
     } == before
@@ -80,12 +79,12 @@ def test_changed_input_or_params_recompute(tmp_path: Path):
     run_tasks(CountStage(), tasks, out)
     (tasks[0].path / "data.txt").write_text("longer text")
     res = run_tasks(CountStage(), tasks, out)
-    assert [cached for _, cached in res] == [False, True]
+    assert [reused for _, reused in res] == [False, True]
     assert res[0][0].info["n"] == 11
     res = run_tasks(CountStage(factor=2), tasks, out)
-    assert [cached for _, cached in res] == [False, False]
+    assert [reused for _, reused in res] == [False, False]
     res = run_tasks(CountStage(factor=2), tasks, out, force=True)
-    assert [cached for _, cached in res] == [False, False]
+    assert [reused for _, reused in res] == [False, False]
 
 
 def test_bad_subject_fails_with_reason_and_others_go_on(tmp_path: Path):
@@ -99,8 +98,8 @@ def test_bad_subject_fails_with_reason_and_others_go_on(tmp_path: Path):
     # Failed subjects keep no partial outputs; the result file says why.
     assert sorted(p.name for p in stage_dir(out, "bad1", "count").iterdir()) == ["result.json"]
     assert read_result(out, "bad1", "count").reason == "bad_data"
-    # Data problems are cached, unexpected errors are retried on the next run.
-    again = {r.subject_id: cached for r, cached in run_tasks(CountStage(), tasks, out)}
+    # Data problems are stored, unexpected errors are retried on the next run.
+    again = {r.subject_id: reused for r, reused in run_tasks(CountStage(), tasks, out)}
     assert again == {"bad1": True, "boom1": False, "s1": True}
 
 
@@ -142,14 +141,12 @@ def test_run_shard_reads_membership_and_writes_summary(tmp_path: Path):
             (root / name / "mri" / f).write_bytes(b"x")
         (root / name / "data.txt").write_text(name)
     out = tmp_path / "results"
-    write_discovery(discover_subjects([{"path": str(root)}], n_shards=1), out)
-    summary = out / "count" / "shards" / "shard0.tsv"
-    frame = run_shard(CountStage(), shard_file(out, "shard0"), out, summary)
-    assert list(frame.subject_id) == ["bad2", "s1"]
+    (summary,) = run_stage_shards(CountStage(), root, out, n_shards=1)
     back = read_summaries([summary])
+    assert list(back.subject_id) == ["bad2", "s1"]
     assert list(back.status) == [FAILED, OK]
     assert back.outputs[1] == {"n": str(stage_dir(out, "s1", "count") / "n.txt")}
-    assert back.cached.tolist() == [False, False]
+    assert back.reused.tolist() == [False, False]
     assert json.loads((stage_dir(out, "s1", "count") / "result.json").read_text())["key"]
 
 

@@ -9,9 +9,9 @@ import matplotlib.pyplot as plt  # without a display matplotlib falls back to Ag
 import numpy as np
 import pandas as pd
 
-from damt.cache import ATLAS_FILE, IMAGE_FILE
 from damt.features.tables import KEY
 from damt.io import write_atomic
+from damt.stages.cache import ATLAS_FILE, IMAGE_FILE
 
 STATUS_COLOURS = {"pass": "tab:green", "warn": "tab:orange", "fail": "tab:red"}
 
