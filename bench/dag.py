@@ -1,8 +1,9 @@
 """Dry-run cost of the workflow's DAG at cohort scale.
 
 Builds a SUBJECTS_DIR of N subject folders holding empty placeholder volumes (a dry run reads
-none of them), then times ``snakemake -n`` on the real Snakefile (discovery included) in a child
-process and reads its peak resident memory. Sharding follows the README's recommendation
+none of them) and a phenotype table for them, then times ``snakemake -n`` of the whole workflow
+(per-subject stages, QC, pretrain and the probe) on the real Snakefile (discovery included) in a
+child process and reads its peak resident memory. Sharding follows the README's recommendation
 (about 100 subjects per shard) unless --shards is given.
 
     python bench/dag.py --subjects 60000
@@ -27,18 +28,23 @@ WORK = REPO / "bench" / ".work" / "dag"
 REQUIRED = ("mri/brainmask.mgz", "mri/aparc+aseg.mgz")
 
 
-def make_cohort(root: Path, n: int) -> None:
-    """N placeholder subjects (reused across runs of the same size)."""
+def make_cohort(root: Path, n: int) -> Path:
+    """N placeholder subjects and their phenotype table (reused across runs of the same size)."""
     marker = root / f".complete-{n}"
-    if marker.exists():
-        return
+    phenotypes = root.parent / f"phenotypes-{n}.tsv"
+    if marker.exists() and phenotypes.exists():
+        return phenotypes
     shutil.rmtree(root, ignore_errors=True)
+    rows = ["subject_id\tage\tsex"]
     for i in range(n):
         mri = root / f"sub-{i:06d}" / "mri"
         mri.mkdir(parents=True)
         for rel in REQUIRED:
             (root / f"sub-{i:06d}" / rel).touch()
+        rows.append(f"sub-{i:06d}\t{40 + i % 40}\t{'FM'[i % 2]}")
+    phenotypes.write_text("\n".join(rows) + "\n")
     marker.touch()
+    return phenotypes
 
 
 def dry_run(config: Path, workdir: Path, extra: list[str]) -> tuple[float, float, str]:
@@ -82,7 +88,7 @@ def main() -> None:
     n_shards = args.shards if args.shards is not None else max(1, args.subjects // 100)
     cohort = WORK / f"subjects-{args.subjects}"
     t0 = time.perf_counter()
-    make_cohort(cohort, args.subjects)
+    phenotypes = make_cohort(cohort, args.subjects)
     print(
         f"cohort of {args.subjects} placeholder subjects ready ({time.perf_counter() - t0:.1f} s)",
         file=sys.stderr,
@@ -98,6 +104,7 @@ def main() -> None:
                 "subjects": {"dirs": [{"path": str(cohort)}], "exclude": []},
                 "sharding": {"n_shards": n_shards},
                 "demo": {"enabled": False},
+                "probe": {"phenotypes": str(phenotypes)},
             }
         )
     )
