@@ -87,7 +87,7 @@ class ResultPaths:
 
     def run_file(self, run: str, name: str) -> str:
         """A file of a pretraining run folder."""
-        return self._at("pretrain", run, name)
+        return f"{self.run_dir(run)}/{name}"
 
     def probe(self, name: str) -> str:
         """A probe output: ``probe.json``, ``probe.tsv``, ``probe.png``."""

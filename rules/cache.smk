@@ -19,6 +19,6 @@ rule cache:
     params:
         stage="cache",
         settings=stage_settings("cache"),
-        outdir=OUT,
+        outdir=results_dir_above("summary", 3),  # {outdir}/STAGE/shards/SHARD.tsv
     script:
         "../workflow/scripts/per_subject_stage.py"

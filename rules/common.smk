@@ -8,6 +8,8 @@
 # cohort rule takes them as input, so a new or removed subject reruns the cohort stages (and only
 # the new subject's per-subject jobs).
 import logging
+import os
+from pathlib import Path
 
 from damt.demo.cohort import ensure_demo_cohort
 from damt.discovery import discover_for_workflow
@@ -59,6 +61,12 @@ def shard_members(wildcards):
     return PATHS.shard_members(wildcards.shard)
 
 
+def results_dir_above(output_name, levels):
+    """Params function: the results folder, ``levels`` folders above output ``output_name``
+    (derived from the output rather than given as a path prefix, as `snakemake --lint` asks)."""
+    return lambda wildcards, output: str(Path(output[output_name]).parents[levels - 1])
+
+
 def stage_summaries(stage):
     """Every shard summary of a per-subject stage."""
     return [PATHS.stage_summary(stage, shard) for shard in SHARDS]
@@ -67,9 +75,7 @@ def stage_summaries(stage):
 def retrain_input(paths):
     """Pretrain inputs: ancient() under `pretrain.retrain: never`, so changes do not retrain."""
     if config["pretrain"]["retrain"] == "never":
-        return (
-            [ancient(p) for p in paths] if isinstance(paths, list) else ancient(paths)
-        )
+        return [ancient(p) for p in paths] if isinstance(paths, list) else ancient(paths)
     return paths
 
 

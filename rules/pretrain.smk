@@ -22,7 +22,7 @@ rule pretrain:
     resources:
         gpu=config["pretrain"]["gpus"],
     params:
-        run_dir=PATHS.run_dir(RUN),
+        run_dir=lambda wildcards, output: os.path.dirname(output.encoder),
         pretrain=config["pretrain"],
     script:
         "../workflow/scripts/pretrain.py"
@@ -50,6 +50,6 @@ rule training_report:
     conda:
         "../envs/train.yaml"
     params:
-        run_dir=PATHS.run_dir(RUN),
+        run_dir=lambda wildcards, input: os.path.dirname(input.model_card),
     script:
         "../workflow/scripts/training_report.py"

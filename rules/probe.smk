@@ -7,9 +7,7 @@ rule probe:
     input:
         encoder=PATHS.run_file(RUN, ENCODER_FILE),
         manifest=PATHS.manifest(),
-        morphometry=[
-            PATHS.normalized_table(g) for g in TASK_FEATURE_GROUPS["morphometry"]
-        ],
+        morphometry=[PATHS.normalized_table(g) for g in TASK_FEATURE_GROUPS["morphometry"]],
         phenotypes=config["probe"]["phenotypes"] or [],
     output:
         results=PATHS.probe("probe.json"),

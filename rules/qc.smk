@@ -22,7 +22,7 @@ rule qc_checks:
         "../envs/features.yaml"
     params:
         qc=qc_params(config["qc"], "qc_checks"),
-        outdir=OUT,
+        outdir=results_dir_above("checks", 2),  # {outdir}/qc/checks.parquet
     script:
         "../workflow/scripts/qc_checks.py"
 

@@ -19,7 +19,7 @@ rule radiomics:
     params:
         stage="radiomics",
         settings=stage_settings("radiomics"),
-        outdir=OUT,
+        outdir=results_dir_above("summary", 3),  # {outdir}/STAGE/shards/SHARD.tsv
     script:
         "../workflow/scripts/per_subject_stage.py"
 

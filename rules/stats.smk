@@ -17,7 +17,7 @@ rule stats:
     params:
         stage="stats",
         settings={},
-        outdir=OUT,
+        outdir=results_dir_above("summary", 3),  # {outdir}/STAGE/shards/SHARD.tsv
     script:
         "../workflow/scripts/per_subject_stage.py"
 
