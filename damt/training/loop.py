@@ -32,8 +32,9 @@ from damt.training.distributed import DistEnv, all_reduce, barrier, init_distrib
 from damt.training.export import ENCODER_FILE, MODEL_CARD_FILE, export_encoder, write_model_card
 from damt.training.metrics import MetricsLog, read_records
 from damt.training.objective import PretrainObjective
-from damt.training.schedules import cosine_schedule
+from damt.training.schedules import apply_schedules, cosine_schedule
 from damt.training.settings import TrainSettings
+from damt.training.signals import card_summary, epoch_signals
 from damt.training.step import param_groups, resolve_precision, train_step
 from damt.training.views import ROTATIONS
 
@@ -41,7 +42,10 @@ log = logging.getLogger("damt.train")
 
 # 2: checkpoints also hold the network they train ("network", a NetworkSpec) and the facts of
 # the run for the model card ("run"), so a finished run is exported from them alone.
-CHECKPOINT_FORMAT = 2
+# 3: the task balancer has a parameter group of its own (three optimizer groups, not two), its
+# terms follow each task's likelihood, and location classes bin the possible crop centres: a
+# format-2 run cannot continue meaningfully under this code.
+CHECKPOINT_FORMAT = 3
 
 
 class NonFiniteLossError(RuntimeError):
@@ -92,7 +96,7 @@ def network_spec(settings: TrainSettings, data: TrainingData) -> NetworkSpec:
         encoder=settings.encoder,
         tasks=settings.tasks,
         n_rotations=len(ROTATIONS),
-        n_locations=settings.views.location_grid**2,
+        n_locations=settings.views.n_locations,
         contrastive_dim=settings.contrastive_dim,
         morphometry_dim=data.width("morphometry"),
         radiomics_dim=data.width("radiomics"),
@@ -187,7 +191,9 @@ class Trainer:
         self.wd = cosine_schedule(
             settings.weight_decay, settings.weight_decay_end, settings.epochs, self.iters
         )
-        self.optimizer = torch.optim.AdamW(param_groups(objective), lr=self.peak_lr)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(objective, settings.balancer_lr), lr=self.peak_lr
+        )
         self.precision = resolve_precision(settings.precision, env.device)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=self.precision == "fp16")
         self.start_epoch, self.skipped_total, self.consecutive = 0, 0, 0
@@ -226,13 +232,6 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
         }
 
-    def _set_schedules(self, step: int) -> None:
-        # Python floats: numpy scalars in the optimizer state would not load weights_only.
-        for group in self.optimizer.param_groups:
-            group["lr"] = float(self.lr[step])
-            if group["apply_wd_schedule"]:
-                group["weight_decay"] = float(self.wd[step])
-
     def _count_skipped(self, epoch: int, step: int) -> None:
         self.consecutive += 1
         if self.consecutive >= self.settings.max_consecutive_nonfinite:
@@ -263,7 +262,7 @@ class Trainer:
         for it, batch in enumerate(progress):
             # ============ one optimisation step ... ============
             step = epoch * iters + it
-            self._set_schedules(step)
+            apply_schedules(self.optimizer, self.lr[step], self.wd[step])
             batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
             out = train_step(
                 self.model, self.optimizer, self.scaler, batch, self.precision, settings.clip_grad
@@ -282,6 +281,8 @@ class Trainer:
             meter.add("loss", out.total)
             meter.add("grad_norm", out.grad_norm)
             meter.add("applied_steps", 1.0)
+            for name, value in out.stats.items():
+                meter.add(name, value)
             if env.is_main and (it % settings.log_every_steps == 0 or it == iters - 1):
                 loss = float(out.total)
                 # refresh=False: tqdm redraws on its own schedule, with an up-to-date count.
@@ -311,6 +312,7 @@ class Trainer:
         for task in tasks:
             record[f"loss/{task}"] = _mean(sums, f"loss/{task}", f"valid/{task}")
             record[f"weight/{task}"] = weights[task]
+        record |= epoch_signals(sums, tasks, self.objective.network.spec.n_rotations)
         return record
 
 
@@ -504,6 +506,7 @@ def _finish(
                 "tasks": facts["tasks"],
                 "config": facts["config"],
                 "final_epoch": last_record,
+                "learning_signals": card_summary(last_record),
             },
             data=facts["data"],
         )
