@@ -50,10 +50,17 @@ def test_atlas_dice_over_present_classes():
     target = torch.tensor([[0, 0, 1, 1, 2, 2, 2, 2]])  # class 3 absent
     logits = torch.nn.functional.one_hot(torch.tensor([[0, 0, 1, 2, 2, 2, 2, 2]]), 4)
     logits = logits.permute(0, 2, 1).float()  # (B, K, N)
-    out = signals.epoch_signals(_epoch([signals.step_atlas(logits, target)]), ("atlas",), 10)
+    stats = signals.step_atlas(logits, target, stride=1)
+    out = signals.epoch_signals(_epoch([stats]), ("atlas",), 10)
     dice = [1.0, 2 * 1 / (1 + 2), 2 * 4 / (5 + 4)]
     assert out["signal/atlas_dice"] == pytest.approx(sum(dice) / 3)
     assert out["chance/atlas_dice"] == pytest.approx(1 / 3)
+    # By default every second voxel along each axis counts.
+    for key, value in signals.step_atlas(logits, target).items():
+        torch.testing.assert_close(
+            value, signals.step_atlas(logits[..., ::2], target[..., ::2], 1)[key]
+        )
+    assert int(signals.step_atlas(logits, target)["atlas/target"].sum()) == 4
 
 
 def test_regression_r2_is_one_when_exact_and_zero_for_the_mean():

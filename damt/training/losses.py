@@ -79,7 +79,7 @@ def contrastive_logits(
     # ... all masked except the positive.
     same[torch.arange(2 * n_local, device=z1.device), positive] = False
     logits = logits.masked_fill(same, float("-inf"))
-    defined = torch.tensor(bool(torch.unique(all_ids).numel() > 1), device=z1.device)
+    defined = (all_ids != all_ids[0]).any()  # two subjects or more (no host sync)
     return ContrastiveLogits(logits, positive, defined)
 
 

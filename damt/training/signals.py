@@ -10,9 +10,9 @@ epoch's record then gets, per task, a signal and its chance level under the same
 - ``contrastive_top1``: the positive is the most similar candidate of the global batch (same-
   subject duplicates excluded); chance = mean over anchors of 1 / candidates;
 - ``atlas_dice``: mean Dice over the classes present in the epoch's targets (voxel counts
-  summed over the epoch, both views); chance = mean over those classes of their voxel share,
-  which is what a labelling drawn at random with the target class frequencies scores (1/K for K
-  present classes);
+  summed over the epoch, both views, every second voxel along each axis); chance = mean over
+  those classes of their voxel share, which is what a labelling drawn at random with the target
+  class frequencies scores (1/K for K present classes);
 - ``morphometry_r2``, ``radiomics_r2``: 1 - SSE / SST over the finite targets of the epoch,
   SST about each feature's epoch mean (features with fewer than two values left out); chance 0
   (predicting that mean);
@@ -62,14 +62,21 @@ def step_contrastive(logits: torch.Tensor, positive: torch.Tensor) -> dict[str, 
     }
 
 
-def step_atlas(logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-class voxel counts of the prediction, the target and their overlap.
+def step_atlas(
+    logits: torch.Tensor, target: torch.Tensor, stride: int = 2
+) -> dict[str, torch.Tensor]:
+    """Per-class voxel counts of the prediction, the target and their overlap, on every
+    ``stride``-th voxel along each spatial axis.
 
-    ``logits`` (B, K, D, H, W), ``target`` (B, D, H, W) class indices.
+    ``logits`` (B, K, D, H, W), ``target`` (B, D, H, W) class indices. The subsampling: an
+    argmax over K classes at every voxel costs about as much as the cross-entropy itself (540
+    against 440 ms for 2 × 101 × 64³ on the 2-core VM); an eighth of the voxels on a regular
+    grid gives the same Dice up to sampling noise at a fifth of that.
     """
     k = logits.shape[1]
-    pred = logits.argmax(1).reshape(-1)  # (B·D·H·W,)
-    target = target.reshape(-1).long()
+    grid = (slice(None, None, stride),) * (logits.ndim - 2)
+    pred = logits[(slice(None), slice(None), *grid)].argmax(1).reshape(-1)  # (B·d·h·w,)
+    target = target[(slice(None), *grid)].reshape(-1).long()
     return {
         "atlas/intersection": torch.bincount(target[pred == target], minlength=k),  # (K,)
         "atlas/predicted": torch.bincount(pred, minlength=k),
