@@ -211,6 +211,9 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         self.objective.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:
+            if group["balancer"]:  # the configured rate, not the checkpoint's (no schedule sets it)
+                group["lr"] = self.settings.balancer_lr
         self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.skipped_total = state["epoch"], state["skipped_steps"]
         if state["step"] != self.start_epoch * self.iters:

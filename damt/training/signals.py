@@ -71,7 +71,9 @@ def step_atlas(
     ``logits`` (B, K, D, H, W), ``target`` (B, D, H, W) class indices. The subsampling: an
     argmax over K classes at every voxel costs about as much as the cross-entropy itself (540
     against 440 ms for 2 × 101 × 64³ on the 2-core VM); an eighth of the voxels on a regular
-    grid gives the same Dice up to sampling noise at a fifth of that.
+    grid costs a fifth of that. It is a sample: a class present only between the grid points
+    leaves the mean (demo, last epoch: 0.007 on the grid against 0.002 on every voxel, both
+    below the chance level of 0.009).
     """
     k = logits.shape[1]
     grid = (slice(None, None, stride),) * (logits.ndim - 2)
