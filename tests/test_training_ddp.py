@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
+from torch.utils.data import DistributedSampler
 
-from damt.training.losses import nt_xent
+from damt.training.losses import contrastive_logits, nt_xent
+from tests.test_training_losses import _nt_xent_reference
 from tests.training_data import write_config, write_training_set
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,8 +38,10 @@ def _nt_xent_rank(rank: int, store: str, z1, z2, out: str) -> None:
         lo, hi = bounds[rank], bounds[rank + 1]
         a = z1[lo:hi].clone().requires_grad_(True)
         b = z2[lo:hi].clone().requires_grad_(True)
-        loss, defined = nt_xent(a, b, 0.5)
-        loss.backward()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)  # no deprecated collective
+            loss, defined = nt_xent(a, b, 0.5)
+            loss.backward()
         results[name] = {
             "loss": loss.detach(),
             "ga": a.grad,
@@ -70,6 +75,54 @@ def test_contrastive_loss_gathers_embeddings_across_ranks(tmp_path):
     weighted = (uneven[0]["loss"] * 3 + uneven[1]["loss"] * 2) / 5
     torch.testing.assert_close(weighted, full5)
     assert all(r["defined"] for r in uneven)
+
+
+def _padded_epoch_rank(rank: int, store: str, z1, z2, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    # Three subjects on two ranks: the sampler pads the epoch with a repeated subject.
+    indices = list(DistributedSampler(range(3), num_replicas=2, rank=rank, shuffle=False))
+    ids = torch.tensor(indices)
+    # Embeddings depend on the subject alone, as views seeded by (seed, epoch, index) do.
+    a = z1[ids].clone().requires_grad_(True)
+    b = z2[ids].clone().requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated collective
+        c = contrastive_logits(a, b, 0.5, ids)
+        loss, defined = nt_xent(a, b, 0.5, ids)
+        loss.backward()
+    torch.save(
+        {
+            "indices": indices,
+            "loss": loss.detach(),
+            "defined": bool(defined),
+            "candidates": torch.isfinite(c.logits).sum(1),
+            "blind": nt_xent(a.detach(), b.detach(), 0.5)[0],  # without the ids
+        },
+        f"{out}/padded{rank}.pt",
+    )
+    dist.destroy_process_group()
+
+
+def test_padded_epoch_duplicates_are_no_negatives_across_ranks(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    z1, z2 = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g)
+    mp.spawn(_padded_epoch_rank, args=(str(tmp_path / "store"), z1, z2, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"padded{r}.pt") for r in (0, 1)]
+    indices = ranks[0]["indices"] + ranks[1]["indices"]
+    assert sorted(indices) == [0, 0, 1, 2]  # subject 0 on both ranks
+    # The global batch in rank order, and the reference that knows which rows are one subject.
+    ids = torch.tensor(indices)
+    expected = _nt_xent_reference(z1[ids], z2[ids], 0.5, indices)
+    mean = (ranks[0]["loss"] + ranks[1]["loss"]) / 2
+    assert float(mean) == pytest.approx(expected, rel=1e-5)
+    # Subject 0's anchors lose the other copy's two views as negatives: 8 - 1 - 2.
+    for rank in ranks:
+        for row, subject in enumerate(rank["indices"] * 2):
+            assert int(rank["candidates"][row]) == (5 if subject == 0 else 7)
+    assert all(r["defined"] for r in ranks)
+    # Counting the copy as a negative (no ids) gives another loss: the mask matters here.
+    blind = (ranks[0]["blind"] + ranks[1]["blind"]) / 2
+    assert abs(float(blind) - expected) > 1e-3
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from damt.training.data import PretrainDataset
 from damt.training.loop import NonFiniteLossError, TrainInputs, network_spec, run_pretraining
 from damt.training.objective import PretrainObjective
 from damt.training.settings import TrainSettings
+from damt.training.signals import SIGNALS
 from damt.training.step import param_groups, resolve_precision, train_step
 from tests.training_data import write_config, write_training_set
 
@@ -73,7 +74,7 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(files):
     optimizer = torch.optim.AdamW(param_groups(objective), lr=1e-3)
     history = []
     for _ in range(6):
-        total, losses, valid = objective(batch)
+        total, losses, valid, _ = objective(batch)
         assert torch.isfinite(total)
         assert set(losses) == set(TASKS) and all(torch.isfinite(v) for v in losses.values())
         assert all(bool(v) for v in valid.values())
@@ -82,6 +83,14 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(files):
         total.backward()
         optimizer.step()
     assert history[-1] < 0.9 * history[0], history
+
+
+def test_three_axis_location_grid_gives_27_location_classes(files):
+    config = load_config(write_config(files.root / "loc3.yaml", location_axes=3))
+    settings = TrainSettings.from_config(config)
+    spec = network_spec(settings, _inputs(files).load(settings.tasks))
+    assert spec.n_locations == 27
+    assert DAMTNetwork(spec).heads["location"].out_features == 27
 
 
 def test_mixed_precision_step_with_loss_scaling(files):
@@ -124,7 +133,23 @@ def test_run_writes_encoder_card_metrics_tensorboard_checkpoints(finished_run):
         for task in TASKS:
             assert np.isfinite(r[f"loss/{task}"]) and r[f"weight/{task}"] > 0
         assert r["skipped_steps"] == 0 and r["samples_per_s"] > 0 and r["lr"] > 0
+        # A learning signal per task next to its chance level.
+        for name in SIGNALS.values():
+            assert np.isfinite(r[f"signal/{name}"]) and np.isfinite(r[f"chance/{name}"]), name
+        assert r["chance/rotation_accuracy"] == 0.1
+        assert 0 <= r["signal/rotation_accuracy"] <= 1 and 0 <= r["signal/atlas_dice"] <= 1
+        # 4 subjects, batches of 2: each anchor has 2·2 - 1 candidates.
+        assert r["chance/contrastive_top1"] == pytest.approx(1 / 3)
+        assert r["chance/morphometry_r2"] == 0.0 and r["chance/mim_l1_ratio"] == 1.0
+        assert 0.25 <= r["chance/location_accuracy"] <= 1
     card = json.loads((run / "model_card.json").read_text())
+    signals = card["pretraining"]["learning_signals"]
+    assert set(signals) == set(TASKS)
+    assert signals["atlas"] == {
+        "metric": "atlas_dice",
+        "value": records[-1]["signal/atlas_dice"],
+        "chance": records[-1]["chance/atlas_dice"],
+    }
     assert card["data"]["subjects"] == 4
     assert card["data"]["morphometry"]["features"] == 12
     assert card["pretraining"]["tasks"] == list(TASKS)
@@ -139,6 +164,14 @@ def test_run_writes_encoder_card_metrics_tensorboard_checkpoints(finished_run):
     # The learned task weights are in the checkpoint and are what the metrics report.
     log_var = float(state["model"]["balancer.log_vars.mim"])
     assert records[-1]["weight/mim"] == pytest.approx(np.exp(-log_var), rel=1e-6)
+    # The balancer's group kept its constant learning rate through warmup and cosine.
+    groups = state["optimizer"]["param_groups"]
+    assert [g["balancer"] for g in groups] == [False, False, True]
+    assert groups[2]["lr"] == 0.01 and groups[2]["weight_decay"] == 0.0
+    assert groups[0]["lr"] == pytest.approx(records[-1]["lr"])
+    # 4 steps at 0.01: each weight moved, by up to about 4 %.
+    for task in TASKS:
+        assert 0.0 < abs(np.log(records[-1][f"weight/{task}"])) < 0.05, task
 
 
 def test_encoder_loads_into_monai_swinunetr_strictly(finished_run):

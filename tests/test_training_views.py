@@ -8,7 +8,14 @@ import torch
 from monai.data import MetaTensor
 
 from damt.model.spec import ViewSpec
-from damt.training.views import ROTATIONS, crop, location_label, make_views, rotate
+from damt.training.views import (
+    ROTATIONS,
+    crop,
+    location_label,
+    make_views,
+    random_start,
+    rotate,
+)
 
 SPEC = ViewSpec(global_crop=32, local_crop=32, local_crop_source=24, mim_patch=16)
 
@@ -86,6 +93,52 @@ def test_location_label_bins_the_crop_centre_on_the_first_two_axes():
     assert location_label((60, 0, 50), 30, shape, 3) == 6
     assert location_label((30, 30, 0), 30, shape, 3) == 4
     assert location_label((60, 60, 60), 30, shape, 3) == 8
+
+
+@pytest.mark.parametrize("axes", [2, 3])
+def test_location_classes_are_equally_likely(axes):
+    # The full preset: 128³ volume, 56³ local crops. Every crop position along an axis is
+    # equally likely (random_start), so enumerating them gives the class frequencies exactly.
+    n, size, grid = 128, 56, 3
+    positions = range(n - size + 1)
+    per_axis = np.bincount([location_label((s,), size, (n,), grid, axes=1) for s in positions])
+    assert per_axis.tolist() == [25, 24, 24]  # 73 positions in three cells
+    counts = np.zeros(grid**axes)
+    for corner in np.ndindex(*(len(positions),) * axes):
+        counts[location_label(corner + (0,) * (3 - axes), size, (n,) * 3, grid, axes)] += 1
+    freq = counts / counts.sum()
+    assert len(freq) == grid**axes and freq.min() > 0
+    assert np.abs(freq - 1 / grid**axes).max() < 0.01 * 3 / axes
+    # Binning the crop centre over the whole volume instead (the former labels) would give the
+    # centre cell ~35 % and each corner ~4 % in 2-D.
+    centre_bins = [min(int((s + size / 2) / n * grid), grid - 1) for s in positions]
+    old_freq = np.bincount(centre_bins, minlength=grid) / len(positions)
+    assert old_freq[1] ** 2 > 0.33 and old_freq[0] ** 2 < 0.05
+    # And what make_views draws follows the same uniform distribution.
+    rng = np.random.default_rng(0)
+    drawn = np.bincount(
+        [
+            location_label(random_start((n,) * 3, size, rng), size, (n,) * 3, grid, axes)
+            for _ in range(5000)
+        ],
+        minlength=grid**axes,
+    )
+    assert np.abs(drawn / 5000 - 1 / grid**axes).max() < 0.03
+
+
+def test_three_axis_location_labels_from_make_views():
+    image, atlas = _volume(shape=(48, 56, 40))
+    spec = ViewSpec(
+        global_crop=32, local_crop=32, local_crop_source=24, mim_patch=16, location_axes=3
+    )
+    assert spec.n_locations == 27
+    labels = {
+        int(make_views(image, atlas, np.random.default_rng(s), spec)["location"])
+        for s in range(200)
+    }
+    assert labels <= set(range(27)) and len(labels) > 20
+    # A volume smaller than the crop has one position: the centre cell.
+    assert location_label((-4, -4, -4), 24, (16, 16, 16), 3, axes=3) == 13
 
 
 def test_local_crop_location_matches_where_it_was_cut():

@@ -102,6 +102,12 @@ class ViewSpec:
     mim_patch: int
     mim_ratio: float = 0.75
     location_grid: int = 3
+    location_axes: int = 2  # 2: grid² classes over the first two axes; 3: grid³ over all
+
+    @property
+    def n_locations(self) -> int:
+        """Classes of the location task."""
+        return self.location_grid**self.location_axes
 
     def check(self, encoder: EncoderSpec, atlas_task: bool) -> None:
         """Refuse crop sizes the encoder, its decoders or the MIM masks cannot use."""
@@ -203,4 +209,5 @@ def view_spec_from_config(pretrain: dict) -> ViewSpec:
         mim_patch=p["mim_patch"],
         mim_ratio=pretrain["mim_mask_ratio"],
         location_grid=pretrain["location_grid"],
+        location_axes=pretrain["location_axes"],
     )

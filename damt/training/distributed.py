@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
+import torch.distributed._functional_collectives as funcol
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,11 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Concatenate ``x`` (N_r, ...) over ranks, differentiably; also return this rank's offset.
 
     Ranks may hold different N_r (the last batch of an epoch): rows are padded to the largest
-    N_r for the collective and cut back afterwards. Gradients flow back to every rank's rows.
+    N_r for the collective and cut back afterwards. Gradients flow back to every rank's rows:
+    the functional ``all_gather_single`` (what torch 2.13 names as the replacement of the
+    deprecated ``torch.distributed.nn.functional.all_gather``) is differentiable, its backward
+    a sum reduce-scatter, i.e. each rank's rows get the sum of the gradients all ranks computed
+    for them, as before. Integer tensors (subject indices) are gathered the same way.
     """
     if not is_distributed():
         return x, 0
@@ -83,7 +87,9 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, n)
     counts = [int(s.item()) for s in sizes]
-    padded = torch.nn.functional.pad(x, (0, 0) * (x.ndim - 1) + (0, max(counts) - x.shape[0]))
-    parts = dist_nn.all_gather(padded)
-    rank = dist.get_rank()
-    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)]), sum(counts[:rank])
+    longest = max(counts)
+    padded = torch.nn.functional.pad(x, (0, 0) * (x.ndim - 1) + (0, longest - x.shape[0]))
+    # (world × longest, ...): the ranks' padded rows one after the other.
+    gathered = funcol.all_gather_single(padded.contiguous(), 0, dist.group.WORLD)
+    parts = [gathered[r * longest : r * longest + c] for r, c in enumerate(counts)]
+    return torch.cat(parts), sum(counts[: dist.get_rank()])

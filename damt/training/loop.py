@@ -34,8 +34,9 @@ from damt.training.distributed import DistEnv, all_reduce, barrier, init_distrib
 from damt.training.export import export_encoder, write_model_card
 from damt.training.metrics import MetricsLog, read_records
 from damt.training.objective import PretrainObjective
-from damt.training.schedules import cosine_schedule
+from damt.training.schedules import apply_schedules, cosine_schedule
 from damt.training.settings import TrainSettings
+from damt.training.signals import card_summary, epoch_signals
 from damt.training.step import param_groups, resolve_precision, train_step
 from damt.training.views import ROTATIONS
 
@@ -43,7 +44,10 @@ log = logging.getLogger("damt.train")
 
 # 2: checkpoints also hold the network they train ("network", a NetworkSpec) and the facts of
 # the run for the model card ("run"), so a finished run is exported from them alone.
-CHECKPOINT_FORMAT = 2
+# 3: the task balancer has a parameter group of its own (three optimizer groups, not two), its
+# terms follow each task's likelihood, and location classes bin the possible crop centres: a
+# format-2 run cannot continue meaningfully under this code.
+CHECKPOINT_FORMAT = 3
 
 
 class NonFiniteLossError(RuntimeError):
@@ -109,7 +113,7 @@ def network_spec(settings: TrainSettings, data: TrainingData) -> NetworkSpec:
         encoder=settings.encoder,
         tasks=settings.tasks,
         n_rotations=len(ROTATIONS),
-        n_locations=settings.views.location_grid**2,
+        n_locations=settings.views.n_locations,
         contrastive_dim=settings.contrastive_dim,
         morphometry_dim=data.width("morphometry"),
         radiomics_dim=data.width("radiomics"),
@@ -136,9 +140,45 @@ def _configure_determinism(deterministic: bool) -> None:
     torch.backends.cudnn.deterministic = deterministic
 
 
-def _mean(total: float, count: float) -> float | None:
+class EpochMeter:
+    """Named per-epoch sums on the device, reduced over ranks in one all-reduce at the end.
+
+    Values are accumulated as float64 tensors without host syncs. Every rank adds the same names
+    with the same shapes in the same steps (a skipped step is skipped on all ranks: the skip
+    decision is all-reduced), so the flattened sums line up across ranks.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def add(self, name: str, value: torch.Tensor | float) -> None:
+        """Add ``value`` (a scalar or a tensor of fixed shape) to the sum called ``name``."""
+        value = torch.as_tensor(value, device=self.device).detach().double()
+        if name in self.sums:
+            self.sums[name] += value
+        else:
+            self.sums[name] = value.clone()
+
+    def reduce(self) -> dict[str, torch.Tensor]:
+        """The sums over all ranks (CPU tensors), after one all-reduce of their concatenation."""
+        names = sorted(self.sums)
+        if not names:
+            return {}
+        flat = torch.cat([self.sums[n].reshape(-1) for n in names])
+        all_reduce(flat)
+        out, offset = {}, 0
+        for name in names:
+            size = self.sums[name].numel()
+            out[name] = flat[offset : offset + size].reshape(self.sums[name].shape).cpu()
+            offset += size
+        return out
+
+
+def _mean(sums: dict[str, torch.Tensor], total: str, count: str) -> float | None:
     # None, not NaN: metrics.jsonl stays valid JSON when a task had no valid step in an epoch.
-    return total / count if count else None
+    n = float(sums[count]) if count in sums else 0.0
+    return float(sums[total]) / n if n else None
 
 
 class Trainer:
@@ -152,17 +192,26 @@ class Trainer:
         env: DistEnv,
         state: dict | None,
     ) -> None:
-        s = self.settings = settings
+        self.settings = settings
         self.objective, self.loader, self.env = objective, loader, env
         self.iters = len(loader)
-        self.global_batch = s.batch_size_per_gpu * env.world_size
-        self.peak_lr = s.base_lr * self.global_batch / 256
+        self.global_batch = settings.batch_size_per_gpu * env.world_size
+        self.peak_lr = settings.base_lr * self.global_batch / 256
         self.lr = cosine_schedule(
-            self.peak_lr, s.min_lr, s.epochs, self.iters, s.warmup_epochs, s.warmup_start_lr
+            self.peak_lr,
+            settings.min_lr,
+            settings.epochs,
+            self.iters,
+            settings.warmup_epochs,
+            settings.warmup_start_lr,
         )
-        self.wd = cosine_schedule(s.weight_decay, s.weight_decay_end, s.epochs, self.iters)
-        self.optimizer = torch.optim.AdamW(param_groups(objective), lr=self.peak_lr)
-        self.precision = resolve_precision(s.precision, env.device)
+        self.wd = cosine_schedule(
+            settings.weight_decay, settings.weight_decay_end, settings.epochs, self.iters
+        )
+        self.optimizer = torch.optim.AdamW(
+            param_groups(objective, settings.balancer_lr), lr=self.peak_lr
+        )
+        self.precision = resolve_precision(settings.precision, env.device)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=self.precision == "fp16")
         self.start_epoch, self.skipped_total, self.consecutive = 0, 0, 0
         if state is not None:
@@ -179,6 +228,9 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         self.objective.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:
+            if group["balancer"]:  # the configured rate, not the checkpoint's (no schedule sets it)
+                group["lr"] = self.settings.balancer_lr
         self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.skipped_total = state["epoch"], state["skipped_steps"]
         if state["step"] != self.start_epoch * self.iters:
@@ -200,87 +252,87 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
         }
 
+    def _count_skipped(self, epoch: int, step: int) -> None:
+        self.consecutive += 1
+        if self.consecutive >= self.settings.max_consecutive_nonfinite:
+            raise NonFiniteLossError(
+                f"{self.consecutive} consecutive steps had a non-finite loss or "
+                f"gradient (epoch {epoch + 1}, step {step}); lower the learning rate, "
+                "use bf16/fp32, or check the data (pretrain.max_consecutive_nonfinite)"
+            )
+
     def run_epoch(self, epoch: int, metrics: MetricsLog) -> dict:
         """Train one epoch; return its metrics record (means over ranks and steps)."""
-        s, env, iters = self.settings, self.env, self.iters
+        settings, env, iters = self.settings, self.env, self.iters
         tasks = self.objective.network.spec.tasks
         self.model.train()
-        # Per task: loss summed over the steps where it was defined, and their count; then the
-        # total loss, the number of applied steps and the gradient norm.
-        sums = torch.zeros(2 * len(tasks) + 3, dtype=torch.float64, device=env.device)
+        meter = EpochMeter(env.device)
         skipped = 0
         start = time.perf_counter()
-        bar = tqdm(
+        progress = tqdm(
             self.loader,
             total=iters,
             disable=not env.is_main,
-            desc=f"epoch {epoch + 1}/{s.epochs}",
+            desc=f"epoch {epoch + 1}/{settings.epochs}",
             dynamic_ncols=True,
             leave=False,
             # Sparse updates when stderr is a log file rather than a terminal.
             mininterval=0.5 if sys.stderr.isatty() else 60.0,
         )
-        for it, batch in enumerate(bar):
+        for it, batch in enumerate(progress):
+            # ============ one optimisation step ... ============
             step = epoch * iters + it
-            # Python floats: numpy scalars in the optimizer state would not load weights_only.
-            for group in self.optimizer.param_groups:
-                group["lr"] = float(self.lr[step])
-                if group["apply_wd_schedule"]:
-                    group["weight_decay"] = float(self.wd[step])
+            apply_schedules(self.optimizer, self.lr[step], self.wd[step])
             batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
             out = train_step(
-                self.model, self.optimizer, self.scaler, batch, self.precision, s.clip_grad
+                self.model, self.optimizer, self.scaler, batch, self.precision, settings.clip_grad
             )
             if not out.applied:
                 skipped += 1
-                self.consecutive += 1
-                if self.consecutive >= s.max_consecutive_nonfinite:
-                    raise NonFiniteLossError(
-                        f"{self.consecutive} consecutive steps had a non-finite loss or "
-                        f"gradient (epoch {epoch + 1}, step {step}); lower the learning rate, "
-                        "use bf16/fp32, or check the data (pretrain.max_consecutive_nonfinite)"
-                    )
+                self._count_skipped(epoch, step)
                 continue
             self.consecutive = 0
-            values = (
-                [out.losses[t] * out.valid[t] for t in tasks]
-                + [out.valid[t] for t in tasks]
-                + [out.total, torch.ones((), device=env.device), out.grad_norm]
-            )
-            sums += torch.stack([v.double() for v in values])
-            if env.is_main and (it % s.log_every_steps == 0 or it == iters - 1):
+
+            # ============ logging ... ============
+            # Per task: the loss summed over the steps where it was defined, and their count.
+            for task in tasks:
+                meter.add(f"loss/{task}", out.losses[task] * out.valid[task])
+                meter.add(f"valid/{task}", out.valid[task])
+            meter.add("loss", out.total)
+            meter.add("grad_norm", out.grad_norm)
+            meter.add("applied_steps", 1.0)
+            for name, value in out.stats.items():
+                meter.add(name, value)
+            if env.is_main and (it % settings.log_every_steps == 0 or it == iters - 1):
                 loss = float(out.total)
                 # refresh=False: tqdm redraws on its own schedule, with an up-to-date count.
-                bar.set_postfix(loss=f"{loss:.4g}", lr=f"{self.lr[step]:.2e}", refresh=False)
+                progress.set_postfix(loss=f"{loss:.4g}", lr=f"{self.lr[step]:.2e}", refresh=False)
                 metrics.step(
                     step,
                     {"loss": loss, "lr": float(self.lr[step]), "grad_norm": float(out.grad_norm)},
                 )
         elapsed = time.perf_counter() - start
-        samples = torch.tensor([float(len(self.loader.sampler))], device=env.device)
-        all_reduce(sums)
-        all_reduce(samples)
-        k = len(tasks)
-        task_sums, task_counts = sums[:k].tolist(), sums[k : 2 * k].tolist()
-        loss_sum, applied, norm_sum = sums[2 * k :].tolist()
+        meter.add("samples", float(len(self.loader.sampler)))
+        sums = meter.reduce()
         self.skipped_total += skipped
         last = (epoch + 1) * iters - 1
         record = {
             "epoch": epoch,
             "step": last + 1,
-            "loss": _mean(loss_sum, applied),
-            "grad_norm": _mean(norm_sum, applied),
+            "loss": _mean(sums, "loss", "applied_steps"),
+            "grad_norm": _mean(sums, "grad_norm", "applied_steps"),
             "lr": float(self.lr[last]),
             "weight_decay": float(self.wd[last]),
-            "samples_per_s": samples.item() / elapsed,
+            "samples_per_s": float(sums["samples"]) / elapsed,
             "epoch_time_s": elapsed,
             "skipped_steps": skipped,
             "skipped_steps_total": self.skipped_total,
         }
         weights = self.objective.balancer.weights()
-        for t, total, count in zip(tasks, task_sums, task_counts, strict=True):
-            record[f"loss/{t}"] = _mean(total, count)
-            record[f"weight/{t}"] = weights[t]
+        for task in tasks:
+            record[f"loss/{task}"] = _mean(sums, f"loss/{task}", f"valid/{task}")
+            record[f"weight/{task}"] = weights[task]
+        record |= epoch_signals(sums, tasks, self.objective.network.spec.n_rotations)
         return record
 
 
@@ -308,51 +360,67 @@ def run_pretraining(
     return result
 
 
-def _train(
-    s: TrainSettings, config: dict, inputs: TrainInputs, run_dir: Path, env: DistEnv
-) -> TrainResult:
-    ckpt_dir = run_dir / "checkpoints"
-    state = load_latest(ckpt_dir)
+def _check_format(state: dict | None, ckpt_dir: Path) -> None:
+    """Refuse checkpoints another checkpoint format wrote."""
     if state is not None and state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{ckpt_dir} holds checkpoints of format {state.get('format')}, this damt reads "
             f"format {CHECKPOINT_FORMAT}: train into a new output folder (pretrain.run_name)"
         )
-    if state is not None and state["epoch"] >= s.epochs:
-        return _export(s, state, run_dir, env)
-    data = inputs.load(s.tasks)
-    spec = network_spec(s, data)
-    if state is not None:
-        changed = NetworkSpec.from_dict(state["network"]).differences(spec)
-        trained_balancing = state["run"]["config"]["balancing"]
-        if trained_balancing != s.balancing:
-            changed.append(("balancing", trained_balancing, s.balancing))
-        if changed:
-            raise ValueError(
-                f"cannot resume {run_dir}: the checkpoint was written by a run with another "
-                "network ("
-                + ", ".join(f"{k} {old} in the checkpoint, {new} now" for k, old, new in changed)
-                + "); restore the settings and inputs it was trained with, use a new output "
-                "folder, or delete its checkpoints/"
-            )
-    torch.manual_seed(s.seed)
-    objective = PretrainObjective(DAMTNetwork(spec), s.balancing, s.contrastive_temperature)
-    objective.to(env.device)
 
-    dataset = PretrainDataset(data, s.views, s.seed)
+
+def _check_resumable(state: dict, spec: NetworkSpec, settings: TrainSettings, run_dir: Path):
+    """Refuse to resume a checkpoint of another network or another task balancing."""
+    changed = NetworkSpec.from_dict(state["network"]).differences(spec)
+    trained_balancing = state["run"]["config"]["balancing"]
+    if trained_balancing != settings.balancing:
+        changed.append(("balancing", trained_balancing, settings.balancing))
+    if changed:
+        raise ValueError(
+            f"cannot resume {run_dir}: the checkpoint was written by a run with another "
+            "network ("
+            + ", ".join(f"{k} {old} in the checkpoint, {new} now" for k, old, new in changed)
+            + "); restore the settings and inputs it was trained with, use a new output "
+            "folder, or delete its checkpoints/"
+        )
+
+
+def _train(
+    settings: TrainSettings, config: dict, inputs: TrainInputs, run_dir: Path, env: DistEnv
+) -> TrainResult:
+    # ============ optionally resume training ... ============
+    ckpt_dir = run_dir / "checkpoints"
+    state = load_latest(ckpt_dir)
+    _check_format(state, ckpt_dir)
+    if state is not None and state["epoch"] >= settings.epochs:
+        return _export(state, run_dir, env)
+
+    # ============ preparing data ... ============
+    data = inputs.load(settings.tasks)
+    spec = network_spec(settings, data)
+    if state is not None:
+        _check_resumable(state, spec, settings, run_dir)
+    dataset = PretrainDataset(data, settings.views, settings.seed)
     # The sampler pads the epoch to a multiple of the world size, so every rank runs the same
     # number of steps; the last batch may be short.
     sampler = DistributedSampler(
-        dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=s.seed
+        dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=settings.seed
     )
     loader = DataLoader(
         dataset,
-        batch_size=s.batch_size_per_gpu,
+        batch_size=settings.batch_size_per_gpu,
         sampler=sampler,
-        num_workers=s.num_workers,
+        num_workers=settings.num_workers,
         pin_memory=env.device.type == "cuda",
     )
-    trainer = Trainer(s, objective, loader, env, state)
+
+    # ============ building the network and the optimizer ... ============
+    torch.manual_seed(settings.seed)
+    objective = PretrainObjective(
+        DAMTNetwork(spec), settings.balancing, settings.contrastive_temperature
+    )
+    objective.to(env.device)
+    trainer = Trainer(settings, objective, loader, env, state)
     if state is not None:
         log.info("resuming %s after epoch %d", run_dir, trainer.start_epoch)
     # What the model card reports, kept in every checkpoint for a later export-only run (one
@@ -364,7 +432,7 @@ def _train(
             "precision": trainer.precision,
             "global_batch": trainer.global_batch,
             "peak_lr": trainer.peak_lr,
-            "tasks": list(s.tasks),
+            "tasks": list(settings.tasks),
             "config": config["pretrain"],
             "data": data.summary,
         }
@@ -374,44 +442,39 @@ def _train(
             "training %d subjects on %d %s process(es): %d steps/epoch, global batch %d, "
             "peak lr %.3g, %s, tasks %s, %.1fM parameters",
             len(dataset), env.world_size, env.device.type, trainer.iters, trainer.global_batch,
-            trainer.peak_lr, trainer.precision, ",".join(s.tasks),
+            trainer.peak_lr, trainer.precision, ",".join(settings.tasks),
             sum(p.numel() for p in objective.parameters()) / 1e6,
         )  # fmt: skip
 
+    # ============ training ... ============
     metrics = MetricsLog(
         run_dir, trainer.start_epoch, trainer.start_epoch * trainer.iters, active=env.is_main
     )
-    for epoch in range(trainer.start_epoch, s.epochs):
+    for epoch in range(trainer.start_epoch, settings.epochs):
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         # Seeded per epoch and rank so a resumed run draws what an uninterrupted one would.
-        torch.manual_seed(_seed_for(s.seed, epoch, env.rank))
+        torch.manual_seed(_seed_for(settings.seed, epoch, env.rank))
         record = trainer.run_epoch(epoch, metrics)
+
+        # ============ writing logs and the checkpoint ... ============
         if env.is_main:
             metrics.epoch(record)
             checkpoint = {**trainer.state(epoch + 1), "network": spec.to_dict(), "run": facts}
-            save_checkpoint(ckpt_dir, checkpoint, epoch + 1, s.save_every)
+            save_checkpoint(ckpt_dir, checkpoint, epoch + 1, settings.save_every)
             log.info(
                 "epoch %d/%d: loss %.4g, %.2f samples/s, %d skipped steps",
-                epoch + 1, s.epochs, math.nan if record["loss"] is None else record["loss"],
-                record["samples_per_s"],
-                record["skipped_steps"],
+                epoch + 1, settings.epochs,
+                math.nan if record["loss"] is None else record["loss"],
+                record["samples_per_s"], record["skipped_steps"],
             )  # fmt: skip
         barrier()
     metrics.close()
-
-    records = read_records(run_dir)
-    last_record = records[-1] if records else None
-    if env.is_main:
-        steps = s.epochs * trainer.iters
-        _write_outputs(
-            run_dir, objective, facts, s.epochs, steps, trainer.skipped_total, last_record
-        )
-    barrier()
-    return TrainResult(objective, last_record)
+    steps = settings.epochs * trainer.iters
+    return _finish(run_dir, objective, facts, settings.epochs, steps, trainer.skipped_total, env)
 
 
-def _export(s: TrainSettings, state: dict, run_dir: Path, env: DistEnv) -> TrainResult:
+def _export(state: dict, run_dir: Path, env: DistEnv) -> TrainResult:
     """Export a finished run from its checkpoint alone: the network it trained (not one rebuilt
     from the current tables and label table) and the facts of its training for the model card.
     """
@@ -426,50 +489,47 @@ def _export(s: TrainSettings, state: dict, run_dir: Path, env: DistEnv) -> Train
     log.info(
         "%s finished its %d epochs: exporting its weights (no training)", run_dir, state["epoch"]
     )
-    records = read_records(run_dir)
-    last_record = records[-1] if records else None
-    if env.is_main:
-        _write_outputs(
-            run_dir,
-            objective,
-            facts,
-            state["epoch"],
-            state["step"],
-            state["skipped_steps"],
-            last_record,
-        )
-    barrier()
-    return TrainResult(objective, last_record)
+    return _finish(
+        run_dir, objective, facts, state["epoch"], state["step"], state["skipped_steps"], env
+    )
 
 
-def _write_outputs(
+def _finish(
     run_dir: Path,
     objective: PretrainObjective,
     facts: dict,
     epochs: int,
     steps: int,
     skipped_steps: int,
-    last_record: dict | None,
-) -> None:
-    """``encoder.safetensors`` and ``model_card.json`` (``facts``: see ``_train``)."""
-    encoder = objective.network.encoder
-    export_encoder(encoder, run_dir / ENCODER_FILE)
-    write_model_card(
-        run_dir / MODEL_CARD_FILE,
-        encoder,
-        pretraining={
-            "epochs": epochs,
-            "steps": steps,
-            "world_size": facts["world_size"],
-            "device": facts["device"],
-            "precision": facts["precision"],
-            "global_batch": facts["global_batch"],
-            "peak_lr": facts["peak_lr"],
-            "skipped_steps": skipped_steps,
-            "tasks": facts["tasks"],
-            "config": facts["config"],
-            "final_epoch": last_record,
-        },
-        data=facts["data"],
-    )
-    log.info("wrote %s and %s", run_dir / ENCODER_FILE, run_dir / MODEL_CARD_FILE)
+    env: DistEnv,
+) -> TrainResult:
+    """The end of a run, trained or exported: rank 0 writes ``encoder.safetensors`` and
+    ``model_card.json`` (``facts``: see ``_train``) with the last epoch's metrics record.
+    """
+    records = read_records(run_dir)
+    last_record = records[-1] if records else None
+    if env.is_main:
+        encoder = objective.network.encoder
+        export_encoder(encoder, run_dir / ENCODER_FILE)
+        write_model_card(
+            run_dir / MODEL_CARD_FILE,
+            encoder,
+            pretraining={
+                "epochs": epochs,
+                "steps": steps,
+                "world_size": facts["world_size"],
+                "device": facts["device"],
+                "precision": facts["precision"],
+                "global_batch": facts["global_batch"],
+                "peak_lr": facts["peak_lr"],
+                "skipped_steps": skipped_steps,
+                "tasks": facts["tasks"],
+                "config": facts["config"],
+                "final_epoch": last_record,
+                "learning_signals": card_summary(last_record),
+            },
+            data=facts["data"],
+        )
+        log.info("wrote %s and %s", run_dir / ENCODER_FILE, run_dir / MODEL_CARD_FILE)
+    barrier()
+    return TrainResult(objective, last_record)

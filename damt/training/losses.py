@@ -1,6 +1,8 @@
-"""Task losses, masking of missing targets, and uncertainty weighting across tasks."""
+"""Task losses, masking of missing targets, and the weighting of the tasks against each other."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -38,33 +40,90 @@ def mim_l1(recon: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torc
     return (per_patch * m).sum() / m.sum().clamp_min(1)
 
 
+@dataclass
+class ContrastiveLogits:
+    """NT-Xent's logits of this rank's anchors against the global batch, masked."""
+
+    logits: torch.Tensor  # (2 N_r, 2 N): -inf at the anchor itself and at its duplicates
+    positive: torch.Tensor  # (2 N_r,) column of each anchor's positive
+    defined: torch.Tensor  # 0-d bool: the global batch holds at least two subjects
+
+
+def contrastive_logits(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float, ids: torch.Tensor | None = None
+) -> ContrastiveLogits:
+    """Cosine similarities / temperature of this rank's 2N_r embeddings against all 2N of all
+    DDP ranks (gathered differentiably).
+
+    ``ids`` (N_r,): the subject of each pair. ``DistributedSampler`` pads an epoch with repeated
+    subjects, and views are seeded by (seed, epoch, index), so a repeated subject gives the same
+    embeddings on another rank: with the ids gathered along with the embeddings, every
+    candidate of the anchor's own subject other than its positive is masked out of the
+    negatives. Without ids every pair is its own subject.
+    """
+    z1 = F.normalize(z1.float(), dim=1)  # (N_r, D)
+    z2 = F.normalize(z2.float(), dim=1)
+    all1, offset = gather_with_grad(z1)  # (N, D)
+    all2, _ = gather_with_grad(z2)
+    n_local, n = z1.shape[0], all1.shape[0]
+    if ids is None:  # every pair its own subject: its global row
+        ids = torch.arange(n_local, device=z1.device) + offset
+        all_ids = torch.arange(n, device=z1.device)
+    else:
+        all_ids, _ = gather_with_grad(ids)  # (N,)
+    logits = torch.cat([z1, z2]) @ torch.cat([all1, all2]).T / temperature  # (2 N_r, 2 N)
+    own = torch.arange(n_local, device=z1.device) + offset
+    positive = torch.cat([own + n, own])  # (2 N_r,)
+    # Same subject as the anchor (itself, its duplicates' two views, its positive) ...
+    same = torch.cat([ids, ids])[:, None] == torch.cat([all_ids, all_ids])[None, :]
+    # ... all masked except the positive.
+    same[torch.arange(2 * n_local, device=z1.device), positive] = False
+    logits = logits.masked_fill(same, float("-inf"))
+    defined = (all_ids != all_ids[0]).any()  # two subjects or more (no host sync)
+    return ContrastiveLogits(logits, positive, defined)
+
+
 def nt_xent(
-    z1: torch.Tensor, z2: torch.Tensor, temperature: float
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float, ids: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SimCLR's NT-Xent between paired embeddings, over the global batch of all DDP ranks.
 
     Works for any batch size, including a short last batch. The anchors are this rank's 2N_r
-    embeddings; the candidates are all 2N embeddings of all ranks. Returns the loss and whether
-    it is defined (False with a single pair in the global batch: nothing to contrast against).
+    embeddings; the candidates are all 2N embeddings of all ranks, less the anchor's own subject
+    (see :func:`contrastive_logits`). Returns the loss and whether it is defined (False with a
+    single subject in the global batch: nothing to contrast against).
     """
-    z1 = F.normalize(z1.float(), dim=1)
-    z2 = F.normalize(z2.float(), dim=1)
-    all1, offset = gather_with_grad(z1)
-    all2, _ = gather_with_grad(z2)
-    n_local, n = z1.shape[0], all1.shape[0]
-    logits = torch.cat([z1, z2]) @ torch.cat([all1, all2]).T / temperature
-    own = torch.arange(n_local, device=z1.device) + offset
-    rows = torch.arange(2 * n_local, device=z1.device)
-    self_cols = torch.cat([own, own + n])
-    positive = torch.cat([own + n, own])
-    self_mask = torch.zeros_like(logits, dtype=torch.bool)
-    self_mask[rows, self_cols] = True
-    logits = logits.masked_fill(self_mask, float("-inf"))
-    return F.cross_entropy(logits, positive), torch.tensor(n > 1, device=z1.device)
+    c = contrastive_logits(z1, z2, temperature, ids)
+    return F.cross_entropy(c.logits, c.positive), c.defined
+
+
+# Which likelihood each task's loss stands for (Kendall et al. 2018).
+CLASSIFICATION_TASKS = frozenset({"rotation", "location", "contrastive", "atlas"})
+REGRESSION_TASKS = frozenset({"morphometry", "radiomics", "mim"})
+
+# The original research code's fixed task weights (balancing: fixed).
+FIXED_WEIGHTS = {
+    "rotation": 1.0,
+    "location": 1.0,
+    "contrastive": 1.0,
+    "atlas": 0.5,
+    "morphometry": 5.0,
+    "radiomics": 5.0,
+    "mim": 1.0,
+}
 
 
 class UncertaintyWeighting(nn.Module):
-    """Kendall et al. (2018): total = Σ_t exp(-s_t) · L_t + s_t, one learnable s_t = log σ_t².
+    """Kendall et al. (2018): each task's loss as the negative log-likelihood of a model with a
+    learnable noise scale, one parameter s_t per task; its weight on L_t is exp(-s_t).
+
+    - Classification (rotation, location, contrastive, atlas: cross-entropies, i.e. softmax
+      likelihoods): eq. 10, a softmax scaled by 1/σ², gives (1/σ²) L + log σ; with s = log σ²
+      the term is ``exp(-s) · L + s / 2``, smallest at exp(-s) = 1 / (2 L).
+    - Regression (morphometry, radiomics, MIM): their losses are L1, the negative
+      log-likelihood of a Laplace distribution with scale b, |y - f| / b + log b; with
+      s = log b the term is ``exp(-s) · L + s``, smallest at exp(-s) = 1 / L. (Eq. 7's
+      Gaussian form, 1/(2σ²) L + log σ, belongs to an L2 loss, which no task here uses.)
 
     A task without valid samples in a batch (e.g. no morphometry) drops out of that step's sum
     entirely; otherwise its s_t would drift towards -inf on zero losses.
@@ -72,18 +131,30 @@ class UncertaintyWeighting(nn.Module):
 
     def __init__(self, tasks: tuple[str, ...]) -> None:
         super().__init__()
+        unknown = set(tasks) - CLASSIFICATION_TASKS - REGRESSION_TASKS
+        if unknown:
+            raise ValueError(f"no likelihood form for tasks {sorted(unknown)}")
         self.log_vars = nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in tasks})
+        # Factor of s_t in the task's term: log σ = s/2 (classification), log b = s (Laplace).
+        self.log_factor = {t: 0.5 if t in CLASSIFICATION_TASKS else 1.0 for t in tasks}
 
-    def forward(self, losses: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]):
+    def forward(
+        self, losses: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         total = 0.0
         for task, loss in losses.items():
             s = self.log_vars[task]
-            total = total + valid[task].float() * (torch.exp(-s) * loss + s)
+            term = torch.exp(-s) * loss + self.log_factor[task] * s
+            total = total + valid[task].float() * term
         return total
 
     def weights(self) -> dict[str, float]:
-        """Current task weights exp(-s_t)."""
+        """Current task weights exp(-s_t), the factors of the losses in the total."""
         return {t: float(torch.exp(-s.detach())) for t, s in self.log_vars.items()}
+
+    def balance_point(self, task: str, loss: float) -> float:
+        """The weight that minimises the task's term at a constant loss ``loss``."""
+        return self.log_factor[task] / loss
 
 
 class EqualWeighting(nn.Module):
@@ -93,8 +164,40 @@ class EqualWeighting(nn.Module):
         super().__init__()
         self.tasks = tasks
 
-    def forward(self, losses: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]):
+    def forward(
+        self, losses: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         return sum(valid[t].float() * loss for t, loss in losses.items())
 
     def weights(self) -> dict[str, float]:
         return dict.fromkeys(self.tasks, 1.0)
+
+
+class FixedWeighting(nn.Module):
+    """The original research code's hand-set weights (``FIXED_WEIGHTS``), for comparison."""
+
+    def __init__(self, tasks: tuple[str, ...]) -> None:
+        super().__init__()
+        self.task_weights = {t: FIXED_WEIGHTS[t] for t in tasks}
+
+    def forward(
+        self, losses: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        return sum(self.task_weights[t] * valid[t].float() * loss for t, loss in losses.items())
+
+    def weights(self) -> dict[str, float]:
+        return dict(self.task_weights)
+
+
+BALANCINGS = {
+    "uncertainty": UncertaintyWeighting,
+    "equal": EqualWeighting,
+    "fixed": FixedWeighting,
+}
+
+
+def make_balancer(balancing: str, tasks: tuple[str, ...]) -> nn.Module:
+    """The task weighting ``balancing`` (``pretrain.balancing``) over ``tasks``."""
+    if balancing not in BALANCINGS:
+        raise ValueError(f"unknown loss balancing {balancing!r}; known: {sorted(BALANCINGS)}")
+    return BALANCINGS[balancing](tasks)

@@ -1,4 +1,6 @@
-"""Pretraining plots for the Snakemake report: per-task losses and learned task weights."""
+"""Pretraining plots for the Snakemake report: per-task losses and learning signals, and the
+task weights.
+"""
 
 from __future__ import annotations
 
@@ -22,27 +24,47 @@ def _series(records: list[dict], prefix: str) -> dict[str, tuple[list[int], list
     return dict(sorted(out.items()))
 
 
+def _panel(ax, title: str) -> None:
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.tick_params(labelsize=7)
+
+
 def plot_training(run_dir: str | Path, curves: str | Path, weights: str | Path) -> int:
-    """Write the two figures from ``metrics.jsonl``; return the number of epochs plotted."""
+    """Write the two figures from ``metrics.jsonl``; return the number of epochs plotted.
+
+    ``curves``: the total and per-task losses, then a row of per-task learning signals, each
+    with its chance level dashed (``damt.training.signals``). ``weights``: the task weights.
+    """
     records = read_records(run_dir)
     if not records:
         raise ValueError(f"{run_dir}: no metrics.jsonl records to plot")
     losses = _series(records, "loss/")
-    n = len(losses) + 1
-    ncols = min(4, n)
-    nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False)
     total = [(r["epoch"] + 1, r["loss"]) for r in records if r.get("loss") is not None]
-    panels = [("total (weighted)", ([e for e, _ in total], [v for _, v in total]))]
-    for ax, (name, (xs, ys)) in zip(axes.ravel(), panels + list(losses.items()), strict=False):
-        ax.plot(xs, ys, marker="o", ms=3)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("epoch", fontsize=8)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.tick_params(labelsize=7)
-    for ax in axes.ravel()[n:]:
+    loss_panels = [("total (weighted)", ([e for e, _ in total], [v for _, v in total]))]
+    loss_panels += list(losses.items())
+    signals = _series(records, "signal/")
+    chances = _series(records, "chance/")
+    ncols = min(4, max(len(loss_panels), len(signals), 1))
+    loss_rows = (len(loss_panels) + ncols - 1) // ncols
+    signal_rows = (len(signals) + ncols - 1) // ncols
+    nrows = loss_rows + signal_rows
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False)
+    for ax in axes.ravel():
         ax.axis("off")
-    fig.suptitle("Pretraining loss per task (epoch means)")
+    for ax, (name, (xs, ys)) in zip(axes[:loss_rows].ravel(), loss_panels, strict=False):
+        ax.axis("on")
+        ax.plot(xs, ys, marker="o", ms=3)
+        _panel(ax, f"loss: {name}")
+    for ax, (name, (xs, ys)) in zip(axes[loss_rows:].ravel(), signals.items(), strict=False):
+        ax.axis("on")
+        ax.plot(xs, ys, marker="o", ms=3, label="model")
+        if name in chances:
+            ax.plot(*chances[name], ls="--", color="grey", label="chance")
+        _panel(ax, name.replace("_", " "))
+        ax.legend(fontsize=6)
+    fig.suptitle("Pretraining per task: losses, then learning signals against chance (epoch means)")
     fig.tight_layout()
     write_atomic(curves, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     plt.close(fig)
@@ -53,8 +75,9 @@ def plot_training(run_dir: str | Path, curves: str | Path, weights: str | Path) 
         ax.plot(xs, ys, marker="o", ms=3, label=name)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("weight exp(-log variance)")
-    ax.set_title("Learned task weights (uncertainty weighting)")
+    ax.set_ylabel("weight of the task loss")
+    ax.set_yscale("log")
+    ax.set_title("Task weights in the total loss (pretrain.balancing)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     write_atomic(weights, lambda tmp: fig.savefig(tmp, format="png", dpi=90))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def cosine_schedule(
@@ -26,3 +27,19 @@ def cosine_schedule(
     t = np.arange(total - n_warm) / max(total - n_warm - 1, 1)
     cosine = end + 0.5 * (start - end) * (1 + np.cos(np.pi * t))
     return np.concatenate([warm, cosine])
+
+
+def apply_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    """Set one step's learning rate and weight decay on the network's parameter groups.
+
+    Groups marked ``balancer`` (the task weights, see ``damt.training.step.param_groups``) keep
+    their constant learning rate and zero weight decay; groups without ``apply_wd_schedule``
+    keep their weight decay.
+    """
+    for group in optimizer.param_groups:
+        if group.get("balancer"):
+            continue
+        # Python floats: numpy scalars in the optimizer state would not load weights_only.
+        group["lr"] = float(lr)
+        if group.get("apply_wd_schedule"):
+            group["weight_decay"] = float(weight_decay)

@@ -21,6 +21,7 @@ class TrainSettings:
     views: ViewSpec
     tasks: tuple[str, ...]
     balancing: str
+    balancer_lr: float
     contrastive_temperature: float
     contrastive_dim: int
     epochs: int
@@ -51,6 +52,7 @@ class TrainSettings:
             views=view_spec_from_config(p),
             tasks=tasks,
             balancing=p["balancing"],
+            balancer_lr=p["balancer_lr"],
             contrastive_temperature=p["contrastive_temperature"],
             contrastive_dim=p["contrastive_dim"],
             epochs=p["epochs"],

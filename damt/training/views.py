@@ -49,13 +49,25 @@ def random_start(shape: tuple[int, ...], size: int, rng: np.random.Generator) ->
     )
 
 
-def location_label(start: tuple[int, ...], size: int, shape: tuple[int, ...], grid: int) -> int:
-    """Grid cell of the crop centre over the first two axes of the volume: ``row * grid + col``."""
-    row, col = (
-        min(int((s + size / 2) / n * grid), grid - 1)
-        for s, n in zip(start[:2], shape[:2], strict=True)
-    )
-    return row * grid + col
+def location_label(
+    start: tuple[int, ...], size: int, shape: tuple[int, ...], grid: int, axes: int = 2
+) -> int:
+    """Grid cell of the crop over the first ``axes`` axes, row-major (``row * grid + col`` for
+    two axes).
+
+    The cells split the range of possible crop positions, not the volume: a crop's centre can
+    only fall in [size/2, n - size/2], so bins over the whole volume would make the central cell
+    several times more frequent than a corner (35 % against 4 % for n = 128, size = 56). With
+    ``random_start``'s uniform corner in 0..n - size, each cell gets an equal share of the
+    positions (up to one position when n - size + 1 is not a multiple of ``grid``). A volume
+    smaller than the crop has one position, the centre cell.
+    """
+    label = 0
+    for s, n in zip(start[:axes], shape[:axes], strict=True):
+        positions = n - size + 1
+        cell = min(s * grid // positions, grid - 1) if positions > 1 else grid // 2
+        label = label * grid + cell
+    return label
 
 
 def mim_mask(crop_size: int, spec: ViewSpec, rng: np.random.Generator) -> torch.Tensor:
@@ -96,7 +108,7 @@ def make_views(image, atlas, rng: np.random.Generator, spec: ViewSpec) -> dict[s
       second crop on the ``mim_patch`` grid.
     - ``local_image`` (1, L, L, L): a ``local_crop_source``³ crop resized to ``local_crop``³ and
       rotated; ``local_atlas``, ``local_rotation``, ``local_mask`` likewise; ``location``: the
-      grid cell of the local crop in the volume (before rotation).
+      grid cell of the local crop's position (before rotation; see ``location_label``).
     """
     image, atlas = _as_volume(image), _as_volume(atlas)
     if image.shape != atlas.shape:
@@ -131,6 +143,8 @@ def make_views(image, atlas, rng: np.random.Generator, spec: ViewSpec) -> dict[s
         "local_rotation": torch.tensor(rot),
         "local_mask": mim_mask(spec.local_crop, spec, rng),
         "location": torch.tensor(
-            location_label(start, spec.local_crop_source, image.shape, spec.location_grid)
+            location_label(
+                start, spec.local_crop_source, image.shape, spec.location_grid, spec.location_axes
+            )
         ),
     }
