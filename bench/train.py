@@ -147,7 +147,7 @@ def main() -> None:
 
     spec = NetworkSpec(
         encoder=enc, tasks=settings.tasks, n_rotations=len(ROTATIONS),
-        n_locations=settings.views.location_grid**2, contrastive_dim=settings.contrastive_dim,
+        n_locations=settings.views.n_locations, contrastive_dim=settings.contrastive_dim,
         morphometry_dim=args.morphometry, radiomics_dim=args.radiomics,
         n_atlas_classes=args.classes,
     )  # fmt: skip

@@ -10,15 +10,14 @@ import torch
 from safetensors.torch import save_file
 
 from damt.config import load_config
+from damt.features import FEATURE_GROUPS
+from damt.paths import normalized_table_file
 from damt.training.loop import TrainInputs, run_pretraining
 
 
 def main(config: str, data_root: str, out: str) -> None:
     root = Path(data_root)
-    tables = {
-        k: root / "features" / f"{k}.z.parquet"
-        for k in ("morphometry_global", "morphometry_local", "radiomics")
-    }
+    tables = {k: root / "features" / normalized_table_file(k) for k in FEATURE_GROUPS}
     inputs = TrainInputs(root / "manifest.parquet", root / "labels.tsv", tables)
     result = run_pretraining(load_config(config), inputs, Path(out) / "run")
     state = {k: v.detach().contiguous() for k, v in result.objective.state_dict().items()}

@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
+from damt.features import FEATURE_GROUPS
 from damt.freesurfer.labels import read_label_table
 from damt.model import DAMTNetwork, EncoderSpec, NetworkSpec, ViewSpec
+from damt.paths import normalized_table_file
 from damt.training.data import (
     PretrainDataset,
     load_training_data,
@@ -27,10 +29,7 @@ def files(tmp_path_factory):
 
 
 def _tables(files):
-    return {
-        k: files.tables_dir / f"{k}.z.parquet"
-        for k in ("morphometry_global", "morphometry_local", "radiomics")
-    }
+    return {k: files.tables_dir / normalized_table_file(k) for k in FEATURE_GROUPS}
 
 
 def test_only_pass_and_warn_subjects_with_a_cache_train(files):
@@ -47,7 +46,7 @@ def test_targets_are_aligned_and_missing_values_stay_nan(files):
     # sub-02 has an all-NaN morphometry row; sub-03 is absent from the radiomics table.
     assert np.isnan(data.targets["morphometry"][2]).all()
     assert np.isnan(data.targets["radiomics"][3]).all()
-    glob = pd.read_parquet(files.tables_dir / "morphometry_global.z.parquet")
+    glob = pd.read_parquet(files.tables_dir / normalized_table_file("morphometry_global"))
     row = glob.set_index("subject_id").loc["sub-01"].to_numpy(np.float32)
     np.testing.assert_array_equal(data.targets["morphometry"][1, :7], row)
     assert data.summary["morphometry"]["subjects_without_values"] == 1
@@ -82,7 +81,7 @@ def test_a_batch_with_missing_features_masks_them(files):
     # sub-02 has no morphometry at all: its pair with sub-01 gives sub-01's loss alone.
     pair = default_collate([ds[1], ds[2]])
     with torch.no_grad():
-        _, losses, valid = objective(pair)
+        _, losses, valid, _ = objective(pair)
         hidden, _ = objective.network.encode(pair["global_image"][:, 0])
         pred = objective.network.head("morphometry", hidden[-1])[0]
     target = pair["morphometry"][0]
@@ -93,7 +92,7 @@ def test_a_batch_with_missing_features_masks_them(files):
     # A batch where nobody has morphometry: the task drops out of the step.
     alone = default_collate([ds[2]])
     objective.train()
-    total, losses, valid = objective(alone)
+    total, losses, valid, _ = objective(alone)
     assert not bool(valid["morphometry"]) and bool(valid["radiomics"])
     total.backward()
     assert float(objective.balancer.log_vars["morphometry"].grad) == 0.0

@@ -22,8 +22,10 @@ from torch.utils.data import default_collate
 
 from damt.cli import main as damt_main
 from damt.config import load_config
+from damt.features import FEATURE_GROUPS
 from damt.model import TASKS, load_encoder, pooled_features, read_encoder_spec
 from damt.model.network import DAMTNetwork
+from damt.paths import normalized_table_file
 from damt.training.checkpoint import load_latest, save_checkpoint
 from damt.training.data import PretrainDataset
 from damt.training.loop import NonFiniteLossError, TrainInputs, network_spec, run_pretraining
@@ -34,11 +36,11 @@ from damt.training.step import param_groups, resolve_precision, train_step
 from tests.training_data import write_config, write_training_set
 
 REPO = Path(__file__).resolve().parents[1]
-TABLES = ("morphometry_global", "morphometry_local", "radiomics")
+TABLES = FEATURE_GROUPS
 
 
 def _inputs(files) -> TrainInputs:
-    tables = {k: files.tables_dir / f"{k}.z.parquet" for k in TABLES}
+    tables = {k: files.tables_dir / normalized_table_file(k) for k in TABLES}
     return TrainInputs(files.manifest, files.label_table, tables)
 
 
@@ -242,9 +244,9 @@ def _wider_inputs(files, root: Path) -> tuple[Path, Path]:
     tables = root / "features"
     tables.mkdir(parents=True)
     for name in TABLES:
-        frame = pd.read_parquet(files.tables_dir / f"{name}.z.parquet")
+        frame = pd.read_parquet(files.tables_dir / normalized_table_file(name))
         frame[f"{name}_extra"] = 0.5
-        frame.to_parquet(tables / f"{name}.z.parquet")
+        frame.to_parquet(tables / normalized_table_file(name))
     labels = pd.read_csv(files.label_table, sep="\t")
     n = len(labels)
     labels.loc[n] = [n, int(labels["label"].max()) + 1, "region-extra"]

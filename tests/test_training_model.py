@@ -93,7 +93,7 @@ def test_every_parameter_gets_a_gradient(tasks):
     """What lets DDP run without find_unused_parameters, for every task switched on alone."""
     torch.manual_seed(0)
     objective = PretrainObjective(DAMTNetwork(_spec(tasks)), "uncertainty", 0.5)
-    total, losses, _ = objective(_batch())
+    total, losses, _, _ = objective(_batch())
     assert set(losses) == set(tasks)
     total.backward()
     missing = [n for n, p in objective.named_parameters() if p.grad is None]

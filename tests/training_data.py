@@ -15,6 +15,8 @@ import pandas as pd
 import yaml
 
 from damt.config import load_config
+from damt.features import FEATURE_GROUPS
+from damt.paths import normalized_table_file
 
 
 @dataclass
@@ -81,9 +83,7 @@ def write_training_set(
     tables = root / "features"
     tables.mkdir(exist_ok=True)
     all_ids = [*ids, "sub-fail", "sub-nocache"]
-    for name, width in zip(
-        ("morphometry_global", "morphometry_local", "radiomics"), widths, strict=True
-    ):
+    for name, width in zip(FEATURE_GROUPS, widths, strict=True):
         values = rng.normal(size=(len(all_ids), width)).astype(np.float32)
         values[rng.random(values.shape) < 0.1] = np.nan
         keep = list(range(len(all_ids)))
@@ -93,7 +93,7 @@ def write_training_set(
             keep.remove(3)
         table = pd.DataFrame(values[keep], columns=[f"{name}_{j}" for j in range(width)])
         table.insert(0, "subject_id", [all_ids[k] for k in keep])
-        table.to_parquet(tables / f"{name}.z.parquet")
+        table.to_parquet(tables / normalized_table_file(name))
 
     labels = pd.DataFrame(
         {
