@@ -226,3 +226,29 @@ def test_real_subjects_dir(shared_subjects: Path):
     assert by_id(d)["fsaverage"].reason == "excluded_pattern"
     d = discover_subjects([{"path": str(shared_subjects)}], exclude=[])
     assert d.subject_ids == ["bert", "fsaverage"]
+
+
+@pytest.mark.parametrize("marker", ["stats", "scripts/recon-all.done"])
+def test_symlink_loop_marker_flags_only_that_subject(tmp_path: Path, marker: str):
+    """Issue 18, case 2: a link loop raised OSError (ELOOP) and stopped discovery."""
+    make_subject(tmp_path, "good")
+    bad = make_subject(tmp_path, "loop")
+    (bad / marker).parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(bad / marker, bad / marker)  # points at itself
+    d = discover_subjects([{"path": str(tmp_path)}])
+    assert d.subject_ids == ["good"]
+    f = by_id(d)["loop"]
+    assert (f.status, f.reason) == ("flagged", "unreadable")
+    assert str(bad / marker) in f.detail and "symbolic links" in f.detail
+
+
+def test_fixed_input_with_kept_mtime_changes_the_fingerprint(tmp_path: Path):
+    """Issue 18, case 3: a subject whose volume was replaced must be recomputed, even when the
+    replacement keeps size and mtime (``cp -p``); stage inputs beyond the required files count."""
+    folder = make_subject(tmp_path, "s1", files=(*REQUIRED, "mri/T1.mgz"))
+    first = discover_subjects([{"path": str(tmp_path)}], input_files=["mri/T1.mgz"])
+    st = os.stat(folder / "mri/T1.mgz")
+    (folder / "mri/T1.mgz").write_bytes(b"y")  # same size
+    os.utime(folder / "mri/T1.mgz", ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime
+    second = discover_subjects([{"path": str(tmp_path)}], input_files=["mri/T1.mgz"])
+    assert first.subjects[0].fingerprint != second.subjects[0].fingerprint
