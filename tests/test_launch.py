@@ -212,3 +212,30 @@ def test_never_refuses_to_resume_on_other_targets(tmp_path: Path, key):
     msg = str(err.value)
     assert "retrain: never" in msg and key in msg and "epoch 2 of 4" in msg
     assert "retrain: cohort" in msg and "epochs: 2" in msg
+
+
+def test_bad_settings_never_touch_a_trained_run(tmp_path: Path):
+    """Issue 18, case 1: with epochs 1 and the inherited warmup_epochs 1, the job moved the
+    checkpoints to superseded/ and only then failed; the settings are checked first now."""
+    from damt.config import load_config
+    from damt.training.launch import launch
+    from tests.training_data import write_config
+
+    config = load_config(write_config(tmp_path / "c.yaml"))
+    pretrain = {**config["pretrain"], "epochs": 1, "warmup_epochs": 1, "retrain": "always"}
+    run = make_run(tmp_path / "run", 4, SIG)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    manifest, labels, tables = _signature_inputs(tmp_path)
+    with pytest.raises(LaunchError, match=r"warmup_epochs \(1\) must be smaller.*nothing was"):
+        launch(pretrain, manifest, labels, tables, run, granted_gpus=pretrain["gpus"], cores=1)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    assert not (run / "superseded").exists()
+
+
+def test_more_gpus_than_the_job_sees_is_refused_before_anything_moves(tmp_path: Path):
+    from damt.training.launch import check_hardware
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(LaunchError, match=rf"sees {visible} GPU\(s\)"):
+        check_hardware({"gpus": visible + 1})
+    check_hardware({"gpus": 0})

@@ -13,8 +13,8 @@ it is many times faster than going through pandas for files of a few dozen rows.
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable

@@ -205,6 +205,49 @@ def check_gpus(pretrain: dict, granted: int) -> None:
         )
 
 
+def check_hardware(pretrain: dict) -> None:
+    """Refuse ``pretrain.gpus`` GPUs where fewer are visible to the job (before anything moves)."""
+    wanted = pretrain["gpus"]
+    if wanted <= 0:
+        return
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible < wanted:
+        raise LaunchError(
+            f"pretrain.gpus is {wanted} but this job sees {visible} GPU(s) "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); "
+            f"run it where {wanted} GPUs are available or set pretrain.gpus: {visible}. "
+            "Nothing was trained, moved or deleted."
+        )
+
+
+def check_run_settings(
+    config: dict, granted_gpus: int | None = None, hardware: bool = False
+) -> None:
+    """Every check of a run's settings, in one place: the cross-key checks of the trainer
+    (:meth:`damt.training.settings.TrainSettings.from_config`: warmup below epochs, crop sizes
+    the network's stride needs, ...), the GPU grant (``granted_gpus``: Snakemake's resources)
+    and, with ``hardware``, the GPUs the job can see.
+
+    The Snakefile calls it at parse time (so ``snakemake -n`` refuses a bad config before any
+    job runs) and the pretrain job before it moves or deletes anything.
+    """
+    from damt.training.settings import TrainSettings
+
+    try:
+        TrainSettings.from_config(config)
+    except (ValueError, KeyError) as exc:
+        raise LaunchError(
+            f"invalid pretrain settings: {exc}. Fix the config and run again (nothing was "
+            "trained, moved or deleted)."
+        ) from exc
+    if granted_gpus is not None:
+        check_gpus(config["pretrain"], granted_gpus)
+    if hardware:
+        check_hardware(config["pretrain"])
+
+
 def torchrun_command(n_processes: int, train_args: list[str]) -> list[str]:
     """torchrun (of this interpreter) running ``damt train`` on one node."""
     return [
@@ -234,7 +277,9 @@ def launch(
 
     ``pretrain`` is the config's ``pretrain`` section (the rule's params).
     """
-    check_gpus(pretrain, granted_gpus)
+    # Validate everything before the run folder is touched: a bad config must never cost the
+    # checkpoints of a trained model (supersede() below moves them aside).
+    check_run_settings({"pretrain": pretrain}, granted_gpus, hardware=True)
     p = pretrain
     run_dir.mkdir(parents=True, exist_ok=True)
     current = signature(pretrain, manifest, label_table, tables)
