@@ -38,11 +38,25 @@ def _run(stage, subject: Path, out: Path):
 def test_label_table():
     table = read_label_table(TABLE)
     assert table.n_classes == 112
-    assert table.labels[0] == 0 and table.names[0] == "Unknown"
+    assert table.labels[0] == 0 and table.names[0] == "Unknown+ctx-lh-unknown+ctx-rh-unknown"
     assert "ctx-rh-insula" in table.names and 1004 not in table.labels
     classes, unknown = table.remap(np.array([0, 2, 2035, 1004, 1004, 9999]))
     assert classes.tolist() == [0, 1, 111, 0, 0, 0] and classes.dtype == np.uint8
     assert unknown == {1004: 2, 9999: 1}
+
+
+def test_freesurfer_unknown_cortex_labels_are_known_background(tmp_path: Path):
+    """Issue 18, case 9: FreeSurfer 5.x/6.0's ctx-lh-unknown/ctx-rh-unknown (1000/2000) were
+    reported as unexpected labels for every such subject."""
+    table = read_label_table(TABLE)
+    assert {1000, 2000} <= set(table.labels.tolist()) and table.n_classes == 112
+    classes, unknown = table.remap(np.array([1000, 2000, 1001]))
+    assert classes.tolist() == [0, 0, 44] and unknown == {}
+    image, labels = blob_volumes()
+    labels[labels == 17] = 1000
+    res = _run(_stage(), make_subject(tmp_path, "s1", image, labels), tmp_path / "out")
+    assert res.status == OK and res.info["unexpected_labels"] == {}
+    assert 1000 in res.info["labels_present"]
 
 
 def test_label_table_errors(tmp_path: Path):
@@ -99,7 +113,7 @@ def test_cache_of_a_subject(tmp_path: Path):
     table = read_label_table(TABLE)
     assert set(np.unique(atlas)) == {
         0,
-        *(int(np.flatnonzero(table.labels == lab)[0]) for lab in (2, 17, 1001)),
+        *(int(table.classes[np.flatnonzero(table.labels == lab)[0]]) for lab in (2, 17, 1001)),
     }
     assert res.info["n_classes"] == 112 and res.info["labels_present"] == [2, 17, 1001]
     assert res.info["voxel_size"] == [1.0, 1.0, 1.0]
@@ -142,8 +156,9 @@ def test_cache_matches_original_monai_chain_on_bert(tmp_path: Path, bert: Path):
 def test_fsaverage_labels_outside_the_table_are_reported(tmp_path: Path, fsaverage: Path):
     res = _run(_stage(CacheSettings()), fsaverage, tmp_path)
     assert res.status == OK
-    assert set(res.info["unexpected_labels"]) == {"1000", "1004", "2000", "2004"}
-    assert set(res.info["cache_unknown_labels"]) == {"1000", "1004", "2000", "2004"}
+    # Issue 18, case 9: 1000/2000 (ctx-?h-unknown) are in the label table, as background.
+    assert set(res.info["unexpected_labels"]) == {"1004", "2004"}
+    assert set(res.info["cache_unknown_labels"]) == {"1004", "2004"}
 
 
 def test_corrupt_volume(tmp_path: Path):
