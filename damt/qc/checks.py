@@ -48,7 +48,13 @@ KNOWN_CODES: tuple[str, ...] = tuple(
             ),
             *(
                 f"cache:{r}"
-                for r in (*_VOLUME_REASONS, "empty_image", "negative_labels", "not_run")
+                for r in (
+                    *_VOLUME_REASONS,
+                    "empty_image",
+                    "negative_labels",
+                    "unreadable",
+                    "not_run",
+                )
             ),
             *(
                 f"stats:{r}"
@@ -58,6 +64,7 @@ KNOWN_CODES: tuple[str, ...] = tuple(
                     "stats_malformed",
                     "file_errors",
                     "nonfinite_values",
+                    "unreadable",
                     "not_run",
                 )
             ),
@@ -69,6 +76,7 @@ KNOWN_CODES: tuple[str, ...] = tuple(
                     "pyradiomics_error",
                     "all_rois_failed",
                     "roi_errors",
+                    "unreadable",
                     "not_run",
                 )
             ),

@@ -164,6 +164,16 @@ def _run_one(stage: Stage, task: SubjectTask, outdir: Path, key: str) -> Subject
         result = stage.compute(task, workdir)
     except SubjectError as exc:
         result = SubjectResult(task.subject_id, FAILED, exc.reason, exc.detail)
+    except OSError as exc:  # the subject's files cannot be read: its reason, not a crash
+        where = exc.filename or task.path
+        result = SubjectResult(
+            task.subject_id,
+            FAILED,
+            "unreadable",
+            f"{where} cannot be read: {exc.strerror or exc}; fix its permissions or the file, "
+            "then rerun",
+            reusable=False,
+        )
     except Exception as exc:  # one subject's crash must not stop the shard
         log.error(
             "%s: unexpected error in %s:\n%s", task.subject_id, stage.name, traceback.format_exc()
