@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -252,3 +253,18 @@ def test_fixed_input_with_kept_mtime_changes_the_fingerprint(tmp_path: Path):
     os.utime(folder / "mri/T1.mgz", ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime
     second = discover_subjects([{"path": str(tmp_path)}], input_files=["mri/T1.mgz"])
     assert first.subjects[0].fingerprint != second.subjects[0].fingerprint
+
+
+@pytest.mark.slow
+def test_dry_run_goes_on_past_a_link_loop_subject(tmp_path: Path, demo_copy: Path):
+    """Issue 18, case 2: a link-loop `stats` of one subject made `snakemake -n` fail for all."""
+    from tests.conftest import run_snakemake, workflow_config
+
+    bad = demo_copy / "sub-001" / "stats"
+    shutil.rmtree(bad)
+    os.symlink(bad, bad)
+    override = workflow_config(tmp_path, [{"path": str(demo_copy)}])
+    run_snakemake("-n", "--configfile", str(override))
+    report = (tmp_path / "results" / "discovery" / "report.tsv").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("sub-001\t"))
+    assert "\tflagged\tunreadable\t" in row and "Too many levels of symbolic links" in row
