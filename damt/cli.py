@@ -91,8 +91,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from damt.config import load_config
+    from damt.training.checkpoint import die_with_parent
     from damt.training.loop import TrainInputs, run_pretraining
 
+    # torchrun starts each trainer in a session of its own: die with it, not after it.
+    die_with_parent()
     config = load_config(args.config, sections=("pretrain",))
     inputs = TrainInputs.from_arguments(
         args.manifest,

@@ -105,17 +105,27 @@ def read_subjects_list(path: str | Path) -> list[str]:
     return ids
 
 
-def _fingerprint(folder: Path, required: Sequence[str]) -> str:
-    """Hash of size and mtime of the required files and of FreeSurfer's 'done' markers."""
+def _fingerprint(folder: Path, required: Sequence[str], extra: Sequence[str] = ()) -> str:
+    """Hash of size, mtime and ctime of the required files, the stages' input files (``extra``)
+    and FreeSurfer's 'done' markers.
+
+    The ctime catches a file replaced by a copy that keeps size and mtime (``cp -p``), so a
+    subject whose inputs were fixed is recomputed. Any other ``OSError`` than a missing optional
+    file (a symbolic-link loop, no permission) propagates: the caller flags the subject.
+    """
     h = hashlib.sha1()
-    for rel in (*required, *RECON_MARKERS):
+    seen: set[str] = set()
+    for rel in (*required, *extra, *RECON_MARKERS):
+        if rel in seen:
+            continue
+        seen.add(rel)
         try:
             st = os.stat(folder / rel)
         except FileNotFoundError:
             if rel in required:
                 raise
             continue
-        h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode())
+        h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns};".encode())
     return h.hexdigest()[:16]
 
 
@@ -129,6 +139,7 @@ def discover_subjects(
     exclude: Sequence[str] = ("fsaverage*",),
     subjects_list: Iterable[str] | None = None,
     n_shards: int = 0,
+    input_files: Sequence[str] = (),
 ) -> Discovery:
     """Search ``dirs`` (``[{"path": ..., "optional": bool}]``) for subject folders.
 
@@ -136,7 +147,9 @@ def discover_subjects(
     entry. Everything else that looks like a candidate is written to the report with a reason:
     ``illegal_id``, ``missing_required``, ``broken_link``, ``unreadable``, ``duplicate_id``,
     ``listed_not_found`` (flagged: the QC manifest fails them) or ``excluded_pattern`` and
-    ``not_listed`` (skipped by configuration).
+    ``not_listed`` (skipped by configuration). ``input_files`` (relative paths the per-subject
+    stages read besides the required files) enter the subject's fingerprint, so that a changed
+    input reruns the subject's shard jobs.
     """
     listed = list(subjects_list) if subjects_list is not None else None
     listed_set = set(listed) if listed is not None else None
@@ -208,9 +221,15 @@ def discover_subjects(
                 continue
             try:
                 missing = [rel for rel in required_files if not (folder / rel).is_file()]
-                fingerprint = None if missing else _fingerprint(folder, required_files)
-            except PermissionError as exc:
-                flag(name, folder, "unreadable", f"{folder} cannot be read: {exc.strerror}")
+                fingerprint = None if missing else _fingerprint(folder, required_files, input_files)
+            except OSError as exc:
+                where = exc.filename or folder
+                flag(
+                    name,
+                    folder,
+                    "unreadable",
+                    f"{where} cannot be read: {exc.strerror or exc} (fix or remove it, then rerun)",
+                )
                 continue
             if missing:
                 flag(
@@ -317,7 +336,19 @@ def discover_from_config(config: dict) -> Discovery:
         exclude=sub["exclude"],
         subjects_list=listed,
         n_shards=config["sharding"]["n_shards"],
+        input_files=stage_input_files(config),
     )
+
+
+def stage_input_files(config: dict) -> list[str]:
+    """Subject-relative files the per-subject stages read (volumes of cache and radiomics)."""
+    out: list[str] = []
+    for section, keys in (("cache", ("image", "atlas")), ("radiomics", ("image", "atlas"))):
+        for key in keys:
+            value = (config.get(section) or {}).get(key)
+            if isinstance(value, str) and value not in out:
+                out.append(value)
+    return out
 
 
 def discover_for_workflow(config: dict, main_process: bool = True) -> Discovery:

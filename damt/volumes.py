@@ -8,6 +8,7 @@ the voxel values bit-exact (no casting beyond native byte order) and the geometr
 
 from __future__ import annotations
 
+import gzip
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ class Volume:
 
     data: np.ndarray
     affine: np.ndarray
+    n_frames: int = 1  # frames of the file (4-D volumes: only frame 0 is in ``data``)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -49,10 +51,63 @@ def _native(data: np.ndarray) -> np.ndarray:
     return data.astype(data.dtype.newbyteorder("="), copy=False)
 
 
+def _sniff(head: bytes) -> str:
+    """What a file's first bytes hold, in words (for messages about a file that is not MGH)."""
+    if len(head) >= 348 and head[344:348] in (b"n+1\0", b"ni1\0"):
+        return "NIfTI-1 data"
+    if len(head) >= 540 and head[4:8] in (b"n+2\0", b"ni2\0"):
+        return "NIfTI-2 data"
+    if head[:2] == b"\x1f\x8b":
+        return "gzip data nested in gzip"
+    if head[:4] == b"DICM" or (len(head) > 132 and head[128:132] == b"DICM"):
+        return "DICOM data"
+    if not head:
+        return "nothing (empty)"
+    sample = head[:512]
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in sample):
+        return f"text ({sample[:40].decode('ascii', 'replace')!r}...)"
+    return f"unknown bytes (starting {head[:8].hex()})"
+
+
+def _mgh_problem(path: Path) -> str | None:
+    """None when ``path`` (``.mgz``/``.mgh``) starts like an MGH volume, else what it holds."""
+    compressed = path.name.lower().endswith(".mgz")
+    with open(path, "rb") as fh:
+        raw = fh.read(2)
+        fh.seek(0)
+        if compressed:
+            if raw != b"\x1f\x8b":
+                what = _sniff(fh.read(1024))
+                return f"holds {what}, not gzip-compressed MGH data"
+            try:
+                with gzip.GzipFile(fileobj=fh) as gz:
+                    head = gz.read(1024)
+            except (OSError, EOFError, zlib.error) as exc:
+                return f"holds damaged gzip data ({exc})"
+        else:
+            head = fh.read(1024)
+    if len(head) >= 4 and int.from_bytes(head[:4], "big") == 1:
+        return None
+    what = _sniff(head)
+    inner = "gzip-compressed " if compressed else ""
+    return f"holds {inner}{what}, not an MGH volume (version 1 header)"
+
+
 def load_volume(path: str | Path) -> Volume:
-    """Read a 3-D volume (first frame of 4-D files) into a :class:`Volume`."""
+    """Read a 3-D volume (first frame of 4-D files) into a :class:`Volume`.
+
+    A file that cannot be read, or whose bytes are not what its name says (a gzipped NIfTI
+    renamed ``.mgz``, text), raises :class:`VolumeError` naming the file and what it holds.
+    """
     path = Path(path)
     try:
+        if path.name.lower().endswith((".mgz", ".mgh")):
+            problem = _mgh_problem(path)
+            if problem is not None:
+                raise VolumeError(
+                    f"{path}: {problem}; replace it with the FreeSurfer volume "
+                    "(e.g. mri_convert to .mgz) and rerun"
+                )
         if _is_nibabel(path):
             img = nib.load(path)
             data = np.asanyarray(img.dataobj)
@@ -60,24 +115,26 @@ def load_volume(path: str | Path) -> Volume:
         else:
             simg = sitk.ReadImage(str(path))
             return sitk_to_volume(simg)
+    except VolumeError:
+        raise
     except FileNotFoundError as exc:
         raise VolumeError(f"{path}: file not found") from exc
     except PermissionError as exc:
         raise VolumeError(f"{path}: permission denied") from exc
-    except (
-        OSError,
-        EOFError,
-        zlib.error,
-        ValueError,
-        RuntimeError,
-        nib.filebasedimages.ImageFileError,
-    ) as exc:
-        raise VolumeError(f"{path}: cannot read volume ({type(exc).__name__}: {exc})") from exc
+    except OSError as exc:
+        raise VolumeError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+    except Exception as exc:  # any reader failure on bad bytes (MGHError, KeyError, ...)
+        raise VolumeError(
+            f"{path}: cannot read volume ({type(exc).__name__}: {exc}); "
+            "check that it is an intact image file"
+        ) from exc
+    n_frames = 1
     if data.ndim == 4:
+        n_frames = int(data.shape[3])
         data = data[..., 0]
     if data.ndim != 3:
         raise VolumeError(f"{path}: expected a 3-D volume, got shape {data.shape}")
-    return Volume(_native(data), affine)
+    return Volume(_native(data), affine, n_frames)
 
 
 def volume_to_sitk(vol: Volume) -> sitk.Image:

@@ -1,6 +1,6 @@
 # Shared set-up of the workflow: results paths, subject discovery, shard lists and targets.
 # Functions only (rules live in the other .smk files); the logic is in `damt` (damt.paths,
-# damt.discovery, damt.demo.cohort, damt.training.launch.check_gpus).
+# damt.discovery, damt.demo.cohort, damt.training.launch.check_run_settings).
 #
 # Parsing the workflow WRITES FILES, on purpose: the demo cohort (when `demo.enabled`, so that
 # `make demo` needs no download) and the discovery files under results/discovery/. Subjects are
@@ -15,8 +15,8 @@ from damt.demo.cohort import ensure_demo_cohort
 from damt.discovery import discover_for_workflow
 from damt.features import FEATURE_GROUPS, TASK_FEATURE_GROUPS
 from damt.paths import ENCODER_FILE, MODEL_CARD_FILE, ResultPaths
-from damt.qc.checks import qc_params
-from damt.training.launch import check_gpus
+from damt.qc.checks import check_severity, qc_params
+from damt.training.launch import check_run_settings
 
 _handler = logging.StreamHandler()
 _handler.setFormatter(logging.Formatter("damt: %(message)s"))
@@ -35,19 +35,22 @@ wildcard_constraints:
     shard=r"[A-Za-z0-9._-]+",
 
 
+# Every check of the run's settings before any job runs (the trainer's own cross-key checks:
+# warmup < epochs, crop sizes, ...; qc.severity codes). Snakemake scales a job's resources down
+# to --resources without a word; fail before hours of other stages instead of training on fewer
+# GPUs than configured (or in half precision on CPUs).
+if workflow.is_main_process:
+    check_severity(config["qc"]["severity"])
+    _gpus = config["pretrain"]["gpus"]
+    if "gpu" in workflow.global_resources:
+        _gpus = min(workflow.global_resources["gpu"].value, _gpus)
+    check_run_settings(config, _gpus)
+
 if workflow.is_main_process:
     ensure_demo_cohort(config)
 
 DISCOVERY = discover_for_workflow(config, main_process=workflow.is_main_process)
 SHARDS = list(DISCOVERY.shards())
-
-# Snakemake scales a job's resources down to --resources without a word; fail before hours of
-# other stages instead of training on fewer GPUs than configured (or in half precision on CPUs).
-if workflow.is_main_process:
-    _gpus = config["pretrain"]["gpus"]
-    if "gpu" in workflow.global_resources:
-        _gpus = min(workflow.global_resources["gpu"].value, _gpus)
-    check_gpus(config["pretrain"], _gpus)
 
 
 def stage_settings(section):

@@ -38,11 +38,25 @@ def _run(stage, subject: Path, out: Path):
 def test_label_table():
     table = read_label_table(TABLE)
     assert table.n_classes == 112
-    assert table.labels[0] == 0 and table.names[0] == "Unknown"
+    assert table.labels[0] == 0 and table.names[0] == "Unknown+ctx-lh-unknown+ctx-rh-unknown"
     assert "ctx-rh-insula" in table.names and 1004 not in table.labels
     classes, unknown = table.remap(np.array([0, 2, 2035, 1004, 1004, 9999]))
     assert classes.tolist() == [0, 1, 111, 0, 0, 0] and classes.dtype == np.uint8
     assert unknown == {1004: 2, 9999: 1}
+
+
+def test_freesurfer_unknown_cortex_labels_are_known_background(tmp_path: Path):
+    """Issue 18, case 9: FreeSurfer 5.x/6.0's ctx-lh-unknown/ctx-rh-unknown (1000/2000) were
+    reported as unexpected labels for every such subject."""
+    table = read_label_table(TABLE)
+    assert {1000, 2000} <= set(table.labels.tolist()) and table.n_classes == 112
+    classes, unknown = table.remap(np.array([1000, 2000, 1001]))
+    assert classes.tolist() == [0, 0, 44] and unknown == {}
+    image, labels = blob_volumes()
+    labels[labels == 17] = 1000
+    res = _run(_stage(), make_subject(tmp_path, "s1", image, labels), tmp_path / "out")
+    assert res.status == OK and res.info["unexpected_labels"] == {}
+    assert 1000 in res.info["labels_present"]
 
 
 def test_label_table_errors(tmp_path: Path):
@@ -99,7 +113,7 @@ def test_cache_of_a_subject(tmp_path: Path):
     table = read_label_table(TABLE)
     assert set(np.unique(atlas)) == {
         0,
-        *(int(np.flatnonzero(table.labels == lab)[0]) for lab in (2, 17, 1001)),
+        *(int(table.classes[np.flatnonzero(table.labels == lab)[0]]) for lab in (2, 17, 1001)),
     }
     assert res.info["n_classes"] == 112 and res.info["labels_present"] == [2, 17, 1001]
     assert res.info["voxel_size"] == [1.0, 1.0, 1.0]
@@ -142,8 +156,9 @@ def test_cache_matches_original_monai_chain_on_bert(tmp_path: Path, bert: Path):
 def test_fsaverage_labels_outside_the_table_are_reported(tmp_path: Path, fsaverage: Path):
     res = _run(_stage(CacheSettings()), fsaverage, tmp_path)
     assert res.status == OK
-    assert set(res.info["unexpected_labels"]) == {"1000", "1004", "2000", "2004"}
-    assert set(res.info["cache_unknown_labels"]) == {"1000", "1004", "2000", "2004"}
+    # Issue 18, case 9: 1000/2000 (ctx-?h-unknown) are in the label table, as background.
+    assert set(res.info["unexpected_labels"]) == {"1004", "2004"}
+    assert set(res.info["cache_unknown_labels"]) == {"1004", "2004"}
 
 
 def test_corrupt_volume(tmp_path: Path):
@@ -243,3 +258,86 @@ def test_qc_settings_are_not_part_of_the_result_key(tmp_path: Path):
         stage_from_settings(config([2, 17, 53])["cache"]), [SubjectTask("s1", subject)], out
     )
     assert reused
+
+
+# --- issue 18: what a bad volume holds, retry after a fix, 4-D volumes, empty atlas ------------
+
+
+def _gzipped_nifti(path: Path) -> None:
+    import nibabel as nib
+
+    image, _ = blob_volumes()
+    tmp = path.with_name("tmp.nii.gz")
+    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp)
+    path.write_bytes(tmp.read_bytes())
+    tmp.unlink()
+
+
+def test_non_mgh_bytes_name_the_file_and_what_it_holds(tmp_path: Path):
+    """Issue 18, case 3: a renamed .nii.gz gave cache:error:MGHError and gzipped text
+    cache:error:KeyError with a bare number; both are volume_unreadable naming the content."""
+    import gzip
+
+    nifti = make_subject(tmp_path, "nifti")
+    _gzipped_nifti(nifti / "mri" / "brainmask.mgz")
+    text = make_subject(tmp_path, "text")
+    (text / "mri" / "aparc+aseg.mgz").write_bytes(gzip.compress(b"not a volume\n" * 50))
+    out = tmp_path / "out"
+    res = _run(_stage(), nifti, out)
+    assert (res.status, res.reason) == (FAILED, "volume_unreadable")
+    assert res.detail.startswith(
+        f"{nifti / 'mri' / 'brainmask.mgz'}: holds gzip-compressed NIfTI-1"
+    )
+    res = _run(_stage(), text, out)
+    assert (res.status, res.reason) == (FAILED, "volume_unreadable")
+    assert "aparc+aseg.mgz: holds gzip-compressed text ('not a volume" in res.detail
+
+
+def test_failed_subject_is_retried_after_its_file_is_fixed(tmp_path: Path):
+    """Issue 18, case 3: the fix of a failed subject's volume (even one keeping size and mtime)
+    recomputes it; an unchanged failed subject is reused."""
+    import os
+    import shutil
+
+    good = make_subject(tmp_path / "good")
+    subject = make_subject(tmp_path)
+    target = subject / "mri" / "brainmask.mgz"
+    _gzipped_nifti(target)
+    out = tmp_path / "out"
+    assert _run(_stage(), subject, out).reason == "volume_unreadable"
+    ((_, reused),) = run_tasks(_stage(), [SubjectTask("s1", subject)], out)
+    assert reused
+    shutil.copy2(good / "mri" / "brainmask.mgz", target)  # cp -p: the good file's mtime
+    ((res, reused),) = run_tasks(_stage(), [SubjectTask("s1", subject)], out)
+    assert not reused and res.status == OK
+    assert os.stat(target).st_mtime_ns == os.stat(good / "mri" / "brainmask.mgz").st_mtime_ns
+
+
+def test_four_d_volume_reports_its_frames(tmp_path: Path):
+    """Issue 18, case 6: a 4-D brainmask passed silently (frame 0 used); QC warns with the frame
+    count by default and fails when configured."""
+    from damt.qc.checks import QcSettings, volume_issues
+
+    image, labels = blob_volumes()
+    subject = make_subject(tmp_path, "s1", np.stack([image, image // 2, image], axis=-1), labels)
+    res = _run(_stage(), subject, tmp_path / "out")
+    assert res.status == OK
+    assert res.info["n_frames"] == {"mri/brainmask.mgz": 3, "mri/aparc+aseg.mgz": 1}
+    issues = dict(volume_issues(res.info, QcSettings()))
+    assert issues["qc:multiframe"].startswith("mri/brainmask.mgz has 3 frames; only frame 0")
+    from damt.qc.checks import status_of
+
+    assert status_of(["qc:multiframe"], {}) == "warn"
+    assert status_of(["qc:multiframe"], {"qc:multiframe": "fail"}) == "fail"
+
+
+def test_all_background_atlas_is_excluded_from_training(tmp_path: Path):
+    """Issue 18, case 9: an aparc+aseg of zeros trained by default; qc:empty_atlas fails it."""
+    from damt.qc.checks import QcSettings, status_of, volume_issues
+
+    image, labels = blob_volumes()
+    res = _run(_stage(), make_subject(tmp_path, "s1", image, np.zeros_like(labels)), tmp_path / "o")
+    assert res.status == OK and res.info["labels_present"] == []
+    codes = [c for c, _ in volume_issues(res.info, QcSettings())]
+    assert "qc:empty_atlas" in codes
+    assert status_of(codes, {}) == "fail"

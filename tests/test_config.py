@@ -88,3 +88,30 @@ def test_snakemake_stops_on_bad_config_naming_the_key(tmp_path: Path, demo_cohor
     proc = run_snakemake("-n", "--configfile", str(override), check=False)
     assert proc.returncode != 0
     assert "n_shardz" in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sections", "expected"),
+    [
+        # Issue 18, case 1: cross-key settings of the trainer, checked when the workflow parses.
+        ({"pretrain": {"epochs": 1, "warmup_epochs": 1}}, "warmup_epochs (1) must be smaller"),
+        (
+            {"pretrain": {"presets": {"tiny": {"global_crop": 40}}}},
+            "global_crop 40 must be a multiple",
+        ),
+        # Issue 18, case 7: a misspelt qc.severity code stops the run with the known codes.
+        (
+            {"qc": {"severity": {"qc:surface_hole": "fail"}}},
+            "unknown issue code(s) 'qc:surface_hole'",
+        ),
+    ],
+)
+def test_dry_run_refuses_bad_run_settings(tmp_path: Path, demo_cohort: Path, sections, expected):
+    override = workflow_config(tmp_path, [{"path": str(demo_cohort)}], **sections)
+    proc = run_snakemake("-n", "--configfile", str(override), check=False)
+    out = proc.stderr + proc.stdout
+    assert proc.returncode != 0 and expected in out, out[-3000:]
+    if "severity" in str(sections):
+        assert "known codes: " in out and "qc:surface_holes" in out
+    assert not (tmp_path / "results" / "discovery").exists()  # refused before anything ran

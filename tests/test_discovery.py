@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -226,3 +227,44 @@ def test_real_subjects_dir(shared_subjects: Path):
     assert by_id(d)["fsaverage"].reason == "excluded_pattern"
     d = discover_subjects([{"path": str(shared_subjects)}], exclude=[])
     assert d.subject_ids == ["bert", "fsaverage"]
+
+
+@pytest.mark.parametrize("marker", ["stats", "scripts/recon-all.done"])
+def test_symlink_loop_marker_flags_only_that_subject(tmp_path: Path, marker: str):
+    """Issue 18, case 2: a link loop raised OSError (ELOOP) and stopped discovery."""
+    make_subject(tmp_path, "good")
+    bad = make_subject(tmp_path, "loop")
+    (bad / marker).parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(bad / marker, bad / marker)  # points at itself
+    d = discover_subjects([{"path": str(tmp_path)}])
+    assert d.subject_ids == ["good"]
+    f = by_id(d)["loop"]
+    assert (f.status, f.reason) == ("flagged", "unreadable")
+    assert str(bad / marker) in f.detail and "symbolic links" in f.detail
+
+
+def test_fixed_input_with_kept_mtime_changes_the_fingerprint(tmp_path: Path):
+    """Issue 18, case 3: a subject whose volume was replaced must be recomputed, even when the
+    replacement keeps size and mtime (``cp -p``); stage inputs beyond the required files count."""
+    folder = make_subject(tmp_path, "s1", files=(*REQUIRED, "mri/T1.mgz"))
+    first = discover_subjects([{"path": str(tmp_path)}], input_files=["mri/T1.mgz"])
+    st = os.stat(folder / "mri/T1.mgz")
+    (folder / "mri/T1.mgz").write_bytes(b"y")  # same size
+    os.utime(folder / "mri/T1.mgz", ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime
+    second = discover_subjects([{"path": str(tmp_path)}], input_files=["mri/T1.mgz"])
+    assert first.subjects[0].fingerprint != second.subjects[0].fingerprint
+
+
+@pytest.mark.slow
+def test_dry_run_goes_on_past_a_link_loop_subject(tmp_path: Path, demo_copy: Path):
+    """Issue 18, case 2: a link-loop `stats` of one subject made `snakemake -n` fail for all."""
+    from tests.conftest import run_snakemake, workflow_config
+
+    bad = demo_copy / "sub-001" / "stats"
+    shutil.rmtree(bad)
+    os.symlink(bad, bad)
+    override = workflow_config(tmp_path, [{"path": str(demo_copy)}])
+    run_snakemake("-n", "--configfile", str(override))
+    report = (tmp_path / "results" / "discovery" / "report.tsv").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("sub-001\t"))
+    assert "\tflagged\tunreadable\t" in row and "Too many levels of symbolic links" in row

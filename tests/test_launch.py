@@ -212,3 +212,82 @@ def test_never_refuses_to_resume_on_other_targets(tmp_path: Path, key):
     msg = str(err.value)
     assert "retrain: never" in msg and key in msg and "epoch 2 of 4" in msg
     assert "retrain: cohort" in msg and "epochs: 2" in msg
+
+
+def test_bad_settings_never_touch_a_trained_run(tmp_path: Path):
+    """Issue 18, case 1: with epochs 1 and the inherited warmup_epochs 1, the job moved the
+    checkpoints to superseded/ and only then failed; the settings are checked first now."""
+    from damt.config import load_config
+    from damt.training.launch import launch
+    from tests.training_data import write_config
+
+    config = load_config(write_config(tmp_path / "c.yaml"))
+    pretrain = {**config["pretrain"], "epochs": 1, "warmup_epochs": 1, "retrain": "always"}
+    run = make_run(tmp_path / "run", 4, SIG)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    manifest, labels, tables = _signature_inputs(tmp_path)
+    with pytest.raises(LaunchError, match=r"warmup_epochs \(1\) must be smaller.*nothing was"):
+        launch(pretrain, manifest, labels, tables, run, granted_gpus=pretrain["gpus"], cores=1)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    assert not (run / "superseded").exists()
+
+
+def test_more_gpus_than_the_job_sees_is_refused_before_anything_moves(tmp_path: Path):
+    from damt.training.launch import check_hardware
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(LaunchError, match=rf"sees {visible} GPU\(s\)"):
+        check_hardware({"gpus": visible + 1})
+    check_hardware({"gpus": 0})
+
+
+def test_live_lock_is_named_and_a_dead_ones_is_taken_over(tmp_path: Path):
+    """Issue 18, case 8: a live trainer's lock is named in the job's own error (not only in
+    logs/pretrain.log) before anything moves; the lock file of a dead process is no lock."""
+    import os
+
+    from damt.training.checkpoint import lock_holder, run_lock
+    from damt.training.launch import check_run_free
+
+    run = make_run(tmp_path / "run", 4, SIG)
+    with run_lock(run), pytest.raises(LaunchError, match=rf"process \(pid {os.getpid()} on "):
+        check_run_free(run)
+    (run / "train.lock").write_text("pid 999999 on elsewhere\n")  # left by a killed trainer
+    assert lock_holder(run) is None
+    check_run_free(run)
+    with run_lock(run):
+        assert lock_holder(run).startswith(f"pid {os.getpid()} ")
+
+
+def test_trainer_dies_with_its_parent(tmp_path: Path):
+    """Issue 18, case 8: die_with_parent (what `damt train` calls first) kills a process whose
+    parent is killed, even in a session of its own (as torchrun starts its trainers)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    code = (
+        "import os, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'from damt.training.checkpoint import "
+        "die_with_parent; die_with_parent(); import time; time.sleep(60)'], "
+        "start_new_session=True)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, env=env, text=True
+    )
+    child = int(parent.stdout.readline())
+    time.sleep(1.0)  # the child has imported damt and asked for the signal
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        with open(f"/proc/{child}/stat") as fh:
+            if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        time.sleep(0.1)
+    state = Path(f"/proc/{child}/stat").read_text() if Path(f"/proc/{child}").exists() else ""
+    assert not state or state.rsplit(")", 1)[1].split()[0] == "Z"

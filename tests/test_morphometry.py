@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -16,6 +17,7 @@ from damt.features.morphometry import (
     FILE_MISSING,
     NO_RESULT,
     VALUE_MISSING,
+    VALUE_NONFINITE,
     CatalogError,
     SubjectInput,
     build_morphometry_tables,
@@ -376,3 +378,78 @@ def test_morphometry_config_section_refuses_unknown_keys(tmp_path: Path):
     )
     with pytest.raises(ConfigError, match="morphometry: Additional properties are not allowed"):
         load_config(path)
+
+
+# --- issue 18: non-finite values and stats of another subject ------------------------------------
+
+
+def _qc_rows(outdir: Path, severity: dict | None = None) -> pd.DataFrame:
+    """QC checks of a run_cohort result (stats stage only), indexed by subject id."""
+    from damt.qc.checks import QcSettings, build_checks
+    from damt.qc.steps import fs_qc_frame
+    from damt.stages.store import read_summaries
+
+    paths = ResultPaths(str(outdir))
+    summary = read_summaries(sorted((outdir / "stats" / "shards").glob("*.tsv")))
+    subjects = pd.read_csv(paths.discovery_subjects(), sep="\t", dtype=str)
+    report = pd.read_csv(paths.discovery_report(), sep="\t", dtype=str, keep_default_na=False)
+    checks = build_checks(
+        subjects,
+        report,
+        {"stats": summary},
+        fs_qc_frame(summary),
+        {},
+        QcSettings(severity=severity or {}),
+    )
+    return checks.set_index("subject_id")
+
+
+def test_nonfinite_stats_values_are_missing_with_a_reason(bert: Path, tmp_path: Path):
+    """Issue 18, case 4: nan/inf tokens became ±inf in the tables, a NaN eTIV skipped the eTIV
+    check and the metadata said "partial" without a reason. bert's own "-nan" (the SNR of the
+    unknown row of ?h.w-g.pct.stats) stays a listed missing value, not an issue."""
+    subj = tmp_path / "src" / "nanny"
+    shutil.copytree(bert / "stats", subj / "stats")
+    for f in (subj / "stats").glob("*.stats"):
+        f.chmod(0o644)
+        f.write_text(f.read_text().replace("1520021.264474", "nan"))  # every eTIV line
+    aseg = subj / "stats" / "aseg.stats"
+    aseg.write_text(
+        aseg.read_text().replace(
+            "  4508     4422.1  Left-Hippocampus", "  4508     inf  Left-Hippocampus"
+        )
+    )
+    tables, meta, outdir = run_cohort(tmp_path, {"bert": bert, "nanny": subj})
+    for frame in tables.values():
+        values = features(frame).to_numpy()
+        assert not np.isinf(values).any()
+    local = features(tables["local"])
+    assert np.isnan(local.loc["nanny", "Left-Hippocampus"]) and not local.loc["bert"].isna().any()
+    s = meta["local"]["subjects"]["nanny"]
+    assert s["status"] == "partial" and s["reasons"] == [VALUE_NONFINITE]
+    assert "Left-Hippocampus" in s["detail"]
+    info = read_result(outdir, "nanny", "stats").info
+    assert "line 91: Volume_mm3 of Left-Hippocampus = inf" in info["nonfinite_values"]["aseg.stats"]
+    assert "measure eTIV = nan" in info["nonfinite_values"]["aseg.stats"]
+    bert_info = read_result(outdir, "bert", "stats").info
+    assert "nonfinite_values" not in bert_info
+    assert "SNR of unknown = nan" in bert_info["nonfinite_expected"]["lh.w-g.pct.stats"]
+    rows = _qc_rows(outdir)
+    assert {"qc:etiv_missing", "stats:nonfinite_values"} <= set(rows.loc["nanny", "reasons"])
+    assert "eTIV is nan" in rows.loc["nanny", "detail"]
+    assert rows.loc["bert", "reasons"] == []
+
+
+def test_stats_of_another_subject_are_flagged(bert: Path, tmp_path: Path):
+    """Issue 18, case 5: a FreeSurfer 5.x stats folder whose headers name another subject than
+    the folder passed QC; it is flagged qc:stats_subject_mismatch, severity configurable."""
+    fs5 = make_fs5_subject(bert, tmp_path / "src" / "fs5")
+    _, _, outdir = run_cohort(tmp_path, {"bert": bert, "fs5": fs5})
+    assert read_result(outdir, "fs5", "stats").info["header_subject_names"] == ["bert"]
+    rows = _qc_rows(outdir)
+    assert rows.loc["fs5", "reasons"] == ["qc:stats_subject_mismatch"]
+    assert rows.loc["fs5", "status"] == "warn"
+    assert "name subject bert, not fs5" in rows.loc["fs5", "detail"]
+    assert rows.loc["bert", "reasons"] == []
+    rows = _qc_rows(outdir, {"qc:stats_subject_mismatch": "fail"})
+    assert rows.loc["fs5", "status"] == "fail"

@@ -249,3 +249,14 @@ def test_outliers_are_counted_before_clipping(tmp_path: Path):
     assert count_outliers([norm.apply(raw)], threshold=5.0).to_dict()["s3"] == 0  # clipped
     counts = outlier_counts({"g": tmp_path / "g.norm.json"}, {"g": raw}, threshold=5.0)
     assert counts.to_dict() == {"s0": 0, "s1": 0, "s2": 0, "s3": 2}
+
+
+def test_unknown_severity_code_is_refused_with_the_known_ones():
+    """Issue 18, case 7: a misspelt qc.severity code was silently ignored."""
+    from damt.qc.checks import KNOWN_CODES
+
+    with pytest.raises(ValueError, match=r"unknown issue code\(s\) 'qc:surface_hole'") as err:
+        QcSettings.from_config({"severity": {"qc:surface_hole": "fail", "qc:etiv": "warn"}})
+    assert "qc:surface_holes" in str(err.value) and "'qc:etiv'" not in str(err.value)
+    assert {"qc:stats_subject_mismatch", "qc:multiframe", "qc:empty_atlas"} <= set(KNOWN_CODES)
+    QcSettings.from_config({"severity": {"cache:error:MemoryError": "warn"}})  # unexpected errors

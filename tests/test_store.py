@@ -164,3 +164,19 @@ def test_interrupted_computation_leaves_previous_result(tmp_path: Path, monkeypa
         run_tasks(CountStage(), tasks, out)
     assert (stage_dir(out, "s1", "count") / "n.txt").read_text() == "2"
     assert os.listdir(stage_dir(out, "s1", "count").parent) == ["count"]  # no temp left over
+
+
+def test_os_error_of_one_subject_is_its_reason(tmp_path: Path):
+    """Issue 18, case 2 (per-subject stages): an OSError while reading a subject's files (here a
+    symbolic-link loop) is that subject's `unreadable` reason with the path and the OS message,
+    not `error:OSError`; the other subjects go on."""
+    tasks = make_tasks(tmp_path / "in", ["good", "loop"])
+    data = tmp_path / "in" / "loop" / "data.txt"
+    data.unlink()
+    os.symlink(data, data)
+    results = {r.subject_id: r for r, _ in run_tasks(CountStage(), tasks, tmp_path / "out")}
+    assert results["good"].status == OK
+    loop = results["loop"]
+    assert (loop.status, loop.reason) == (FAILED, "unreadable")
+    assert loop.detail.startswith(f"{data} cannot be read: Too many levels of symbolic links")
+    assert not loop.reusable

@@ -193,7 +193,11 @@ def test_incremental_reruns(cohort6: Path, tmp_path: Path):
         assert "sub-006" not in set(table["subject_id"])
 
 
-def test_killed_pretraining_resumes(cohort6: Path, tmp_path: Path):
+@pytest.mark.parametrize("kill", ["tree", "group"])
+def test_killed_pretraining_resumes(cohort6: Path, tmp_path: Path, kill: str):
+    """``tree``: every process of the run at once (a node failure, SLURM's cgroup kill).
+    ``group`` (issue 18, case 8): kill -9 of Snakemake's process group only; the trainers, in
+    sessions of their own, must die with it instead of keeping the run lock."""
     subjects = tmp_path / "subjects"
     subjects.mkdir()
     for sid in ("sub-001", "sub-002", "sub-003", "sub-004"):
@@ -233,12 +237,29 @@ def test_killed_pretraining_resumes(cohort6: Path, tmp_path: Path):
             assert time.monotonic() < deadline, "no checkpoint after 10 minutes"
             time.sleep(1)
     finally:
-        # Like a node failure or SLURM's cgroup kill: every process of the run at once,
-        # including torchrun's workers (which run in a session of their own).
-        for pid in process_tree(proc.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        tree = process_tree(proc.pid)
+        if kill == "tree":
+            # Like a node failure or SLURM's cgroup kill: every process of the run at once,
+            # including torchrun's workers (which run in a session of their own).
+            for pid in tree:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    if kill == "group":
+        # Everything that was started for the run dies with it, trainers included.
+        deadline = time.monotonic() + 30
+        alive = [pid for pid in tree if Path(f"/proc/{pid}").exists()]
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.5)
+            alive = [
+                pid
+                for pid in alive
+                if Path(f"/proc/{pid}").exists()
+                and "(Z)" not in Path(f"/proc/{pid}/stat").read_text().replace(") Z", "(Z)")
+            ]
+        assert not alive, f"processes survived the kill of Snakemake's group: {alive}"
     assert not encoder.exists()
     # What a user does after a killed run: release Snakemake's lock, then rerun the job.
     run_snakemake("--unlock", "--configfile", str(override))

@@ -51,6 +51,7 @@ NO_RESULT = "no_result"  # the stats stage has no result for the subject
 FILE_MISSING = "file_missing"  # the subject has no stats file of that kind
 FILE_ERROR = "file_error"  # the file exists but could not be read or parsed
 VALUE_MISSING = "value_missing"  # the file lacks that row or measure (e.g. older FreeSurfer)
+VALUE_NONFINITE = "value_nonfinite"  # the file holds nan/inf for it (kept as missing)
 
 
 class CatalogError(ValueError):
@@ -252,7 +253,11 @@ def wide_row(
             if i is None:
                 reason = VALUE_MISSING
                 continue
-            values[j] = value_col[i]
+            value = value_col[i]
+            if value is None or not np.isfinite(value):
+                reason = VALUE_NONFINITE
+                continue
+            values[j] = value
             units[j] = unit_col[i]
             sources[j] = name
             break

@@ -13,6 +13,7 @@ it is many times faster than going through pandas for files of a few dozen rows.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections import Counter
@@ -102,6 +103,9 @@ class StatsFile:
     header: dict[str, str]  # "# key value" header lines (first occurrence of each key)
     measures: list[Measure]
     table: StatsTable | None
+    # Values written as nan/inf (bert's ?h.w-g.pct.stats has "-nan"): kept as missing (NaN),
+    # one "line N: what = token" note each.
+    nonfinite: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -297,7 +301,28 @@ def parse_stats_text(
             len(lines),
             f"no '# ColHeaders' line: the table {where}is missing (truncated file?)",
         )
-    return StatsFile(path, kind, hemisphere or header.get("hemi", ""), header, measures, table)
+    nonfinite = _nonfinite_to_nan(measures, table)
+    return StatsFile(
+        path, kind, hemisphere or header.get("hemi", ""), header, measures, table, nonfinite
+    )
+
+
+def _nonfinite_to_nan(measures: list[Measure], table: StatsTable | None) -> list[str]:
+    """Replace nan/inf values by NaN (missing) in place; one note per value replaced."""
+    notes: list[str] = []
+    for i, m in enumerate(measures):
+        if not math.isfinite(m.value):
+            notes.append(f"line {m.line}: measure {m.name_original} = {m.value}")
+            measures[i] = m._replace(value=math.nan)
+    if table is not None:
+        for row, original, lineno in zip(
+            table.values, table.structures_original, table.lines, strict=True
+        ):
+            for j, v in enumerate(row):
+                if not math.isfinite(v):
+                    notes.append(f"line {lineno}: {table.columns[j]} of {original} = {v}")
+                    row[j] = math.nan
+    return notes
 
 
 def _parse_table(

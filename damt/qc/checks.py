@@ -11,6 +11,7 @@ status is the worst severity among its issues (``pass`` when none).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
@@ -24,7 +25,96 @@ from damt.stages.store import OK
 PASS, WARN, FAIL, IGNORE = "pass", "warn", "fail", "ignore"
 _RANK = {PASS: 0, IGNORE: 0, WARN: 1, FAIL: 2}
 FAIL_BY_DEFAULT = ("discovery:", "cache:")
+# Codes outside the discovery and cache stages that fail by default.
+DEFAULT_SEVERITY = {"qc:empty_atlas": FAIL}
 TRAINING_STATUSES = (PASS, WARN)
+
+# Every issue code a subject can get (documented in docs/contracts.md); ``qc.severity`` may name
+# only these (and ``{stage}:error:{Exception}`` of an unexpected failure of a per-subject stage).
+_VOLUME_REASONS = ("volume_unreadable", "grid_mismatch", "nonfinite_intensities")
+KNOWN_CODES: tuple[str, ...] = tuple(
+    sorted(
+        [
+            *(
+                f"discovery:{r}"
+                for r in (
+                    "illegal_id",
+                    "missing_required",
+                    "broken_link",
+                    "unreadable",
+                    "duplicate_id",
+                    "listed_not_found",
+                )
+            ),
+            *(
+                f"cache:{r}"
+                for r in (
+                    *_VOLUME_REASONS,
+                    "empty_image",
+                    "negative_labels",
+                    "unreadable",
+                    "not_run",
+                )
+            ),
+            *(
+                f"stats:{r}"
+                for r in (
+                    "stats_missing",
+                    "stats_unreadable",
+                    "stats_malformed",
+                    "file_errors",
+                    "nonfinite_values",
+                    "unreadable",
+                    "not_run",
+                )
+            ),
+            *(
+                f"radiomics:{r}"
+                for r in (
+                    *_VOLUME_REASONS,
+                    "empty_roi",
+                    "pyradiomics_error",
+                    "all_rois_failed",
+                    "roi_errors",
+                    "unreadable",
+                    "not_run",
+                )
+            ),
+            *(
+                f"qc:{r}"
+                for r in (
+                    "voxel_size",
+                    "shape",
+                    "intensity",
+                    "missing_labels",
+                    "unexpected_labels",
+                    "empty_atlas",
+                    "multiframe",
+                    "surface_holes",
+                    "etiv",
+                    "etiv_missing",
+                    "stats_subject_mismatch",
+                    "outliers",
+                )
+            ),
+            *(f"features:{g}_missing" for g in FEATURE_GROUPS),
+        ]
+    )
+)
+_UNEXPECTED_ERROR = re.compile(r"(cache|stats|radiomics):error:[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_severity(overrides: Mapping[str, str]) -> None:
+    """Raise ``ValueError`` naming every unknown code of ``qc.severity`` and the known ones."""
+    unknown = [
+        c for c in overrides if c not in KNOWN_CODES and not _UNEXPECTED_ERROR.fullmatch(str(c))
+    ]
+    if unknown:
+        raise ValueError(
+            f"qc.severity names unknown issue code(s) {', '.join(map(repr, unknown))}; "
+            f"known codes: {', '.join(KNOWN_CODES)} (and <stage>:error:<Exception> of an "
+            "unexpected stage failure)"
+        )
 
 
 def trains(manifest: pd.DataFrame) -> pd.Series:
@@ -61,6 +151,7 @@ class QcSettings:
             value = qc[f.name]
             if f.name == "severity":
                 value = dict(value)
+                check_severity(value)
             elif f.name == "expected_labels":
                 value = tuple(int(x) for x in value)
             elif isinstance(value, list | tuple):
@@ -96,6 +187,8 @@ def severity_of(code: str, overrides: Mapping[str, str]) -> str:
     """Severity of an issue code: the config's override, else the default by stage."""
     if code in overrides:
         return overrides[code]
+    if code in DEFAULT_SEVERITY:
+        return DEFAULT_SEVERITY[code]
     return FAIL if code.startswith(FAIL_BY_DEFAULT) else WARN
 
 
@@ -131,6 +224,24 @@ def volume_issues(info: Mapping, s: QcSettings) -> list[tuple[str, str]]:
                 f"{list(s.intensity_p99_range)}",
             )
         )
+    frames = {name: n for name, n in (info.get("n_frames") or {}).items() if n > 1}
+    if frames:
+        listed = ", ".join(f"{name} has {n} frames" for name, n in frames.items())
+        out.append(
+            (
+                "qc:multiframe",
+                f"{listed}; only frame 0 is used (set qc.severity qc:multiframe: fail to "
+                "exclude such subjects, or extract the frame with mri_convert --frame 0)",
+            )
+        )
+    if "labels_present" in info and not info["labels_present"]:
+        out.append(
+            (
+                "qc:empty_atlas",
+                "the atlas holds background (label 0) only: no atlas target; check the "
+                "subject's aparc+aseg (excluded from training by default)",
+            )
+        )
     present = set(info.get("labels_present", []))
     missing = [lab for lab in s.expected_labels if lab not in present]
     if missing:
@@ -156,6 +267,8 @@ def stage_issues(stage: str, row: Mapping | None) -> list[tuple[str, str]]:
     out = []
     if info.get("file_errors"):
         out.append((f"{stage}:file_errors", "; ".join(info["file_errors"].values())))
+    if info.get("nonfinite_values"):
+        out.append((f"{stage}:nonfinite_values", "; ".join(info["nonfinite_values"].values())))
     if info.get("roi_errors"):
         out.append(
             (f"{stage}:roi_errors", "; ".join(f"{k}: {v}" for k, v in info["roi_errors"].items()))
@@ -163,9 +276,39 @@ def stage_issues(stage: str, row: Mapping | None) -> list[tuple[str, str]]:
     return out
 
 
-def freesurfer_issues(holes: float, etiv: float, s: QcSettings) -> list[tuple[str, str]]:
-    """FreeSurfer's own QC numbers: surface defect holes (Euler number) and eTIV."""
+def subject_name_issues(subject_id: str, stats_row: Mapping | None) -> list[tuple[str, str]]:
+    """Stats whose headers name another subject than the folder (maybe another subject's)."""
+    if stats_row is None or stats_row["status"] != OK:
+        return []
+    names = (stats_row.get("info") or {}).get("header_subject_names") or []
+    if not names:
+        return []
+    return [
+        (
+            "qc:stats_subject_mismatch",
+            f"the stats files' headers name subject {', '.join(names)}, not {subject_id}: "
+            "check that stats/ belongs to this folder's volumes (harmless after a renamed "
+            "folder; set qc.severity qc:stats_subject_mismatch: ignore or fail)",
+        )
+    ]
+
+
+def freesurfer_issues(
+    holes: float, etiv: float, s: QcSettings, etiv_expected: bool = False
+) -> list[tuple[str, str]]:
+    """FreeSurfer's own QC numbers: surface defect holes (Euler number) and eTIV.
+
+    ``etiv_expected``: the stats files hold an eTIV line, so a non-finite eTIV is an issue.
+    """
     out = []
+    if etiv_expected and not np.isfinite(etiv):
+        out.append(
+            (
+                "qc:etiv_missing",
+                f"eTIV is {etiv} in the stats files (not a finite number): the eTIV check "
+                "could not run; check the subject's aseg.stats/brainvol.stats",
+            )
+        )
     if np.isfinite(holes) and holes > s.max_surface_holes:
         euler = 2 - 2 * holes
         out.append(
@@ -221,11 +364,14 @@ def build_checks(
             issues += volume_issues(cache["info"], s)
         holes = float(fsq.loc[sid, "surface_holes"]) if sid in fsq.index else np.nan
         etiv = float(fsq.loc[sid, "etiv"]) if sid in fsq.index else np.nan
-        issues += freesurfer_issues(holes, etiv, s)
+        stats_row = by_stage.get("stats", {}).get(sid)
+        recorded = (((stats_row or {}).get("info") or {}).get("qc")) or {}
+        stats_ok = stats_row is not None and stats_row["status"] == OK
+        issues += freesurfer_issues(holes, etiv, s, etiv_expected=stats_ok and "etiv" in recorded)
+        issues += subject_name_issues(sid, stats_row)
         for group in tables:
             if sid not in available[group]:
                 issues.append((f"features:{group}_missing", f"no {group} values"))
-        stats_row = by_stage.get("stats", {}).get(sid)
         rows.append(
             {
                 KEY: sid,

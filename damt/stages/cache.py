@@ -166,6 +166,7 @@ class CacheStage(ImageAtlasStage):
             raise SubjectError("empty_image", f"{self.image} has no voxel above 0")
         check_labels(atlas.data, self.atlas)
         qc = volume_qc(image, atlas, self.table)
+        qc["n_frames"] = {self.image: image.n_frames, self.atlas: atlas.n_frames}
         img, classes, unknown = preprocess(image, atlas, self.settings, self.table)
         np.save(workdir / IMAGE_FILE, img)
         np.save(workdir / ATLAS_FILE, classes)

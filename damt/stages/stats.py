@@ -40,7 +40,7 @@ class StatsStage(Stage):
     """Parse every modelled stats file of a subject into ``stats.parquet`` (long table)."""
 
     name = STAGE
-    version = "2"
+    version = "3"  # 3: nan/inf values become NaN and are listed in info["nonfinite_values"]
 
     def params(self) -> dict:
         return {"harmonization": HARMONIZATION_VERSION}
@@ -71,6 +71,21 @@ class StatsStage(Stage):
             "file_errors": errors,
             "qc": freesurfer_qc(subject),
         }
+        # FreeSurfer itself writes "-nan" for the SNR of the empty "unknown" row of
+        # ?h.w-g.pct.stats: kept as missing and listed, but not a QC issue.
+        expected, unexpected = {}, {}
+        for f in subject.files:
+            name = Path(f.path).name
+            for note in f.nonfinite:
+                bucket = expected if " of unknown = " in note else unexpected
+                bucket.setdefault(name, []).append(note)
+        for key, found in (("nonfinite_expected", expected), ("nonfinite_values", unexpected)):
+            if found:
+                info[key] = {
+                    name: f"{name}: {len(notes)} value(s) not a finite number, kept as missing "
+                    f"({'; '.join(notes[:5])}{'; ...' if len(notes) > 5 else ''})"
+                    for name, notes in found.items()
+                }
         names = sorted(
             {f.subject_name for f in subject.files if f.subject_name} - {task.subject_id}
         )

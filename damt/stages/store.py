@@ -125,6 +125,25 @@ def result_key(stage: Stage, task: SubjectTask) -> str:
     )
 
 
+def _changed_since_failure(stage: Stage, task: SubjectTask, outdir: Path) -> bool:
+    """True when an input of a failed result changed after the failure was stored.
+
+    The result key holds sizes and mtimes; a fix that keeps both (``cp -p`` of a good file)
+    still changes the file's ctime, so a failed subject is retried once its inputs were touched.
+    """
+    try:
+        stored = (stage_dir(outdir, task.subject_id, stage.name) / RESULT_FILE).stat().st_mtime_ns
+    except OSError:
+        return True
+    for path in stage.input_files(task):
+        try:
+            if os.stat(path).st_ctime_ns > stored:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def _publish(workdir: Path, target: Path) -> None:
     """Move a finished result folder into place, replacing the previous one."""
     old = None
@@ -145,6 +164,16 @@ def _run_one(stage: Stage, task: SubjectTask, outdir: Path, key: str) -> Subject
         result = stage.compute(task, workdir)
     except SubjectError as exc:
         result = SubjectResult(task.subject_id, FAILED, exc.reason, exc.detail)
+    except OSError as exc:  # the subject's files cannot be read: its reason, not a crash
+        where = exc.filename or task.path
+        result = SubjectResult(
+            task.subject_id,
+            FAILED,
+            "unreadable",
+            f"{where} cannot be read: {exc.strerror or exc}; fix its permissions or the file, "
+            "then rerun",
+            reusable=False,
+        )
     except Exception as exc:  # one subject's crash must not stop the shard
         log.error(
             "%s: unexpected error in %s:\n%s", task.subject_id, stage.name, traceback.format_exc()
@@ -204,7 +233,12 @@ def run_tasks(
     for task in tasks:
         key = result_key(stage, task)
         previous = None if force else read_result(outdir, task.subject_id, stage.name)
-        if previous is not None and previous.key == key and previous.reusable:
+        if (
+            previous is not None
+            and previous.key == key
+            and previous.reusable
+            and not (previous.status == FAILED and _changed_since_failure(stage, task, outdir))
+        ):
             results[task.subject_id] = (previous, True)
         else:
             todo.append((task, outdir, key))

@@ -205,6 +205,49 @@ def check_gpus(pretrain: dict, granted: int) -> None:
         )
 
 
+def check_hardware(pretrain: dict) -> None:
+    """Refuse ``pretrain.gpus`` GPUs where fewer are visible to the job (before anything moves)."""
+    wanted = pretrain["gpus"]
+    if wanted <= 0:
+        return
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible < wanted:
+        raise LaunchError(
+            f"pretrain.gpus is {wanted} but this job sees {visible} GPU(s) "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); "
+            f"run it where {wanted} GPUs are available or set pretrain.gpus: {visible}. "
+            "Nothing was trained, moved or deleted."
+        )
+
+
+def check_run_settings(
+    config: dict, granted_gpus: int | None = None, hardware: bool = False
+) -> None:
+    """Every check of a run's settings, in one place: the cross-key checks of the trainer
+    (:meth:`damt.training.settings.TrainSettings.from_config`: warmup below epochs, crop sizes
+    the network's stride needs, ...), the GPU grant (``granted_gpus``: Snakemake's resources)
+    and, with ``hardware``, the GPUs the job can see.
+
+    The Snakefile calls it at parse time (so ``snakemake -n`` refuses a bad config before any
+    job runs) and the pretrain job before it moves or deletes anything.
+    """
+    from damt.training.settings import TrainSettings
+
+    try:
+        TrainSettings.from_config(config)
+    except (ValueError, KeyError) as exc:
+        raise LaunchError(
+            f"invalid pretrain settings: {exc}. Fix the config and run again (nothing was "
+            "trained, moved or deleted)."
+        ) from exc
+    if granted_gpus is not None:
+        check_gpus(config["pretrain"], granted_gpus)
+    if hardware:
+        check_hardware(config["pretrain"])
+
+
 def torchrun_command(n_processes: int, train_args: list[str]) -> list[str]:
     """torchrun (of this interpreter) running ``damt train`` on one node."""
     return [
@@ -234,7 +277,10 @@ def launch(
 
     ``pretrain`` is the config's ``pretrain`` section (the rule's params).
     """
-    check_gpus(pretrain, granted_gpus)
+    # Validate everything before the run folder is touched: a bad config must never cost the
+    # checkpoints of a trained model (supersede() below moves them aside).
+    check_run_settings({"pretrain": pretrain}, granted_gpus, hardware=True)
+    check_run_free(run_dir)
     p = pretrain
     run_dir.mkdir(parents=True, exist_ok=True)
     current = signature(pretrain, manifest, label_table, tables)
@@ -269,14 +315,41 @@ def launch(
     cmd = torchrun_command(n_processes, train_args)
     log.info("running: %s", " ".join(cmd))
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // n_processes))}
+    from damt.training.checkpoint import die_with_parent, lock_holder
+
+    # torchrun (and, through `damt train`, each trainer) dies with this job: a killed Snakemake
+    # leaves no trainer behind holding the run lock.
     if log_file:
         with open(log_file, "a", encoding="utf-8") as out:
-            proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.run(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+            )
     else:
-        proc = subprocess.run(cmd, env=env)
+        proc = subprocess.run(cmd, env=env, preexec_fn=die_with_parent)
     if proc.returncode != 0:
+        holder = lock_holder(run_dir)
+        if holder is not None:
+            raise LaunchError(_busy_message(run_dir, holder))
         raise LaunchError(
             f"training failed (torchrun exit status {proc.returncode}); the run "
             f"resumes from its latest checkpoint in {run_dir} when the job runs "
             "again (snakemake --rerun-incomplete)"
+            + (f"; see {log_file} for the trainer's error" if log_file else "")
         )
+
+
+def _busy_message(run_dir: Path, holder: str) -> str:
+    return (
+        f"{run_dir} is being trained by another process ({holder}): a trainer left from an "
+        "earlier run, or a second workflow on the same results. Wait for it to finish, or stop "
+        "it (kill <pid>), then run again; --rerun-incomplete alone does not help while it runs."
+    )
+
+
+def check_run_free(run_dir: Path) -> None:
+    """Refuse a run folder whose lock a live process holds (before anything in it moves)."""
+    from damt.training.checkpoint import lock_holder
+
+    holder = lock_holder(run_dir)
+    if holder is not None:
+        raise LaunchError(_busy_message(run_dir, holder))
