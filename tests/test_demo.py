@@ -31,6 +31,7 @@ def _table(path: Path) -> tuple[list[str], list[list[str]], list[str]]:
     return headers, rows, measures
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path, demo_cohort: Path):
     again = tmp_path / "again"
     generate_cohort(again, 4, seed=7, workers=1)
@@ -99,6 +100,7 @@ def test_stats_layout_matches_bert(demo_cohort: Path, bert: Path, name: str):
         assert [r[name_col] for r in o_rows] == [r[name_col] for r in r_rows]
 
 
+@pytest.mark.slow
 def test_aseg_stats_agree_with_the_volumes(demo_cohort: Path):
     sub = demo_cohort / "sub-003"
     aseg = np.asanyarray(nib.load(sub / "mri" / "aseg.mgz").dataobj)

@@ -53,11 +53,17 @@ def _nt_xent_rank(rank: int, store: str, z1, z2, out: str) -> None:
     dist.destroy_process_group()
 
 
+def _two_ranks(rank_fn, tmp_path, seed: int, n: int, saved_as: str):
+    """Embeddings of ``n`` subjects (two views), ``rank_fn`` on two gloo ranks, their results."""
+    g = torch.Generator().manual_seed(seed)
+    z1, z2 = torch.randn(n, 8, generator=g), torch.randn(n, 8, generator=g)
+    mp.spawn(rank_fn, args=(str(tmp_path / "store"), z1, z2, str(tmp_path)), nprocs=2)
+    return z1, z2, [torch.load(tmp_path / f"{saved_as}{r}.pt") for r in (0, 1)]
+
+
+@pytest.mark.slow
 def test_contrastive_loss_gathers_embeddings_across_ranks(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    z1, z2 = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
-    mp.spawn(_nt_xent_rank, args=(str(tmp_path / "store"), z1, z2, str(tmp_path)), nprocs=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    z1, z2, ranks = _two_ranks(_nt_xent_rank, tmp_path, seed=0, n=5, saved_as="rank")
 
     # Even split: every anchor sees all 2N candidates, so the mean of the ranks' losses is the
     # single-process loss, and the ranks' gradients averaged as DDP does are its gradient.
@@ -103,11 +109,9 @@ def _padded_epoch_rank(rank: int, store: str, z1, z2, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_padded_epoch_duplicates_are_no_negatives_across_ranks(tmp_path):
-    g = torch.Generator().manual_seed(2)
-    z1, z2 = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g)
-    mp.spawn(_padded_epoch_rank, args=(str(tmp_path / "store"), z1, z2, str(tmp_path)), nprocs=2)
-    ranks = [torch.load(tmp_path / f"padded{r}.pt") for r in (0, 1)]
+    z1, z2, ranks = _two_ranks(_padded_epoch_rank, tmp_path, seed=2, n=3, saved_as="padded")
     indices = ranks[0]["indices"] + ranks[1]["indices"]
     assert sorted(indices) == [0, 0, 1, 2]  # subject 0 on both ranks
     # The global batch in rank order, and the reference that knows which rows are one subject.

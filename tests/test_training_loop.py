@@ -66,6 +66,7 @@ def finished_run(files, tmp_path_factory):
     return root / "run", config
 
 
+@pytest.mark.slow
 def test_a_few_steps_on_a_fixed_batch_lower_the_loss(files):
     config = load_config(write_config(files.root / "fixed.yaml", base_lr=0.5))
     settings = TrainSettings.from_config(config)
@@ -95,6 +96,7 @@ def test_three_axis_location_grid_gives_27_location_classes(files):
     assert DAMTNetwork(spec).heads["location"].out_features == 27
 
 
+@pytest.mark.slow
 def test_mixed_precision_step_with_loss_scaling(files):
     """The GPU code path (bf16 autocast, GradScaler) exercised on the CPU.
 
@@ -127,6 +129,7 @@ def test_cpu_runs_refuse_half_precision():
             resolve_precision(name, cpu)
 
 
+@pytest.mark.slow
 def test_run_writes_encoder_card_metrics_tensorboard_checkpoints(finished_run):
     run, _ = finished_run
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -176,6 +179,7 @@ def test_run_writes_encoder_card_metrics_tensorboard_checkpoints(finished_run):
         assert 0.0 < abs(np.log(records[-1][f"weight/{task}"])) < 0.05, task
 
 
+@pytest.mark.slow
 def test_encoder_loads_into_monai_swinunetr_strictly(finished_run):
     run, config = finished_run
     weights = load_file(str(run / "encoder.safetensors"))
@@ -197,6 +201,7 @@ def test_encoder_loads_into_monai_swinunetr_strictly(finished_run):
     assert spec == TrainSettings.from_config(load_config(config)).encoder
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_changes_nothing(finished_run, files):
     run, config = finished_run
     before = (run / "metrics.jsonl").read_text()
@@ -212,6 +217,7 @@ def _copy_run(run: Path, target: Path) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_run_with_another_network(finished_run, files, tmp_path, capsys):
     run = _copy_run(finished_run[0], tmp_path / "run")
     # One more epoch than trained: a resume, with another contrastive head.
@@ -221,6 +227,7 @@ def test_resume_refuses_a_run_with_another_network(finished_run, files, tmp_path
     assert "another network" in err and "contrastive_dim 32 in the checkpoint, 24 now" in err
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_run_with_another_task_balancing(finished_run, files, tmp_path, capsys):
     run = _copy_run(finished_run[0], tmp_path / "run")
     other = write_config(tmp_path / "equal.yaml", balancing="equal", epochs=3)
@@ -228,6 +235,7 @@ def test_resume_refuses_a_run_with_another_task_balancing(finished_run, files, t
     assert "balancing uncertainty in the checkpoint, equal now" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_checkpoints_of_another_format_are_refused(finished_run, files, tmp_path, capsys):
     run = _copy_run(finished_run[0], tmp_path / "run")
     path = run / "checkpoints" / "checkpoint.pt"
@@ -254,6 +262,7 @@ def _wider_inputs(files, root: Path) -> tuple[Path, Path]:
     return tables, root / "labels.tsv"
 
 
+@pytest.mark.slow
 def test_export_rebuilds_the_trained_network_and_keeps_the_training_facts(
     finished_run, files, tmp_path, capsys
 ):
@@ -282,6 +291,7 @@ def test_export_rebuilds_the_trained_network_and_keeps_the_training_facts(
         assert torch.equal(value, state[f"network.encoder.swinViT.{key}"])
 
 
+@pytest.mark.slow
 def test_odd_last_batch_and_switched_off_tasks_without_tables(tmp_path):
     files = write_training_set(tmp_path / "data", n_subjects=5)
     config = load_config(
@@ -314,6 +324,7 @@ def _poison(files, subjects):
         np.save(path, image)
 
 
+@pytest.mark.slow
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
     files = write_training_set(tmp_path / "data", n_subjects=3)
     _poison(files, ["sub-00"])
@@ -324,6 +335,7 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
     assert all(torch.isfinite(p).all() for p in result.objective.parameters())
 
 
+@pytest.mark.slow
 def test_a_run_that_keeps_producing_nonfinite_losses_stops(tmp_path):
     files = write_training_set(tmp_path / "data", n_subjects=4)
     _poison(files, files.subjects)

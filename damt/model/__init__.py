@@ -1,33 +1,30 @@
-"""The DAMT model: MONAI's 3D Swin Transformer encoder, task heads and decoders."""
+"""The DAMT model: MONAI's 3D Swin Transformer encoder, task heads and decoders.
 
-from damt.model.encoder import (
-    SwinEncoder,
-    build_encoder,
-    load_encoder,
-    pooled_features,
-    read_encoder_spec,
-)
-from damt.model.network import DAMTNetwork
-from damt.model.spec import (
-    TASKS,
-    EncoderSpec,
-    NetworkSpec,
-    ViewSpec,
-    encoder_spec_from_config,
-    view_spec_from_config,
-)
+The names below are imported on first use (PEP 562): the workflow checks run settings through
+:mod:`damt.model.spec` when it is parsed, and that must not import torch and MONAI.
+"""
 
-__all__ = [
-    "TASKS",
-    "DAMTNetwork",
-    "EncoderSpec",
-    "NetworkSpec",
-    "SwinEncoder",
-    "ViewSpec",
-    "build_encoder",
-    "encoder_spec_from_config",
-    "load_encoder",
-    "pooled_features",
-    "read_encoder_spec",
-    "view_spec_from_config",
-]
+from importlib import import_module
+
+_HOMES = {
+    "SwinEncoder": "damt.model.encoder",
+    "build_encoder": "damt.model.encoder",
+    "load_encoder": "damt.model.encoder",
+    "pooled_features": "damt.model.encoder",
+    "read_encoder_spec": "damt.model.encoder",
+    "DAMTNetwork": "damt.model.network",
+    "TASKS": "damt.model.spec",
+    "EncoderSpec": "damt.model.spec",
+    "NetworkSpec": "damt.model.spec",
+    "ViewSpec": "damt.model.spec",
+    "encoder_spec_from_config": "damt.model.spec",
+    "view_spec_from_config": "damt.model.spec",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'damt.model' has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)
