@@ -315,7 +315,7 @@ def launch(
     cmd = torchrun_command(n_processes, train_args)
     log.info("running: %s", " ".join(cmd))
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // n_processes))}
-    from damt.training.checkpoint import die_with_parent, lock_holder
+    from damt.training.checkpoint import die_with_parent
 
     # torchrun (and, through `damt train`, each trainer) dies with this job: a killed Snakemake
     # leaves no trainer behind holding the run lock.
@@ -327,9 +327,7 @@ def launch(
     else:
         proc = subprocess.run(cmd, env=env, preexec_fn=die_with_parent)
     if proc.returncode != 0:
-        holder = lock_holder(run_dir)
-        if holder is not None:
-            raise LaunchError(_busy_message(run_dir, holder))
+        check_run_free(run_dir)  # a live trainer holding the lock is the real cause: name it
         raise LaunchError(
             f"training failed (torchrun exit status {proc.returncode}); the run "
             f"resumes from its latest checkpoint in {run_dir} when the job runs "
@@ -338,18 +336,15 @@ def launch(
         )
 
 
-def _busy_message(run_dir: Path, holder: str) -> str:
-    return (
-        f"{run_dir} is being trained by another process ({holder}): a trainer left from an "
-        "earlier run, or a second workflow on the same results. Wait for it to finish, or stop "
-        "it (kill <pid>), then run again; --rerun-incomplete alone does not help while it runs."
-    )
-
-
 def check_run_free(run_dir: Path) -> None:
     """Refuse a run folder whose lock a live process holds (before anything in it moves)."""
     from damt.training.checkpoint import lock_holder
 
     holder = lock_holder(run_dir)
     if holder is not None:
-        raise LaunchError(_busy_message(run_dir, holder))
+        raise LaunchError(
+            f"{run_dir} is being trained by another process ({holder}): a trainer left from an "
+            "earlier run, or a second workflow on the same results. Wait for it to finish, or "
+            "stop it (kill <pid>), then run again; --rerun-incomplete alone does not help while "
+            "it runs."
+        )
