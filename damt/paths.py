@@ -13,6 +13,9 @@ from dataclasses import dataclass
 # Files inside a pretraining run folder that the rules name as outputs.
 ENCODER_FILE = "encoder.safetensors"
 MODEL_CARD_FILE = "model_card.json"
+# Files of a subject's training cache (written by damt.stages.cache, read by the trainer, the
+# probe and the QC report).
+IMAGE_FILE, ATLAS_FILE = "image.npy", "atlas.npy"
 
 
 def normalized_table_file(group: str) -> str:

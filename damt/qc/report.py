@@ -11,7 +11,7 @@ import pandas as pd
 
 from damt.features.tables import KEY
 from damt.io import write_atomic
-from damt.stages.cache import ATLAS_FILE, IMAGE_FILE
+from damt.paths import ATLAS_FILE, IMAGE_FILE
 
 STATUS_COLOURS = {"pass": "tab:green", "warn": "tab:orange", "fail": "tab:red"}
 

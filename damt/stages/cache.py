@@ -22,11 +22,10 @@ import numpy as np
 
 from damt.freesurfer.labels import LabelTable, read_label_table
 from damt.io import sha256_file
+from damt.paths import ATLAS_FILE, IMAGE_FILE
 from damt.stages.image_atlas import ImageAtlasStage, check_pair
 from damt.stages.store import OK, SubjectError, SubjectResult, SubjectTask
 from damt.volumes import Volume, load_volume
-
-IMAGE_FILE, ATLAS_FILE = "image.npy", "atlas.npy"
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from damt.features import TASK_FEATURE_GROUPS
 from damt.features.tables import KEY
 from damt.freesurfer.labels import read_label_table
 from damt.model.spec import ViewSpec
+from damt.paths import ATLAS_FILE, IMAGE_FILE
 from damt.qc.checks import trains
-from damt.stages.cache import ATLAS_FILE, IMAGE_FILE
 from damt.training.views import make_views
 
 
