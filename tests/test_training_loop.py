@@ -185,6 +185,7 @@ def test_encoder_loads_into_monai_swinunetr_strictly(finished_run):
     weights = load_file(str(run / "encoder.safetensors"))
     spec = read_encoder_spec(run / "encoder.safetensors")
     card = json.loads((run / "model_card.json").read_text())
+    assert card["architecture"]["window_size"] == spec.window
     net = SwinUNETR(out_channels=3, **card["architecture"]["swin_unetr_kwargs"])
     net.swinViT.load_state_dict(weights, strict=True)
     # The exported weights are the trained ones, not a fresh initialisation.

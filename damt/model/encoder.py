@@ -16,18 +16,25 @@ from monai.networks.nets.swin_unetr import SwinTransformer
 from safetensors.torch import load_file, safe_open
 from torch import nn
 
+from damt.model.attention import set_attention
 from damt.model.spec import EncoderSpec
 
 SPEC_METADATA_KEY = "damt_encoder_spec"
 
 
 class SwinEncoder(nn.Module):
-    """MONAI ``SwinTransformer`` with an optional learnable mask token for masked encoding."""
+    """MONAI ``SwinTransformer`` with an optional learnable mask token for masked encoding.
 
-    def __init__(self, spec: EncoderSpec, mask_token: bool = False) -> None:
+    ``attention`` selects the window attention's implementation (``damt.model.attention``); the
+    parameters are the same either way.
+    """
+
+    def __init__(
+        self, spec: EncoderSpec, mask_token: bool = False, attention: str = "sdpa"
+    ) -> None:
         super().__init__()
         self.spec = spec
-        self.swinViT = SwinTransformer(**spec.swin_kwargs())
+        self.swinViT = build_encoder(spec, attention)
         self.mask_token = nn.Parameter(torch.zeros(spec.embed_dim)) if mask_token else None
         if self.mask_token is not None:
             nn.init.trunc_normal_(self.mask_token, std=0.02)
@@ -57,9 +64,11 @@ class SwinEncoder(nn.Module):
         return hidden
 
 
-def build_encoder(spec: EncoderSpec) -> SwinTransformer:
-    """A randomly initialised encoder, the same module as ``SwinUNETR(...).swinViT``."""
-    return SwinTransformer(**spec.swin_kwargs())
+def build_encoder(spec: EncoderSpec, attention: str = "sdpa") -> SwinTransformer:
+    """A randomly initialised encoder, the same module as ``SwinUNETR(...).swinViT``, its window
+    attention computed by ``attention`` (see :func:`damt.model.attention.set_attention`).
+    """
+    return set_attention(SwinTransformer(**spec.swin_kwargs()), attention)
 
 
 def encoder_metadata(spec: EncoderSpec) -> dict[str, str]:

@@ -16,14 +16,16 @@ from damt.model.spec import NetworkSpec
 
 
 class DAMTNetwork(nn.Module):
-    """Encoder (+ mask token when MIM is on) and the heads of ``spec.tasks``."""
+    """Encoder (+ mask token when MIM is on) and the heads of ``spec.tasks``; ``attention`` is
+    the encoder's window-attention implementation (``pretrain.attention``).
+    """
 
-    def __init__(self, spec: NetworkSpec) -> None:
+    def __init__(self, spec: NetworkSpec, attention: str = "sdpa") -> None:
         super().__init__()
         self.spec = spec
         tasks = set(spec.tasks)
         width = spec.encoder.out_channels
-        self.encoder = SwinEncoder(spec.encoder, mask_token="mim" in tasks)
+        self.encoder = SwinEncoder(spec.encoder, mask_token="mim" in tasks, attention=attention)
         heads: dict[str, nn.Module] = {}
         if "rotation" in tasks:
             heads["rotation"] = nn.Linear(width, spec.n_rotations)

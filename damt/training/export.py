@@ -56,6 +56,9 @@ def write_model_card(path: str | Path, encoder: SwinEncoder, **sections) -> None
             "module": "monai.networks.nets.SwinUNETR(...).swinViT",
             "swin_unetr_kwargs": spec.swin_unetr_kwargs(),
             "pooled_feature_dim": spec.out_channels,
+            # The relative-position tables' size follows the window: a SwinUNETR built with
+            # another window_size cannot load these weights.
+            "window_size": spec.window,
             "stride": spec.stride,
             "load": (
                 "SwinUNETR(out_channels=..., **swin_unetr_kwargs).swinViT.load_state_dict("

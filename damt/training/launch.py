@@ -52,7 +52,8 @@ TRAIN, RESUME, EXPORT = "train", "resume", "export"
 # Keys of `pretrain` that change how a run is carried out or kept, not the model it trains, so
 # they stay out of the signature: changing one neither trains a finished run again (retrain:
 # cohort) nor moves an interrupted run aside instead of resuming it. num_workers is one of them
-# because augmentation is seeded per item (seed, epoch, index), whatever worker draws it. gpus,
+# because augmentation is seeded per item (seed, epoch, index), whatever worker draws it;
+# attention and compile because they compute the same step (tests/test_attention.py). gpus,
 # cpu_processes (global batch, learning rate), seed and deterministic do count.
 OPERATIONAL_KEYS = frozenset(
     {
@@ -63,6 +64,8 @@ OPERATIONAL_KEYS = frozenset(
         "max_consecutive_nonfinite",  # when a failing run gives up
         "retrain",  # this policy
         "run_name",  # the run folder itself
+        "attention",  # the same function and weights, computed by another kernel
+        "compile",  # the same step, compiled
     }
 )
 

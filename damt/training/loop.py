@@ -208,8 +208,11 @@ class Trainer:
         self.wd = cosine_schedule(
             settings.weight_decay, settings.weight_decay_end, settings.epochs, self.iters
         )
+        # fused: one kernel for the whole update on GPUs (bench/RESULTS.md, "GPU path").
         self.optimizer = torch.optim.AdamW(
-            param_groups(objective, settings.balancer_lr), lr=self.peak_lr
+            param_groups(objective, settings.balancer_lr),
+            lr=self.peak_lr,
+            fused=env.device.type == "cuda",
         )
         self.precision = resolve_precision(settings.precision, env.device)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=self.precision == "fp16")
@@ -224,6 +227,9 @@ class Trainer:
                 device_ids=[env.device.index] if env.device.type == "cuda" else None,
                 find_unused_parameters=False,
             )
+        if settings.compile:
+            # After the DDP wrapper, so DDP's optimiser splits the graph at its buckets.
+            self.model = torch.compile(self.model)
 
     def _restore(self, state: dict) -> None:
         self.objective.load_state_dict(state["model"])
@@ -417,7 +423,9 @@ def _train(
     # ============ building the network and the optimizer ... ============
     torch.manual_seed(settings.seed)
     objective = PretrainObjective(
-        DAMTNetwork(spec), settings.balancing, settings.contrastive_temperature
+        DAMTNetwork(spec, settings.attention),
+        settings.balancing,
+        settings.contrastive_temperature,
     )
     objective.to(env.device)
     trainer = Trainer(settings, objective, loader, env, state)

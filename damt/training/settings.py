@@ -20,6 +20,8 @@ class TrainSettings:
     encoder: EncoderSpec
     views: ViewSpec
     tasks: tuple[str, ...]
+    attention: str
+    compile: bool
     balancing: str
     balancer_lr: float
     contrastive_temperature: float
@@ -51,6 +53,8 @@ class TrainSettings:
             encoder=encoder_spec_from_config(p),
             views=view_spec_from_config(p),
             tasks=tasks,
+            attention=p["attention"],
+            compile=p["compile"],
             balancing=p["balancing"],
             balancer_lr=p["balancer_lr"],
             contrastive_temperature=p["contrastive_temperature"],
