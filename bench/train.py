@@ -21,6 +21,7 @@ import argparse
 import math
 import statistics
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,11 +36,27 @@ from damt.training.step import param_groups, resolve_precision, train_step
 from damt.training.views import ROTATIONS, make_views
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) used for MFU; --peak-tflops overrides.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
+PEAK_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
 
 
-def settings_for(args: argparse.Namespace) -> TrainSettings:
-    """The trainer's settings for the requested preset with the benchmark's overrides."""
+def settings_for(
+    preset: str, batch_size: int = 2, precision: str = "auto", **overrides
+) -> TrainSettings:
+    """The trainer's settings for ``preset`` with some of its entries overridden."""
+    pretrain = {
+        "preset": preset,
+        "presets": {preset: overrides},
+        "batch_size_per_gpu": batch_size,
+        "precision": precision,
+        "epochs": 2,
+        "warmup_epochs": 0,
+    }
+    config = validate_config({"subjects": {"dirs": [{"path": "."}]}, "pretrain": pretrain})
+    return TrainSettings.from_config(config)
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    """Preset entries the command line overrides."""
     preset: dict = {}
     if args.crop:
         preset["global_crop"] = args.crop
@@ -50,31 +67,153 @@ def settings_for(args: argparse.Namespace) -> TrainSettings:
         preset["window"] = args.window
     if args.no_checkpointing:
         preset["checkpointing"] = False
-    pretrain = {
-        "preset": args.preset,
-        "presets": {args.preset: preset},
-        "batch_size_per_gpu": args.batch_size,
-        "precision": args.precision,
-        "epochs": 2,
-        "warmup_epochs": 0,
-    }
-    config = validate_config({"subjects": {"dirs": [{"path": "."}]}, "pretrain": pretrain})
-    return TrainSettings.from_config(config)
+    return preset
 
 
-def synthetic_batch(settings: TrainSettings, args, rng: np.random.Generator) -> dict:
+@dataclass(frozen=True)
+class Widths:
+    """Data-dependent head widths (default: the original DAMT data)."""
+
+    morphometry: int = 566
+    radiomics: int = 72
+    classes: int = 101
+
+
+def synthetic_batch(
+    settings: TrainSettings, batch_size: int, widths: Widths, rng: np.random.Generator
+) -> dict:
     """A batch of views of smooth random 'brains' with random regression targets."""
     size = settings.views.global_crop + 16
     items = []
-    for _ in range(args.batch_size):
+    for _ in range(batch_size):
         coarse = rng.random((8, 8, 8))
         image = np.kron(coarse, np.ones((size // 8 + 1,) * 3))[:size, :size, :size]
-        atlas = (image * (args.classes - 1)).astype(np.int64)
+        atlas = (image * (widths.classes - 1)).astype(np.int64)
         item = make_views(image.astype(np.float16), atlas, rng, settings.views)
-        item["morphometry"] = torch.randn(args.morphometry)
-        item["radiomics"] = torch.randn(args.radiomics)
+        item["morphometry"] = torch.randn(widths.morphometry)
+        item["radiomics"] = torch.randn(widths.radiomics)
         items.append(item)
     return default_collate(items)
+
+
+def build_objective(
+    settings: TrainSettings, widths: Widths, attention: str, device: torch.device
+) -> PretrainObjective:
+    """The trainer's objective (network + balancer) for ``settings``, seeded, on ``device``."""
+    spec = NetworkSpec(
+        encoder=settings.encoder, tasks=settings.tasks, n_rotations=len(ROTATIONS),
+        n_locations=settings.views.n_locations, contrastive_dim=settings.contrastive_dim,
+        morphometry_dim=widths.morphometry, radiomics_dim=widths.radiomics,
+        n_atlas_classes=widths.classes,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    network = DAMTNetwork(spec, attention)
+    return PretrainObjective(network, settings.balancing, 0.5).to(device)
+
+
+@dataclass
+class Harness:
+    """What a measured step ran with, for a FLOP count or a profile of the same step."""
+
+    objective: PretrainObjective
+    model: torch.nn.Module  # the objective, or its compiled wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    batches: list[dict]
+    precision: str
+
+    def step(self, i: int = 0, model: torch.nn.Module | None = None):
+        """One ``train_step`` on batch ``i`` (mod the batches held)."""
+        return train_step(
+            model or self.model,
+            self.optimizer,
+            self.scaler,
+            self.batches[i % len(self.batches)],
+            self.precision,
+            1.0,
+        )
+
+    def flops(self) -> int:
+        """Model FLOPs of one step (forward + backward, eager), counted by ``FlopCounterMode``."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            self.step(model=self.objective)
+        return counter.get_total_flops()
+
+
+def measure_step(
+    settings: TrainSettings,
+    device: torch.device,
+    *,
+    batch_size: int,
+    attention: str = "sdpa",
+    compile: bool = False,
+    steps: int = 5,
+    warmup: int = 2,
+    widths: Widths = Widths(),
+    log=print,
+) -> tuple[dict, Harness]:
+    """Time the trainer's ``train_step`` (fused AdamW on GPUs, as the trainer) on two synthetic
+    batches: step time (median), samples/s, peak memory (GPU) and non-finite steps.
+    """
+    precision = resolve_precision(settings.precision, device)
+    objective = build_objective(settings, widths, attention, device)
+    rng = np.random.default_rng(0)
+    batches = [synthetic_batch(settings, batch_size, widths, rng) for _ in range(2)]
+    h = Harness(
+        objective=objective,
+        model=torch.compile(objective) if compile else objective,
+        optimizer=torch.optim.AdamW(param_groups(objective), lr=1e-4, fused=device.type == "cuda"),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+        batches=[{k: v.to(device) for k, v in b.items()} for b in batches],
+        precision=precision,
+    )
+    use_cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if use_cuda:
+            torch.cuda.synchronize()
+
+    nonfinite = 0
+    start = time.perf_counter()
+    for i in range(warmup):
+        nonfinite += not h.step(i).applied
+    sync()
+    warmup_s = time.perf_counter() - start
+    if use_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(steps):
+        start = time.perf_counter()
+        out = h.step(i)
+        sync()
+        times.append(time.perf_counter() - start)
+        nonfinite += not out.applied
+        log(f"  step {i}: {times[-1]:.3f} s, loss {float(out.total):.4g}")
+    step_time = statistics.median(times)
+    metrics = {
+        "step_time_s": step_time,
+        "step_time_mean_s": statistics.mean(times),
+        "samples_per_s": batch_size / step_time,
+        "warmup_s": warmup_s,
+        "nonfinite_steps": nonfinite,
+        "precision": precision,
+        "params_m": sum(p.numel() for p in objective.parameters()) / 1e6,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if use_cuda else None,
+    }
+    return metrics, h
+
+
+def peak_flops(device: torch.device, override_tflops: float | None = None) -> float | None:
+    """The device's dense bf16 peak (FLOP/s) for MFU, or None when unknown (CPUs)."""
+    if override_tflops:
+        return override_tflops * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((f for key, f in PEAK_FLOPS.items() if key in name), None)
 
 
 def window_padding_table(depths, embed_dim, patch) -> list[str]:
@@ -113,7 +252,7 @@ def window_padding_table(depths, embed_dim, patch) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", choices=["tiny", "full"], default="tiny")
+    p.add_argument("--preset", choices=["tiny", "full", "full_w8"], default="tiny")
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--batch-size", type=int, default=2, help="per process")
@@ -123,6 +262,7 @@ def main() -> None:
     p.add_argument("--no-checkpointing", action="store_true", help="no gradient checkpointing")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--attention", choices=["sdpa", "monai"], default="sdpa")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, help="CPU threads")
     p.add_argument("--classes", type=int, default=101, help="atlas classes K")
@@ -133,7 +273,7 @@ def main() -> None:
     p.add_argument("--padding-table", action="store_true", help="print the window-padding table")
     args = p.parse_args()
 
-    settings = settings_for(args)
+    settings = settings_for(args.preset, args.batch_size, args.precision, **overrides_from(args))
     enc = settings.encoder
     if args.padding_table:
         print("\n".join(window_padding_table(enc.depths, enc.embed_dim, enc.patch)))
@@ -142,75 +282,33 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
-    precision = resolve_precision(settings.precision, device)
     torch.backends.cudnn.benchmark = True
-
-    spec = NetworkSpec(
-        encoder=enc, tasks=settings.tasks, n_rotations=len(ROTATIONS),
-        n_locations=settings.views.n_locations, contrastive_dim=settings.contrastive_dim,
-        morphometry_dim=args.morphometry, radiomics_dim=args.radiomics,
-        n_atlas_classes=args.classes,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    objective = PretrainObjective(DAMTNetwork(spec), settings.balancing, 0.5).to(device)
-    model = torch.compile(objective) if args.compile else objective
-    optimizer = torch.optim.AdamW(param_groups(objective), lr=1e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    rng = np.random.default_rng(0)
-    batches = [synthetic_batch(settings, args, rng) for _ in range(2)]
-    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    widths = Widths(args.morphometry, args.radiomics, args.classes)
     v = settings.views
     print(
         f"device={device} ({torch.cuda.get_device_name() if use_cuda else 'CPU'}, "
         f"{torch.get_num_threads()} threads) preset={args.preset} embed={enc.embed_dim} "
         f"depths={list(enc.depths)} window={enc.window} crops={v.global_crop}³/{v.local_crop}³ "
-        f"batch={args.batch_size} precision={precision} checkpointing={enc.checkpointing} "
-        f"compile={args.compile} params={sum(p.numel() for p in objective.parameters()) / 1e6:.1f}M"
+        f"batch={args.batch_size} attention={args.attention} checkpointing={enc.checkpointing} "
+        f"compile={args.compile}"
     )
-
-    def sync() -> None:
-        if use_cuda:
-            torch.cuda.synchronize()
-
-    nonfinite = 0
-    for i in range(args.warmup):
-        nonfinite += not train_step(
-            model, optimizer, scaler, batches[i % 2], precision, 1.0
-        ).applied
-    sync()
-    if use_cuda:
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(args.steps):
-        start = time.perf_counter()
-        out = train_step(model, optimizer, scaler, batches[i % 2], precision, 1.0)
-        sync()
-        times.append(time.perf_counter() - start)
-        nonfinite += not out.applied
-        print(f"step {i}: {times[-1]:.3f} s, loss {float(out.total):.4g}")
-    step_time = statistics.median(times)
-    samples_per_s = args.batch_size / step_time
-    print(f"step_time_s median={step_time:.3f} mean={statistics.mean(times):.3f}")
-    print(f"nonfinite_steps={nonfinite} of {args.warmup + args.steps}")
-    if use_cuda:
-        print(f"peak_memory_gib={torch.cuda.max_memory_allocated() / 2**30:.2f}")
+    r, harness = measure_step(
+        settings, device, batch_size=args.batch_size, attention=args.attention,
+        compile=args.compile, steps=args.steps, warmup=args.warmup, widths=widths,
+    )  # fmt: skip
+    print(f"precision={r['precision']} params={r['params_m']:.1f}M")
+    print(f"step_time_s median={r['step_time_s']:.3f} mean={r['step_time_mean_s']:.3f}")
+    print(f"nonfinite_steps={r['nonfinite_steps']} of {args.warmup + args.steps}")
+    if r["peak_mem_gib"] is not None:
+        print(f"peak_memory_gib={r['peak_mem_gib']:.2f}")
     if not args.no_flops:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        counter = FlopCounterMode(display=False)
-        with counter:
-            train_step(objective, optimizer, scaler, batches[0], precision, 1.0)
-        flops = counter.get_total_flops()
-        achieved = flops / step_time
+        flops = harness.flops()
+        achieved = flops / r["step_time_s"]
         print(f"model_tflop_per_step={flops / 1e12:.3f} achieved_tflops={achieved / 1e12:.3f}")
-        if use_cuda:
-            name = torch.cuda.get_device_name()
-            peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
-                (f for key, f in PEAK_FLOPS.items() if key in name), None
-            )  # fmt: skip
-            if peak:
-                print(f"mfu={achieved / peak:.3f} (peak {peak / 1e12:.0f} TFLOP/s)")
-    print(f"samples_per_s={samples_per_s:.4f}")
+        peak = peak_flops(device, args.peak_tflops)
+        if peak:
+            print(f"mfu={achieved / peak:.3f} (peak {peak / 1e12:.0f} TFLOP/s)")
+    print(f"samples_per_s={r['samples_per_s']:.4f}")
 
 
 if __name__ == "__main__":
