@@ -53,11 +53,12 @@ import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader
-from train import Widths, measure_step, peak_flops, settings_for
+from train import Harness, Widths, measure_step, peak_flops, settings_for
 
 from damt.demo.training_set import write_training_set
 from damt.training.checkpoint import LATEST
 from damt.training.data import PretrainDataset, load_training_data
+from damt.training.settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -205,6 +206,18 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def warm_harness(mode: Mode, cfg: Config) -> tuple[TrainSettings, Harness]:
+    """The settings and a warmed-up step of ``cfg`` (one warm-up, one step), for later use."""
+    settings = settings_for(
+        cfg.preset, cfg.batch, checkpointing=cfg.checkpointing, **mode.preset_overrides
+    )
+    _, harness = measure_step(
+        settings, mode.device, batch_size=cfg.batch, attention=cfg.attention, steps=1,
+        warmup=1, widths=mode.widths, log=lambda _line: None,
+    )  # fmt: skip
+    return settings, harness
+
+
 def run_config(mode: Mode, cfg: Config, rec: Recorder, flops_cache: dict) -> dict | None:
     """Measure one configuration; an out-of-memory is recorded as such."""
     overrides = {**mode.preset_overrides, "checkpointing": cfg.checkpointing}
@@ -279,11 +292,7 @@ def profile(mode: Mode, cfg: Config, rec: Recorder) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    settings = settings_for(cfg.preset, cfg.batch, checkpointing=cfg.checkpointing,
-                            **mode.preset_overrides)  # fmt: skip
-    _, harness = measure_step(settings, mode.device, batch_size=cfg.batch, attention=cfg.attention,
-                              steps=1, warmup=1, widths=mode.widths,
-                              log=lambda _line: None)  # fmt: skip
+    _, harness = warm_harness(mode, cfg)
     activities = [ProfilerActivity.CPU]
     if mode.device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
@@ -337,11 +346,7 @@ def loader_rates(mode: Mode, cfg: Config, root: Path, rec: Recorder) -> dict[int
 
 def fed(mode: Mode, cfg: Config, root: Path, workers: int, rec: Recorder) -> None:
     """The chosen step fed by the real loader: the share of the time spent waiting for data."""
-    settings = settings_for(cfg.preset, cfg.batch, checkpointing=cfg.checkpointing,
-                            **mode.preset_overrides)  # fmt: skip
-    _, harness = measure_step(settings, mode.device, batch_size=cfg.batch, attention=cfg.attention,
-                              steps=1, warmup=1, widths=mode.widths,
-                              log=lambda _line: None)  # fmt: skip
+    settings, harness = warm_harness(mode, cfg)
     data = load_training_data(
         root / "manifest.parquet",
         root / "labels.tsv",
