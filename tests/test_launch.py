@@ -318,6 +318,7 @@ def test_multinode_command_starts_one_torchrun_per_node(monkeypatch):
     from damt.training import launch
 
     monkeypatch.setattr(launch, "allocation_hosts", lambda environ: ["gpu07", "gpu08"])
+    monkeypatch.setattr(launch, "node_address", lambda node: f"{node}.cluster")
     pretrain = {"nodes": 2, "gpus": 4, "collective_timeout_s": 900}
     cmd = launch.multinode_command(pretrain, 4, 16, ["train", "--out", "x"], {"SLURM_JOB_ID": "42"})
     torchrun = cmd.index(sys.executable)
@@ -337,7 +338,7 @@ def test_multinode_command_starts_one_torchrun_per_node(monkeypatch):
     for option in ("--nnodes=2", "--nproc-per-node=4", "--rdzv-backend=c10d", "--rdzv-id=damt-42"):
         assert option in options
     endpoint = next(o for o in options if o.startswith("--rdzv-endpoint="))
-    assert re.fullmatch(r"--rdzv-endpoint=gpu07:\d+", endpoint)
+    assert re.fullmatch(r"--rdzv-endpoint=gpu07\.cluster:\d+", endpoint)
     assert "--rdzv-conf=join_timeout=900" in options
     assert options[-5:] == ["-m", "damt", "train", "--out", "x"]
     # CPU nodes ask for no GPUs; an allocation of another size is refused.

@@ -360,7 +360,7 @@ def _slurm(*args: str) -> str:
 
 
 def allocation_hosts(environ: Mapping[str, str]) -> list[str]:
-    """Host names of the SLURM allocation the job runs in, first node first."""
+    """Node names of the SLURM allocation the job runs in, first node first."""
     nodelist = environ.get("SLURM_JOB_NODELIST")
     if not nodelist:
         # The plugin's jobstep drops every SLURM variable but the job's identity: ask slurmctld.
@@ -370,6 +370,13 @@ def allocation_hosts(environ: Mapping[str, str]) -> list[str]:
             raise LaunchError(f"no NodeList in slurmctld's record of the job: {record}")
         nodelist = match.group(1)
     return _slurm("scontrol", "show", "hostnames", nodelist).split()
+
+
+def node_address(node: str) -> str:
+    """The address SLURM reaches ``node`` at (its ``NodeAddr``; usually its host name)."""
+    record = _slurm("scontrol", "--oneliner", "show", "node", node)
+    match = re.search(r"(?:^|\s)NodeAddr=(\S+)", record)
+    return match.group(1) if match else node
 
 
 def free_port() -> int:
@@ -389,7 +396,8 @@ def multinode_command(
     """``srun`` starting one torchrun per node of the allocation, ``n_processes`` each.
 
     The rendezvous runs on the allocation's first node, where SLURM runs the batch script and
-    so this launcher: a port free here is free for it. Its id is the SLURM job's, so a retry
+    so this launcher: a port free here is free for it (from a shell of ``salloc`` on a login
+    node, only most likely). Its id is the SLURM job's, so a retry
     (a new job) never meets a node of the previous one. ``--kill-on-bad-exit`` ends every node
     when one fails; ``--label`` prefixes each line of the log with its node's task number.
     """
@@ -402,7 +410,7 @@ def multinode_command(
         )
     rendezvous = Rendezvous(
         nnodes=nodes,
-        endpoint=f"{hosts[0]}:{free_port()}",
+        endpoint=f"{node_address(hosts[0])}:{free_port()}",
         run_id=f"damt-{environ['SLURM_JOB_ID']}",
         timeout_s=pretrain["collective_timeout_s"],
     )
@@ -489,17 +497,13 @@ def launch(
         proc = subprocess.run(cmd, env=env, preexec_fn=die_with_parent)
     if proc.returncode != 0:
         check_run_free(run_dir)  # a live trainer holding the lock is the real cause: name it
+        nodes = cmd[0] == "srun"
         raise LaunchError(
-            f"training failed ({cmd[0] if cmd[0] == 'srun' else 'torchrun'} exit status "
-            f"{proc.returncode}); the run resumes from its latest checkpoint in {run_dir} when "
-            "the job runs again (snakemake --rerun-incomplete)"
+            f"training failed ({'srun' if nodes else 'torchrun'} exit status {proc.returncode}); "
+            f"the run resumes from its latest checkpoint in {run_dir} when the job runs again "
+            "(snakemake --rerun-incomplete)"
             + (f"; see {log_file} for the trainer's error" if log_file else "")
-            + (
-                " (lines start with the node's number; torchrun's 'Root Cause' names the "
-                "failing rank)"
-                if cmd[0] == "srun"
-                else ""
-            )
+            + (" (its lines start with the node's number)" if nodes and log_file else "")
         )
 
 
