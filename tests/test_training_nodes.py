@@ -1,13 +1,10 @@
-"""Pretraining across nodes: two "nodes" on this machine, and the SLURM request for several.
+"""Pretraining across nodes without a cluster: two "nodes" on this machine.
 
 Each "node" is a launcher process running the command the pretrain job runs on every node of a
 SLURM allocation (:func:`damt.training.launch.torchrun_command` with a c10d rendezvous, here on
-127.0.0.1), one trainer process each, gloo. A real two-node SLURM job is not run: the test
-cluster (tests/slurm_cluster.py) is one slurmd, and a second slurmd on the same machine needs
-SLURM's multiple-slurmd mode, in which each slurmd has a node name, port and spool of its own;
-Debian's slurmd uses one spool and PID file per configuration, and the test's single-node
-cluster would have to be rebuilt around it, so the profile's request for several nodes is
-checked through the executor plugin's own sbatch builder instead (last test).
+127.0.0.1), one trainer process each, gloo. The SLURM side (the plugin's request for several
+nodes, srun in the job) is checked in tests/test_profile.py (the sbatch call for ``nodes: 2``)
+and tests/test_slurm.py (a real job over two slurmd on this machine).
 """
 
 from __future__ import annotations
@@ -180,7 +177,7 @@ def test_a_dead_node_stops_the_other_within_the_timeout(tmp_path):
     assert "Root Cause" in log, log[-3000:]
 
 
-def test_several_nodes_ask_slurm_for_nodes_tasks_and_gpus_per_node():
+def test_the_rule_resources_grant_gpus_per_node():
     assert pretrain_resources({"nodes": 1, "gpus": 4}) == {"gpu": 4}
     resources = pretrain_resources({"nodes": 2, "gpus": 4})
     assert granted_gpus(resources) == 4
