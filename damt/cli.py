@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 
@@ -198,5 +200,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError) as exc:
         # Expected failures (bad input, bad config) get one clear line, not a traceback.
         log.debug("traceback", exc_info=True)
-        print(f"damt {args.command}: error: {exc}", file=sys.stderr)
+        print(f"damt {args.command}{_rank_label()}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _rank_label() -> str:
+    """`` (rank R of W on HOST)`` in a process of a torchrun job, so that the job's log names
+    the rank (and node) an error came from; empty otherwise."""
+    world = os.environ.get("WORLD_SIZE")
+    if world is None or world == "1":
+        return ""
+    return f" (rank {os.environ.get('RANK', '?')} of {world} on {socket.gethostname()})"

@@ -16,7 +16,7 @@ from damt.discovery import discover_for_workflow
 from damt.features import FEATURE_GROUPS, TASK_FEATURE_GROUPS
 from damt.paths import ENCODER_FILE, MODEL_CARD_FILE, ResultPaths
 from damt.qc.checks import check_severity, qc_params
-from damt.training.launch import check_run_settings
+from damt.training.launch import check_nodes, check_run_settings, pretrain_resources
 
 _handler = logging.StreamHandler()
 _handler.setFormatter(logging.Formatter("damt: %(message)s"))
@@ -39,12 +39,21 @@ wildcard_constraints:
 # warmup < epochs, crop sizes, ...; qc.severity codes). Snakemake scales a job's resources down
 # to --resources without a word; fail before hours of other stages instead of training on fewer
 # GPUs than configured (or in half precision on CPUs).
+# Several nodes ask SLURM for GPUs per node (a `gres`), outside the local `gpu` limit.
 if workflow.is_main_process:
     check_severity(config["qc"]["severity"])
     _gpus = config["pretrain"]["gpus"]
-    if "gpu" in workflow.global_resources:
+    if "gpu" in workflow.global_resources and config["pretrain"]["nodes"] == 1:
         _gpus = min(workflow.global_resources["gpu"].value, _gpus)
     check_run_settings(config, _gpus)
+
+
+# pretrain.nodes > 1 needs SLURM: the jobs go there (the slurm executor) or Snakemake runs in an
+# allocation. Which executor runs the jobs is known only once parsing is done: this runs before
+# the first job starts (not in dry runs; the pretrain job checks again before it moves anything).
+onstart:
+    check_nodes(config["pretrain"], os.environ, cluster_executor=not workflow.local_exec)
+
 
 if workflow.is_main_process:
     ensure_demo_cohort(config)

@@ -20,7 +20,7 @@ rule pretrain:
         "../envs/train.yaml"
     threads: config["pretrain"]["threads"]
     resources:
-        gpu=config["pretrain"]["gpus"],
+        **pretrain_resources(config["pretrain"]),
     params:
         run_dir=lambda wildcards, output: os.path.dirname(output.encoder),
         pretrain=config["pretrain"],

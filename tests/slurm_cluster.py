@@ -15,7 +15,11 @@ Choices that make one small machine behave like a cluster node:
   (``SlurmdParameters=config_overrides``), so the resource requests of a real cluster profile are
   accepted unchanged; without cgroups nothing is enforced, jobs just share the real cores;
 - GPUs are GRES backed by character devices made with ``mknod c 195 N`` (the NVIDIA major):
-  slurmd refuses plain files, and a GRES count without device files drains the node.
+  slurmd refuses plain files, and a GRES count without device files drains the node;
+- several nodes (``nodes`` > 1) are several slurmd on this machine, SLURM's multiple-slurmd mode
+  (Debian's build has it): each with a node name, a port, a spool folder, a PID file and a log
+  of its own (``%n`` in slurm.conf), all at NodeAddr 127.0.0.1. Jobs then span "nodes" that
+  share the machine's cores.
 """
 
 from __future__ import annotations
@@ -109,16 +113,29 @@ def parse_records(text: str) -> list[dict[str, str]]:
 
 @dataclass
 class SlurmCluster:
-    """One slurmctld and one slurmd (node ``node`` in partition ``partition``) under ``root``."""
+    """One slurmctld and a slurmd per node (``node``, or ``node1``... with several) in partition
+    ``partition``, under ``root``; ``cpus``, ``mem_mb`` and ``gpus`` are per node."""
 
     root: Path
     cpus: int = 16
     mem_mb: int = 64000
     gpus: int = 2
     node: str = "damt-node"
+    nodes: int = 1
     partition: str = "damt"
     cluster_name: str = "damt-test"
     _procs: dict[str, subprocess.Popen] = field(default_factory=dict, repr=False)
+
+    @property
+    def node_names(self) -> list[str]:
+        if self.nodes == 1:
+            return [self.node]
+        return [f"{self.node}{i}" for i in range(1, self.nodes + 1)]
+
+    @property
+    def node_list(self) -> str:
+        """The nodes as a SLURM host list."""
+        return self.node if self.nodes == 1 else f"{self.node}[1-{self.nodes}]"
 
     @property
     def conf(self) -> Path:
@@ -173,8 +190,8 @@ class SlurmCluster:
 
     # -- start and stop ----------------------------------------------------------------------
 
-    def _write_files(self, ctld_port: int, slurmd_port: int) -> None:
-        """slurm.conf, gres.conf, cgroup.conf, the fake GPU devices and the srun wrapper."""
+    def _write_files(self, ctld_port: int, slurmd_ports: list[int]) -> None:
+        """slurm.conf, gres.conf, cgroup.conf, the fake GPU devices and the client wrappers."""
         root, host = self.root, socket.gethostname().split(".")[0]
         gpu_files = ""
         if self.gpus:
@@ -183,23 +200,31 @@ class SlurmCluster:
                 os.mknod(dev, stat.S_IFCHR | 0o666, os.makedev(NVIDIA_MAJOR, i))
             gpu_files = f"{root}/dev/nvidia[0-{self.gpus - 1}]"
         node_gres = f" Gres=gpu:{self.gpus}" if self.gpus else ""
+        several = self.nodes > 1  # multiple-slurmd: per-node port, spool, PID file and log
+        per_node = "-%n" if several else ""
+        node_lines = "\n".join(
+            f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={self.cpus} "
+            f"RealMemory={self.mem_mb}{node_gres} State=UNKNOWN"
+            + (f" Port={port}" if several else "")
+            for name, port in zip(self.node_names, slurmd_ports, strict=True)
+        )
         self.conf.write_text(
             f"""\
 ClusterName={self.cluster_name}
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
+SlurmdPort={slurmd_ports[0]}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={root}/munge/munge.socket
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool{per_node}
 SlurmctldPidFile={root}/run/slurmctld.pid
-SlurmdPidFile={root}/run/slurmd.pid
+SlurmdPidFile={root}/run/slurmd{per_node}.pid
 SlurmctldLogFile={root}/log/slurmctld.log
-SlurmdLogFile={root}/log/slurmd.log
+SlurmdLogFile={root}/log/slurmd{per_node}.log
 MailProg=/bin/true
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -217,12 +242,11 @@ MinJobAge={MIN_JOB_AGE_S}
 KillWait=5
 SlurmdParameters=config_overrides
 GresTypes=gpu
-NodeName={self.node} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={self.cpus} \
-RealMemory={self.mem_mb}{node_gres} State=UNKNOWN
-PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
+{node_lines}
+PartitionName={self.partition} Nodes={self.node_list} Default=YES MaxTime=INFINITE State=UP
 """
         )
-        gres = f"NodeName={self.node} Name=gpu File={gpu_files}\n" if self.gpus else ""
+        gres = f"NodeName={self.node_list} Name=gpu File={gpu_files}\n" if self.gpus else ""
         (root / "gres.conf").write_text(f"AutoDetect=off\n{gres}")
         # slurmd 22.05 loads a cgroup plugin even with proctrack/linuxproc; without systemd a
         # cgroup v2 host needs IgnoreSystemd, and nothing is constrained.
@@ -231,11 +255,16 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
             "ConstrainCores=no\nConstrainRAMSpace=no\nConstrainDevices=no\n"
         )
         # snakemake-executor-plugin-slurm-jobstep (0.6.1) strips every SLURM_* variable but the
-        # job's identity, SLURM_CONF included, before its `srun` inside the job. A real cluster
-        # keeps slurm.conf in /etc/slurm; this one keeps it here, so `srun` gets it back.
-        srun = root / "bin" / "srun"
-        srun.write_text(f'#!/bin/sh\nSLURM_CONF={self.conf} exec {shutil.which("srun")} "$@"\n')
-        srun.chmod(0o755)
+        # job's identity, SLURM_CONF included, before its `srun` inside the job (and before the
+        # job itself, for jobs with an `mpi` resource: the multi-node pretrain job, which calls
+        # `scontrol` and `srun`). A real cluster keeps slurm.conf in /etc/slurm; this one keeps
+        # it here, so these commands get it back.
+        for command in ("srun", "scontrol"):
+            wrapper = root / "bin" / command
+            wrapper.write_text(
+                f'#!/bin/sh\nSLURM_CONF={self.conf} exec {shutil.which(command)} "$@"\n'
+            )
+            wrapper.chmod(0o755)
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
         log = (self.root / "log" / f"{name}.out").open("w")
@@ -276,7 +305,8 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
         key = self.root / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
-        self._write_files(*_free_ports(2))
+        ctld_port, *slurmd_ports = _free_ports(1 + self.nodes)
+        self._write_files(ctld_port, slurmd_ports)
 
         munge = self.root / "munge"
         self._spawn(
@@ -294,17 +324,20 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
         self._wait("munged's socket", (munge / "munge.socket").exists, timeout=20)
         self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
         self._wait("slurmctld", lambda: "is UP" in self.run("scontrol", "ping"))
-        self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf), "-N", self.node])
-        self._wait("an idle node", self._node_idle)
-        node = parse_records(self.run("scontrol", "--oneliner", "show", "node", self.node))[0]
-        if self.gpus and node.get("Gres") != f"gpu:{self.gpus}":
-            raise ClusterError(f"node registered without its GPUs: {node}\n{self.logs()}")
+        for name in self.node_names:
+            slurmd = "slurmd" if self.nodes == 1 else f"slurmd-{name}"
+            self._spawn(slurmd, ["slurmd", "-D", "-f", str(self.conf), "-N", name])
+        self._wait("idle nodes", self._node_idle)
+        out = self.run("scontrol", "--oneliner", "show", "node", self.node_list)
+        for node in parse_records(out):
+            if self.gpus and node.get("Gres") != f"gpu:{self.gpus}":
+                raise ClusterError(f"node registered without its GPUs: {node}\n{self.logs()}")
 
     def _node_idle(self) -> bool:
-        state = self.run("sinfo", "--noheader", "--nodes", self.node, "--format=%T").strip()
+        state = self.run("sinfo", "--noheader", "--nodes", self.node_list, "--format=%T").strip()
         if "drain" in state:
-            reason = self.run("sinfo", "--noheader", "--nodes", self.node, "--format=%E")
-            raise ClusterError(f"node {self.node} drained: {reason}\n{self.logs()}")
+            reason = self.run("sinfo", "--noheader", "--nodes", self.node_list, "--format=%E")
+            raise ClusterError(f"node {self.node_list} drained: {reason}\n{self.logs()}")
         return state == "idle"
 
     def stop(self) -> None:
@@ -320,7 +353,8 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
                     time.sleep(0.5)
             except (SlurmCommandError, subprocess.TimeoutExpired):
                 pass
-        for name in ("slurmd", "slurmctld", "munged"):
+        slurmds = [name for name in self._procs if name.startswith("slurmd")]
+        for name in (*slurmds, "slurmctld", "munged"):
             proc = self._procs.pop(name, None)
             if proc is None or proc.poll() is not None:
                 continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from damt.training.launch import (
     TRAIN,
     LaunchError,
     check_gpus,
+    check_nodes,
     plan_run,
     signature,
     supersede,
@@ -291,3 +293,65 @@ def test_trainer_dies_with_its_parent(tmp_path: Path):
         time.sleep(0.1)
     state = Path(f"/proc/{child}/stat").read_text() if Path(f"/proc/{child}").exists() else ""
     assert not state or state.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_several_nodes_outside_slurm_are_refused_before_anything_moves(tmp_path, monkeypatch):
+    from damt.config import load_config
+    from damt.training.launch import launch
+    from tests.training_data import write_config
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    pretrain = {**load_config(write_config(tmp_path / "c.yaml", nodes=2))["pretrain"]}
+    run = make_run(tmp_path / "run", 1, SIG)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    manifest, labels, tables = _signature_inputs(tmp_path)
+    with pytest.raises(LaunchError, match=r"pretrain.nodes is 2 but .* outside a SLURM"):
+        launch(pretrain, manifest, labels, tables, run, granted_gpus=0, cores=1)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    # Submitted to SLURM (the slurm executor), or inside an allocation, it may run.
+    check_nodes(pretrain, {}, cluster_executor=True)
+    check_nodes(pretrain, {"SLURM_JOB_ID": "7"})
+    check_nodes({**pretrain, "nodes": 1}, {})
+
+
+def test_multinode_command_starts_one_torchrun_per_node(monkeypatch):
+    from damt.training import launch
+
+    monkeypatch.setattr(launch, "allocation_hosts", lambda environ: ["gpu07", "gpu08"])
+    monkeypatch.setattr(launch, "node_address", lambda node: f"{node}.cluster")
+    pretrain = {"nodes": 2, "gpus": 4, "collective_timeout_s": 900}
+    cmd = launch.multinode_command(pretrain, 4, 16, ["train", "--out", "x"], {"SLURM_JOB_ID": "42"})
+    torchrun = cmd.index(sys.executable)
+    assert cmd[:torchrun] == [
+        "srun",
+        "--nodes=2",
+        "--ntasks=2",
+        "--ntasks-per-node=1",
+        "--cpus-per-task=16",
+        "--gres=gpu:4",
+        "--kill-on-bad-exit=1",
+        "--label",
+    ]
+    options = cmd[torchrun:]
+    assert options[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert "--standalone" not in options
+    for option in ("--nnodes=2", "--nproc-per-node=4", "--rdzv-backend=c10d", "--rdzv-id=damt-42"):
+        assert option in options
+    endpoint = next(o for o in options if o.startswith("--rdzv-endpoint="))
+    assert re.fullmatch(r"--rdzv-endpoint=gpu07\.cluster:\d+", endpoint)
+    assert "--rdzv-conf=join_timeout=900" in options
+    assert options[-5:] == ["-m", "damt", "train", "--out", "x"]
+    # CPU nodes ask for no GPUs; an allocation of another size is refused.
+    cpu = launch.multinode_command({**pretrain, "gpus": 0}, 2, 8, [], {"SLURM_JOB_ID": "42"})
+    assert not [o for o in cpu if o.startswith("--gres")]
+    with pytest.raises(LaunchError, match="allocation has 2 node"):
+        launch.multinode_command({**pretrain, "nodes": 3}, 4, 16, [], {"SLURM_JOB_ID": "42"})
+
+
+def test_one_node_signatures_are_those_of_runs_before_nodes_existed():
+    from damt.training.launch import model_settings
+
+    base = {"gpus": 2, "epochs": 300}
+    assert model_settings({**base, "nodes": 1}) == model_settings(base)
+    assert model_settings({**base, "nodes": 2}) != model_settings(base)
+    assert model_settings({**base, "collective_timeout_s": 60}) == model_settings(base)

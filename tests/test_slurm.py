@@ -9,12 +9,14 @@ Only executor settings that the profile leaves alone are added on the command li
 logs of successful jobs, a short first status check) so the profile itself is used as written.
 The GPU check is a second, forced run of one rule: giving a rule a GPU from the command line
 takes ``--set-resources``, which replaces the profile's whole ``set-resources`` section, so it
-stays out of the main run.
+stays out of the main run. The cluster has two nodes (two slurmd on this machine), so a third
+run trains the model again with ``pretrain.nodes: 2``: one SLURM job over both nodes.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -23,6 +25,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import yaml
 
 from damt.discovery import read_shard
 from damt.paths import ResultPaths
@@ -42,7 +45,8 @@ GPU_RULE = "radiomics_table"
 GPU_TARGET = "features/radiomics.parquet"
 GPU_COUNT = 2
 GPU_ARGS = ("--set-resources", f"{GPU_RULE}:gpu={GPU_COUNT}")
-RUN_TIMEOUT_S = 480
+# A Snakemake run through the profile (the demo workflow took 9 min on a loaded 2-core machine).
+RUN_TIMEOUT_S = 900
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -57,7 +61,7 @@ def cluster():
         if os.environ.get("DAMT_REQUIRE_SLURM") == "1":
             pytest.fail(f"DAMT_REQUIRE_SLURM=1 but {reason}")
         pytest.skip(reason)
-    with running_cluster() as running:
+    with running_cluster(nodes=2) as running:
         yield running
 
 
@@ -142,6 +146,8 @@ def slurm_run(cluster, demo_cohort, tmp_path_factory):
         sharding={"n_shards": N_SHARDS},
         # One ROI keeps PyRadiomics quick; the test is about scheduling, not features.
         radiomics={"rois": {"whole_brain": ["nonzero"]}},
+        # Two epochs: the pretrain job gets the profile's 16 threads on a small machine.
+        pretrain={"epochs": 2, "warmup_epochs": 1},
     )
     log = run_with_profile(cluster, tmp / "work", "--configfile", str(config))
     jobs = {k: v for k, v in cluster.jobs().items() if v["JobName"] == run_id(log)}
@@ -250,3 +256,40 @@ def test_gpu_resource_becomes_gres(cluster, slurm_run):
     assert f"--gpus={GPU_COUNT}" in Path(job["StdOut"]).read_text()
     # Jobs that ask for no GPU get none.
     assert all("TresPerJob" not in j for j in slurm_run.jobs.values())
+
+
+def test_pretrain_spans_two_nodes(cluster, slurm_run):
+    """``pretrain.nodes: 2`` through the profile: one SLURM job on both nodes, whose batch step
+    starts a torchrun per node with srun; the one-node model is superseded, not resumed."""
+    base = slurm_run.out.parent
+    config = yaml.safe_load((base / "config.override.yaml").read_text())
+    config["pretrain"] |= {"nodes": 2, "cpu_processes": 1}
+    override = base / "config.nodes.yaml"
+    override.write_text(yaml.safe_dump(config))
+    run_dir = slurm_run.out / "pretrain" / "default"
+    log = run_with_profile(
+        cluster,
+        base / "work",
+        "--configfile",
+        str(override),
+        "--forcerun",
+        "pretrain",
+        # One thread per trainer: both "nodes" share this machine's cores.
+        "--set-threads",
+        "pretrain=1",
+        "--",
+        str(run_dir / "encoder.safetensors"),
+    )
+    (job_id,) = submitted_ids(log)
+    assert re.search(r"^sbatch call: .* --nodes=2 --ntasks=2 ", log, re.MULTILINE), log[-4000:]
+    job = cluster.jobs()[job_id]
+    assert (job["JobState"], job["NumNodes"], job["NumTasks"]) == ("COMPLETED", "2", "2"), job
+    assert job["NodeList"] == cluster.node_list
+    rule_log = (slurm_run.out / "logs" / "pretrain.log").read_text()
+    assert re.search(r"running: srun --nodes=2 --ntasks=2 --ntasks-per-node=1 ", rule_log)
+    assert "--rdzv-endpoint=127.0.0.1:" in rule_log  # the first node's NodeAddr
+    # srun --label: the trainers' lines carry their node's task number.
+    assert re.search(r"^[01]: .*training \d+ subjects on 2 cpu process", rule_log, re.MULTILINE)
+    card = json.loads((run_dir / "model_card.json").read_text())["pretraining"]
+    assert (card["world_size"], card["nodes"]) == (2, 2)
+    assert any((run_dir / "superseded").iterdir())  # the one-node run, moved aside

@@ -21,6 +21,14 @@ Superseded checkpoints, metrics and TensorBoard files move to ``superseded/<time
 being deleted. Training runs as ``python -m torch.distributed.run --standalone --nnodes=1
 --nproc_per_node=N -m damt train ...`` (torchrun with this interpreter): one process per GPU
 (NCCL), or ``pretrain.cpu_processes`` processes with gloo when ``pretrain.gpus`` is 0.
+
+With ``pretrain.nodes`` > 1 the job runs in a SLURM allocation of that many nodes: this launcher
+(once, on the allocation's first node: it plans, moves and signs as above) starts one torchrun
+per node with ``srun``, all of them meeting in a c10d rendezvous on the first node
+(:func:`multinode_command`). The world size is nodes × processes per node. The node count is
+part of the run signature (a run interrupted on N nodes trains afresh on M under ``cohort``):
+the global batch, the learning rate and the sampler's split of every epoch follow the world
+size, so the checkpoint's optimizer state and position in the epoch belong to N.
 """
 
 from __future__ import annotations
@@ -30,9 +38,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +77,7 @@ OPERATIONAL_KEYS = frozenset(
         "run_name",  # the run folder itself
         "attention",  # the same function and weights, computed by another kernel
         "compile",  # the same step, compiled
+        "collective_timeout_s",  # how long a rank waits for the others before failing
     }
 )
 
@@ -97,6 +109,10 @@ def model_settings(pretrain: dict) -> dict:
     of ``presets`` only the one in use.
     """
     settings = {k: v for k, v in pretrain.items() if k not in OPERATIONAL_KEYS}
+    # One node is what every run was before `nodes` existed: leaving it out keeps their
+    # signatures, so an upgrade neither retrains finished runs nor restarts interrupted ones.
+    if settings.get("nodes") == 1:
+        del settings["nodes"]
     presets, preset = pretrain.get("presets"), pretrain.get("preset")
     if isinstance(presets, dict) and preset in presets:
         settings["presets"] = {preset: presets[preset]}
@@ -225,13 +241,30 @@ def check_hardware(pretrain: dict) -> None:
         )
 
 
+def check_nodes(pretrain: dict, environ: Mapping[str, str], cluster_executor: bool = False) -> None:
+    """Refuse ``pretrain.nodes`` > 1 where the job cannot reach other nodes: outside a SLURM
+    allocation (no ``SLURM_JOB_ID``), unless Snakemake submits the job to SLURM
+    (``cluster_executor``: the job then runs inside an allocation of its own).
+    """
+    nodes = pretrain["nodes"]
+    if nodes > 1 and not cluster_executor and "SLURM_JOB_ID" not in environ:
+        raise LaunchError(
+            f"pretrain.nodes is {nodes} but the pretrain job would run outside a SLURM "
+            "allocation (no SLURM_JOB_ID): several nodes are reached through SLURM. Run with "
+            f"--profile profiles/slurm, or start Snakemake inside an allocation of {nodes} "
+            f"nodes (salloc --nodes={nodes} --ntasks-per-node=1 ...), or set pretrain.nodes: 1. "
+            "Nothing was trained, moved or deleted."
+        )
+
+
 def check_run_settings(
     config: dict, granted_gpus: int | None = None, hardware: bool = False
 ) -> None:
     """Every check of a run's settings, in one place: the cross-key checks of the trainer
     (:meth:`damt.training.settings.TrainSettings.from_config`: warmup below epochs, crop sizes
-    the network's stride needs, ...), the GPU grant (``granted_gpus``: Snakemake's resources)
-    and, with ``hardware``, the GPUs the job can see.
+    the network's stride needs, ...), the GPU grant (``granted_gpus``: Snakemake's resources,
+    GPUs per node) and, with ``hardware``, the GPUs the job can see and, for several nodes,
+    the SLURM allocation it runs in.
 
     The Snakefile calls it at parse time (so ``snakemake -n`` refuses a bad config before any
     job runs) and the pretrain job before it moves or deletes anything.
@@ -249,21 +282,152 @@ def check_run_settings(
         check_gpus(config["pretrain"], granted_gpus)
     if hardware:
         check_hardware(config["pretrain"])
+        check_nodes(config["pretrain"], os.environ)
 
 
-def torchrun_command(n_processes: int, train_args: list[str]) -> list[str]:
-    """torchrun (of this interpreter) running ``damt train`` on one node."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes=1",
-        f"--nproc_per_node={n_processes}",
-        "-m",
-        "damt",
-        *train_args,
+def pretrain_resources(pretrain: dict) -> dict:
+    """The pretrain rule's resources.
+
+    One node: ``gpu`` (Snakemake's ``--resources gpu=N`` limit; the SLURM plugin's ``--gpus``).
+    Several: what makes snakemake-executor-plugin-slurm ask for ``nodes`` nodes with one task
+    and ``gpus`` GPUs each, and run the job's script once, in the batch step on the first node,
+    where :func:`launch` starts the per-node launchers itself with ``srun``:
+
+    - ``nodes`` becomes ``--nodes=N``; ``mpi`` (the plugin's launch mode for multi-task jobs)
+      runs the job without the plugin's own one-task ``srun`` around it, and ``tasks`` becomes
+      ``--ntasks=N``: one task per node;
+    - ``gres: gpu:G`` becomes ``--gres=gpu:G``, which SLURM counts per node (``--gpus``, from
+      ``gpu``, counts per job);
+    - ``tasks_per_gpu: 0`` keeps the plugin from turning ``tasks`` into ``--ntasks-per-gpu``
+      for a GPU job (its issues #316 and #459: a rule with ``gpu=2`` ran its script twice).
+    """
+    nodes, gpus = pretrain["nodes"], pretrain["gpus"]
+    if nodes == 1:
+        return {"gpu": gpus}
+    resources = {"nodes": nodes, "tasks": nodes, "mpi": "srun"}
+    if gpus:
+        resources |= {"gres": f"gpu:{gpus}", "tasks_per_gpu": 0}
+    return resources
+
+
+def granted_gpus(resources: Mapping) -> int:
+    """GPUs per node that the job's resources (:func:`pretrain_resources`, maybe changed by a
+    profile) grant: ``gpu``, or the count of a ``gres`` of ``gpu:G`` or ``gpu:TYPE:G``.
+    """
+    if "gpu" in resources:
+        return int(resources["gpu"])
+    match = re.fullmatch(r"gpu(?::[^:]+)?:(\d+)", str(resources.get("gres", "")))
+    return int(match.group(1)) if match else 0
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the torchrun of every node meets (c10d on ``endpoint``, ``host:port``)."""
+
+    nnodes: int
+    endpoint: str
+    run_id: str
+    timeout_s: int  # how long the nodes wait for each other to join
+
+
+def torchrun_command(
+    n_processes: int, train_args: list[str], rendezvous: Rendezvous | None = None
+) -> list[str]:
+    """torchrun (of this interpreter) running ``damt train``: on one node (``--standalone``),
+    or as one of ``rendezvous.nnodes`` nodes. The c10d rendezvous numbers the nodes as they
+    join (torchrun ignores ``--node-rank`` for it), so every node runs the same command.
+    """
+    if rendezvous is None:
+        placement = ["--standalone", "--nnodes=1", f"--nproc_per_node={n_processes}"]
+    else:
+        placement = [
+            f"--nnodes={rendezvous.nnodes}",
+            f"--nproc-per-node={n_processes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={rendezvous.endpoint}",
+            f"--rdzv-id={rendezvous.run_id}",
+            f"--rdzv-conf=join_timeout={rendezvous.timeout_s}",
+            "--max-restarts=0",
+        ]
+    return [sys.executable, "-m", "torch.distributed.run", *placement, "-m", "damt", *train_args]
+
+
+def _slurm(*args: str) -> str:
+    """Run a SLURM command; its stdout (a LaunchError with its message when it fails)."""
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", None) or exc
+        raise LaunchError(f"{' '.join(args)} failed: {detail}") from exc
+    return proc.stdout
+
+
+def allocation_hosts(environ: Mapping[str, str]) -> list[str]:
+    """Node names of the SLURM allocation the job runs in, first node first."""
+    nodelist = environ.get("SLURM_JOB_NODELIST")
+    if not nodelist:
+        # The plugin's jobstep drops every SLURM variable but the job's identity: ask slurmctld.
+        record = _slurm("scontrol", "--oneliner", "show", "job", environ["SLURM_JOB_ID"])
+        match = re.search(r"(?:^|\s)NodeList=(\S+)", record)
+        if match is None:
+            raise LaunchError(f"no NodeList in slurmctld's record of the job: {record}")
+        nodelist = match.group(1)
+    return _slurm("scontrol", "show", "hostnames", nodelist).split()
+
+
+def node_address(node: str) -> str:
+    """The address SLURM reaches ``node`` at (its ``NodeAddr``; usually its host name)."""
+    record = _slurm("scontrol", "--oneliner", "show", "node", node)
+    match = re.search(r"(?:^|\s)NodeAddr=(\S+)", record)
+    return match.group(1) if match else node
+
+
+def free_port() -> int:
+    """A TCP port free on this host right now."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def multinode_command(
+    pretrain: dict,
+    n_processes: int,
+    cores: int,
+    train_args: list[str],
+    environ: Mapping[str, str],
+) -> list[str]:
+    """``srun`` starting one torchrun per node of the allocation, ``n_processes`` each.
+
+    The rendezvous runs on the allocation's first node, where SLURM runs the batch script and
+    so this launcher: a port free here is free for it (from a shell of ``salloc`` on a login
+    node, only most likely). Its id is the SLURM job's, so a retry
+    (a new job) never meets a node of the previous one. ``--kill-on-bad-exit`` ends every node
+    when one fails; ``--label`` prefixes each line of the log with its node's task number.
+    """
+    nodes = pretrain["nodes"]
+    hosts = allocation_hosts(environ)
+    if len(hosts) != nodes:
+        raise LaunchError(
+            f"pretrain.nodes is {nodes} but the SLURM allocation has {len(hosts)} node(s) "
+            f"({', '.join(hosts)}); ask for {nodes} nodes or set pretrain.nodes: {len(hosts)}"
+        )
+    rendezvous = Rendezvous(
+        nnodes=nodes,
+        endpoint=f"{node_address(hosts[0])}:{free_port()}",
+        run_id=f"damt-{environ['SLURM_JOB_ID']}",
+        timeout_s=pretrain["collective_timeout_s"],
+    )
+    step = [
+        "srun",
+        f"--nodes={nodes}",
+        f"--ntasks={nodes}",
+        "--ntasks-per-node=1",
+        f"--cpus-per-task={cores}",
+        *([f"--gres=gpu:{pretrain['gpus']}"] if pretrain["gpus"] else []),
+        "--kill-on-bad-exit=1",
+        "--label",
     ]
+    return [*step, *torchrun_command(n_processes, train_args, rendezvous)]
 
 
 def launch(
@@ -314,8 +478,13 @@ def launch(
             train_args += [f"--{name.replace('_', '-')}", str(path)]
     n_processes = p["gpus"] if p["gpus"] > 0 else p["cpu_processes"]
     if plan.action == EXPORT:
-        n_processes = 1  # no training: one process exports the weights of the last checkpoint
-    cmd = torchrun_command(n_processes, train_args)
+        # No training: one process on this node exports the weights of the last checkpoint.
+        cmd = torchrun_command(1, train_args)
+        n_processes = 1
+    elif p["nodes"] > 1:
+        cmd = multinode_command(p, n_processes, cores, train_args, os.environ)
+    else:
+        cmd = torchrun_command(n_processes, train_args)
     log.info("running: %s", " ".join(cmd))
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // n_processes))}
     from damt.training.checkpoint import die_with_parent
@@ -331,11 +500,13 @@ def launch(
         proc = subprocess.run(cmd, env=env, preexec_fn=die_with_parent)
     if proc.returncode != 0:
         check_run_free(run_dir)  # a live trainer holding the lock is the real cause: name it
+        nodes = cmd[0] == "srun"
         raise LaunchError(
-            f"training failed (torchrun exit status {proc.returncode}); the run "
-            f"resumes from its latest checkpoint in {run_dir} when the job runs "
-            "again (snakemake --rerun-incomplete)"
+            f"training failed ({'srun' if nodes else 'torchrun'} exit status {proc.returncode}); "
+            f"the run resumes from its latest checkpoint in {run_dir} when the job runs again "
+            "(snakemake --rerun-incomplete)"
             + (f"; see {log_file} for the trainer's error" if log_file else "")
+            + (" (its lines start with the node's number)" if nodes and log_file else "")
         )
 
 

@@ -354,7 +354,7 @@ def run_pretraining(
             "set pretrain.gpus: 0 to train on the CPU"
         )
     _configure_determinism(settings.deterministic)
-    env = init_distributed(use_cuda)
+    env = init_distributed(use_cuda, settings.collective_timeout_s)
     if cores:
         torch.set_num_threads(max(1, cores // env.local_world_size))
     if not env.is_main:
@@ -436,6 +436,7 @@ def _train(
     facts = _plain(
         {
             "world_size": env.world_size,
+            "nodes": env.world_size // env.local_world_size,
             "device": env.device.type,
             "precision": trainer.precision,
             "global_batch": trainer.global_batch,
@@ -526,6 +527,7 @@ def _finish(
                 "epochs": epochs,
                 "steps": steps,
                 "world_size": facts["world_size"],
+                "nodes": facts.get("nodes", 1),  # checkpoints before multi-node runs: one
                 "device": facts["device"],
                 "precision": facts["precision"],
                 "global_batch": facts["global_batch"],

@@ -43,6 +43,8 @@ class TrainSettings:
     max_consecutive_nonfinite: int
     log_every_steps: int
     gpus: int
+    nodes: int
+    collective_timeout_s: int
 
     @classmethod
     def from_config(cls, config: dict) -> TrainSettings:
@@ -76,6 +78,8 @@ class TrainSettings:
             max_consecutive_nonfinite=p["max_consecutive_nonfinite"],
             log_every_steps=p["log_every_steps"],
             gpus=p["gpus"],
+            nodes=p["nodes"],
+            collective_timeout_s=p["collective_timeout_s"],
         )
         if not tasks:
             raise ValueError("pretrain.tasks: every task is switched off")

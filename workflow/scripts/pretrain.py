@@ -6,7 +6,7 @@ import _damt_path  # noqa: F401
 
 from damt.features import FEATURE_GROUPS
 from damt.logs import rule_log
-from damt.training.launch import launch
+from damt.training.launch import granted_gpus, launch
 
 with rule_log(snakemake.log[0]):
     launch(
@@ -15,7 +15,7 @@ with rule_log(snakemake.log[0]):
         Path(snakemake.input.label_table),
         dict(zip(FEATURE_GROUPS, map(Path, snakemake.input.tables), strict=True)),
         Path(snakemake.params.run_dir),
-        granted_gpus=snakemake.resources.gpu,
+        granted_gpus=granted_gpus(dict(snakemake.resources.items())),
         cores=snakemake.threads,
         log_file=snakemake.log[0],
     )

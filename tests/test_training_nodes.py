@@ -1,0 +1,198 @@
+"""Pretraining across nodes without a cluster: two "nodes" on this machine.
+
+Each "node" is a launcher process running the command the pretrain job runs on every node of a
+SLURM allocation (:func:`damt.training.launch.torchrun_command` with a c10d rendezvous, here on
+127.0.0.1), one trainer process each, gloo. The SLURM side (the plugin's request for several
+nodes, srun in the job) is checked in tests/test_profile.py (the sbatch call for ``nodes: 2``)
+and tests/test_slurm.py (a real job over two slurmd on this machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from damt.training.checkpoint import lock_holder
+from damt.training.launch import (
+    Rendezvous,
+    free_port,
+    granted_gpus,
+    pretrain_resources,
+    torchrun_command,
+)
+from damt.training.metrics import read_records
+from tests.conftest import run_snakemake, workflow_config
+from tests.training_data import write_config, write_training_set
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 60  # pretrain.collective_timeout_s of these runs
+
+
+def _env() -> dict:
+    path = os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH")] if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+def _start_nodes(cmd: list[str], logs: Path, name: str) -> list[subprocess.Popen]:
+    """Two launchers ("nodes") running ``cmd``, each in a process group of its own."""
+    procs = []
+    for node in (0, 1):
+        out = open(logs / f"{name}-node{node}.log", "w")  # noqa: SIM115 (closed with the test)
+        procs.append(
+            subprocess.Popen(
+                cmd, env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
+    return procs
+
+
+def _kill_node(proc: subprocess.Popen) -> None:
+    """SIGKILL a node's launcher; its trainers die with it (damt.training.checkpoint)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _wait_for(path: Path, procs: list[subprocess.Popen], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        failed = [p.returncode for p in procs if p.poll() is not None]
+        assert not failed, f"a node exited ({failed}) before {path.name} was written"
+        assert time.monotonic() < deadline, f"no {path.name} after {timeout} s"
+        time.sleep(0.5)
+
+
+def _train_args(files, config: Path, run_dir: Path) -> list[str]:
+    return [
+        "train",
+        "--config",
+        str(config),
+        "--manifest",
+        str(files.manifest),
+        "--tables-dir",
+        str(files.tables_dir),
+        "--label-table",
+        str(files.label_table),
+        "--out",
+        str(run_dir),
+        "--cores",
+        "1",
+    ]
+
+
+def _rendezvous(run_id: str) -> Rendezvous:
+    return Rendezvous(2, f"127.0.0.1:{free_port()}", run_id, TIMEOUT_S)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_two_nodes_train_get_killed_resume_and_export(tmp_path):
+    files = write_training_set(tmp_path / "data", n_subjects=4, shape=(64, 64, 64))
+    config = write_config(
+        tmp_path / "c.yaml",
+        epochs=3,
+        batch_size_per_gpu=1,
+        nodes=2,
+        collective_timeout_s=TIMEOUT_S,
+    )
+    run_dir = tmp_path / "run"
+    # Run 1, the real `damt train` on both nodes: killed (both nodes) after its first epoch.
+    cmd = torchrun_command(1, _train_args(files, config, run_dir), _rendezvous("nodes-a1"))
+    first = _start_nodes(cmd, tmp_path, "first")
+    _wait_for(run_dir / "checkpoints" / "checkpoint_0001.pt", first, timeout=240)
+    for proc in first:
+        _kill_node(proc)
+    deadline = time.monotonic() + 30
+    while lock_holder(run_dir) is not None:  # the trainers die with their launchers
+        assert time.monotonic() < deadline, f"trainers still alive: {lock_holder(run_dir)}"
+        time.sleep(0.2)
+    first_log = (tmp_path / "first-node0.log").read_text() + (
+        tmp_path / "first-node1.log"
+    ).read_text()
+    assert "training 4 subjects on 2 cpu process(es)" in first_log, first_log[-3000:]
+
+    # Run 2: the same trainer (run_pretraining, what `damt train` runs) on two new launchers
+    # resumes the killed run, finishes and exports; every rank then saves its parameters.
+    prefix = torchrun_command(1, [], _rendezvous("nodes-a2"))[:-2]
+    worker = [*prefix, str(REPO / "tests" / "ddp_worker.py"), str(config), str(files.root)]
+    second = _start_nodes([*worker, str(tmp_path)], tmp_path, "second")
+    for node, proc in enumerate(second):
+        assert proc.wait(timeout=240) == 0, (tmp_path / f"second-node{node}.log").read_text()
+    second_log = (tmp_path / "second-node0.log").read_text() + (
+        tmp_path / "second-node1.log"
+    ).read_text()
+    # It started at the second epoch (the progress bars of rank 0).
+    assert "epoch 2/3" in second_log and "epoch 1/3" not in second_log, second_log[-3000:]
+
+    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys()
+    for key in ranks[0]:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    card = json.loads((run_dir / "model_card.json").read_text())["pretraining"]
+    assert (card["world_size"], card["nodes"], card["global_batch"]) == (2, 2, 2)
+    assert card["epochs"] == 3 and card["steps"] == 3 * 2  # 4 subjects, 2 ranks, batch 1
+    assert (run_dir / "encoder.safetensors").is_file()
+    # One record per epoch: the killed run's first, the resumed run's other two.
+    epochs = [r["epoch"] for r in read_records(run_dir)]
+    assert len(epochs) == 3 and epochs == sorted(set(epochs)), epochs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_dead_node_stops_the_other_within_the_timeout(tmp_path):
+    files = write_training_set(tmp_path / "data", n_subjects=4, shape=(64, 64, 64))
+    config = write_config(
+        tmp_path / "c.yaml",
+        epochs=50,
+        batch_size_per_gpu=1,
+        nodes=2,
+        collective_timeout_s=TIMEOUT_S,
+    )
+    run_dir = tmp_path / "run"
+    cmd = torchrun_command(1, _train_args(files, config, run_dir), _rendezvous("nodes-b"))
+    survivor, victim = _start_nodes(cmd, tmp_path, "run")
+    _wait_for(run_dir / "checkpoints" / "checkpoint_0001.pt", [survivor, victim], timeout=240)
+    _kill_node(victim)  # mid-epoch: the node's launcher and its trainer, SIGKILL
+    start = time.monotonic()
+    try:
+        status = survivor.wait(timeout=TIMEOUT_S + 60)
+    except subprocess.TimeoutExpired:
+        _kill_node(survivor)
+        pytest.fail(f"the other node still ran {TIMEOUT_S + 60} s after the first one died")
+    elapsed = time.monotonic() - start
+    log = (tmp_path / "run-node0.log").read_text()
+    assert status != 0, log[-3000:]
+    assert elapsed < TIMEOUT_S + 30, f"{elapsed:.0f} s"
+    # The trainer's error names its rank and host (the other node's death broke its
+    # collective), and torchrun's failure report names the rank that failed on this node.
+    assert re.search(r"damt train \(rank [01] of 2 on [^)]+\): error: ", log), log[-3000:]
+    assert "Root Cause" in log, log[-3000:]
+
+
+def test_the_rule_resources_grant_gpus_per_node():
+    assert pretrain_resources({"nodes": 1, "gpus": 4}) == {"gpu": 4}
+    resources = pretrain_resources({"nodes": 2, "gpus": 4})
+    assert granted_gpus(resources) == 4
+    assert granted_gpus({**resources, "gres": "gpu:a100:4"}) == 4
+    assert granted_gpus(pretrain_resources({"nodes": 2, "gpus": 0})) == 0
+
+
+@pytest.mark.slow
+def test_several_nodes_outside_slurm_stop_the_workflow_before_any_job(
+    demo_cohort, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # a test run inside a SLURM job
+    config = workflow_config(tmp_path, [{"path": str(demo_cohort)}], pretrain={"nodes": 2})
+    proc = run_snakemake("--cores", "1", "--configfile", str(config), check=False)
+    assert proc.returncode != 0
+    assert "pretrain.nodes is 2 but the pretrain job would run outside a SLURM" in proc.stderr
+    # Only parsing wrote (the discovery files): no job ran.
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["discovery"]
