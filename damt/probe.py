@@ -736,6 +736,7 @@ FEATURE_SET_COLOURS = {
 }
 CHANCE = {"r2": 0.0, "balanced_accuracy": 0.5, "auc": 0.5}
 PRIMARY = {REGRESSION: "r2", CLASSIFICATION: "auc"}
+R2_FLOOR = -1.0  # lowest R² the figures show (the table keeps every value)
 
 
 def plot_results(table: pd.DataFrame, path: str | Path) -> None:
@@ -767,6 +768,8 @@ def plot_results(table: pd.DataFrame, path: str | Path) -> None:
             f"{target}: {metric} ({sub['protocol'].iloc[0]}, n_test={int(sub['n_test'].max())})",
             fontsize=8,
         )
+        if metric == "r2":  # a few test subjects make R²'s lower interval ends run off
+            ax.set_ylim(max(R2_FLOOR, ax.get_ylim()[0]), 1)
         ax.tick_params(axis="x", labelsize=6, rotation=30)
     fig.suptitle("Probes of frozen features (bars: mean; whiskers: bootstrap 95 % interval)")
     fig.tight_layout()
@@ -796,7 +799,12 @@ def plot_label_efficiency(table: pd.DataFrame, kinds: Mapping[str, str], path: s
             ax.fill_between(sub["label_fraction"], sub["ci_low"], sub["ci_high"], color=colour,
                             alpha=0.12)  # fmt: skip
         ax.axhline(CHANCE[metric], color="red", lw=1, ls=":")
+        if metric == "r2":
+            ax.set_ylim(max(R2_FLOOR, ax.get_ylim()[0]), 1)
         ax.set_xscale("log")
+        fractions = sorted(set(rows["label_fraction"]))
+        ax.set_xticks(fractions, [f"{f:.0%}" for f in fractions])
+        ax.minorticks_off()
         ax.set_xlabel("share of labelled training subjects")
         ax.set_title(f"{target}: {metric}", fontsize=9)
         ax.legend(fontsize=6)
