@@ -873,21 +873,22 @@ def run_probe(
     """
     import json
 
-    import torch
-
-    from damt.features.tables import read_table
-    from damt.io import write_atomic, write_json_atomic
-    from damt.model import build_encoder, load_encoder, read_encoder_spec
-
     pc = probe
     settings = ProbeSettings.from_config(pc)
-    torch.set_num_threads(pc["threads"])
     pretrain_seed = json.loads(Path(model_card).read_text())["pretraining"]["config"]["seed"]
     if pretrain_seed in pc["random_init_seeds"]:
         raise ProbeError(
             f"probe.random_init_seeds holds the pretraining seed {pretrain_seed}: that random "
             "encoder is the pretrained run's own starting point; choose other seeds"
         )
+
+    import torch
+
+    from damt.features.tables import read_table
+    from damt.io import write_atomic, write_json_atomic
+    from damt.model import build_encoder, load_encoder, read_encoder_spec
+
+    torch.set_num_threads(pc["threads"])
     frame = pd.read_parquet(manifest)
     chosen = frame[frame["status"].isin(pc["statuses"]) & frame["has_cache"]]
     base = Path(manifest).parent

@@ -28,6 +28,7 @@ from damt.split import assign_split
 
 AGE, SEX = Target("age", REGRESSION), Target("sex", CLASSIFICATION)
 QUICK = ProbeSettings(min_holdout=10, label_fractions=(0.25, 1.0), label_draws=2, bootstrap=200)
+FULL_ONLY = ProbeSettings(min_holdout=10, label_fractions=(1.0,), bootstrap=200)
 
 
 def data(n=80, p=8, seed=0):
@@ -119,6 +120,7 @@ def test_too_few_held_out_subjects_fall_back_to_nested_cv(caplog):
     table = result_rows(res)
     assert set(table["protocol"]) == {NESTED_CV} and (table["n_test"] == 40).all()
     assert "age:" in caplog.text and "fewer than probe.min_holdout 30" in caplog.text
+    assert split.index[split == "holdout"][0] in caplog.text  # names the held-out subjects
     assert table.set_index(["method", "metric"]).loc[("linear", "r2"), "mean"] > 0.7
     assert res["age"]["protocol"] == NESTED_CV != HOLDOUT_PROTOCOL
 
@@ -161,7 +163,7 @@ def test_non_numeric_regression_values_and_one_class_name_the_target():
     with pytest.raises(ProbeError, match="sex: only one class"):
         target_values(pheno_one, SEX, list(split.index))
     # One bad target does not stop the others.
-    res = probe_all({"good": [feats]}, bad.assign(sex=pheno["sex"]), [AGE, SEX], split, QUICK)
+    res = probe_all({"good": [feats]}, bad.assign(sex=pheno["sex"]), [AGE, SEX], split, FULL_ONLY)
     assert "non-numeric" in res["age"]["error"] and res["sex"]["results"]
     assert set(result_rows(res)["target"]) == {"sex"}
 
@@ -171,7 +173,7 @@ def test_one_held_out_class_falls_back_and_names_the_subjects(caplog):
     held = split.index[split == "holdout"]
     pheno.loc[pheno["subject_id"].isin(held), "sex"] = "F"
     with caplog.at_level(logging.WARNING, logger="damt.probe"):
-        res = probe_all({"good": [feats]}, pheno, [SEX], split, QUICK)
+        res = probe_all({"good": [feats]}, pheno, [SEX], split, FULL_ONLY)
     assert res["sex"]["protocol"] == NESTED_CV
     assert "one class only" in caplog.text and held[0] in caplog.text
 
@@ -182,6 +184,20 @@ def test_a_missing_column_and_too_few_subjects_are_errors_per_target():
     res = probe_all({"good": [feats]}, pheno, [Target("iq", REGRESSION), AGE], small, QUICK)
     assert "no column 'iq'" in res["iq"]["error"]
     assert "at least 4" in res["age"]["error"]
+
+
+def test_a_random_init_seed_equal_to_the_pretraining_seed_is_refused(tmp_path):
+    import json
+
+    from damt.probe import run_probe
+
+    card = tmp_path / "model_card.json"
+    card.write_text(json.dumps({"pretraining": {"config": {"seed": 1002}}}))
+    probe = {"threads": 1, "random_init_seeds": [1001, 1002, 1003], "min_holdout": 20,
+             "folds": 5, "inner_folds": 5, "label_fractions": [1.0], "label_draws": 1,
+             "bootstrap": 100, "seed": 0}  # fmt: skip
+    with pytest.raises(ProbeError, match="pretraining seed 1002"):
+        run_probe(probe, tmp_path / "m.parquet", tmp_path / "e.safetensors", card, [], {})
 
 
 # --- pooling ------------------------------------------------------------------------------------
