@@ -386,13 +386,18 @@ def summarise(
         finite = boot[np.isfinite(boot)]
         lo, hi = np.percentile(finite, [2.5, 97.5]) if len(finite) else (np.nan, np.nan)
         out[m] = {
-            "mean": float(np.mean(values)),
-            "ci_low": float(lo),
-            "ci_high": float(hi),
-            "per_fit": values,
-            "std_over_fits": float(np.std(values)),
+            "mean": _finite(np.mean(values)),
+            "ci_low": _finite(lo),
+            "ci_high": _finite(hi),
+            "per_fit": [_finite(v) for v in values],
+            "std_over_fits": _finite(np.std(values)),
         }
     return out
+
+
+def _finite(value: float) -> float | None:
+    """``value``, or None where undefined (probe.json stays valid JSON)."""
+    return float(value) if np.isfinite(value) else None
 
 
 def label_subset(
@@ -641,7 +646,8 @@ def result_rows(results: Mapping[str, dict]) -> pd.DataFrame:
                         "protocol": res["protocol"],
                     }
                 )
-    return pd.DataFrame(rows, columns=TSV_COLUMNS)
+    numbers = dict.fromkeys(("label_fraction", "mean", "ci_low", "ci_high"), float)
+    return pd.DataFrame(rows, columns=TSV_COLUMNS).astype(numbers)
 
 
 # --- encoder features ------------------------------------------------------------------------
