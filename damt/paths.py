@@ -93,7 +93,8 @@ class ResultPaths:
         return f"{self.run_dir(run)}/{name}"
 
     def probe(self, name: str) -> str:
-        """A probe output: ``probe.json``, ``probe.tsv``, ``probe.png``."""
+        """A probe output: ``probe.json``, ``probe.tsv`` and the figures (``probe.png``,
+        ``label_efficiency.png``, ``embedding.png``)."""
         return self._at("probe", name)
 
     # --- logs and benchmarks ---------------------------------------------------------------

@@ -1,11 +1,13 @@
-# Linear probe of the frozen encoder, with a random-init encoder and morphometry as baselines.
-# Work done by damt.probe.
+# Linear and k-NN probes of the frozen encoder, fitted on the pretraining subjects and scored on
+# the held-out ones, with random-init encoders and morphometry as baselines. Work done by
+# damt.probe.
 
 
 rule probe:
-    """Linear probe of the frozen encoder against its baselines."""
+    """Linear and k-NN probes of the frozen encoder against its baselines."""
     input:
         encoder=PATHS.run_file(RUN, ENCODER_FILE),
+        model_card=PATHS.run_file(RUN, MODEL_CARD_FILE),
         manifest=PATHS.manifest(),
         morphometry=[PATHS.normalized_table(g) for g in TASK_FEATURE_GROUPS["morphometry"]],
         phenotypes=config["probe"]["phenotypes"] or [],
@@ -13,13 +15,23 @@ rule probe:
         results=PATHS.probe("probe.json"),
         table=report(
             PATHS.probe("probe.tsv"),
-            category="Linear probe",
+            category="Probes",
             caption="../docs/report/probe_table.rst",
         ),
         plot=report(
             PATHS.probe("probe.png"),
-            category="Linear probe",
+            category="Probes",
             caption="../docs/report/probe_plot.rst",
+        ),
+        label_efficiency=report(
+            PATHS.probe("label_efficiency.png"),
+            category="Probes",
+            caption="../docs/report/probe_label_efficiency.rst",
+        ),
+        embedding=report(
+            PATHS.probe("embedding.png"),
+            category="Probes",
+            caption="../docs/report/probe_embedding.rst",
         ),
     log:
         PATHS.log("probe"),

@@ -1,4 +1,5 @@
-# Cohort QC: checks -> normalisation (fitted on QC-passing subjects) -> manifest + QC report.
+# Cohort QC: checks -> normalisation (fitted on QC-passing subjects) -> manifest (with the
+# held-out evaluation split, damt.split) + QC report.
 # Work done by damt.qc.steps (checks: damt.qc.checks, figures: damt.qc.report) and
 # damt.features.normalize.
 
@@ -80,5 +81,6 @@ rule manifest:
         "../envs/features.yaml"
     params:
         qc=qc_params(config["qc"], "manifest"),
+        evaluation=config["evaluation"],
     script:
         "../workflow/scripts/manifest.py"

@@ -1,6 +1,9 @@
-"""Linear probe: nested CV finds real signal, reports chance for noise, refuses bad setups."""
+"""Probes: held-out and nested-CV protocols, both probes, intervals, label efficiency, bad input,
+and pooling that padding does not change."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pandas as pd
@@ -8,16 +11,27 @@ import pytest
 
 from damt.probe import (
     CLASSIFICATION,
+    HOLDOUT_PROTOCOL,
+    NESTED_CV,
     REGRESSION,
+    TSV_COLUMNS,
     ProbeError,
+    ProbeSettings,
     Target,
-    align,
-    nested_cv,
+    alpha_grid,
+    label_subset,
     probe_all,
+    result_rows,
+    target_values,
 )
+from damt.split import assign_split
+
+AGE, SEX = Target("age", REGRESSION), Target("sex", CLASSIFICATION)
+QUICK = ProbeSettings(min_holdout=10, label_fractions=(0.25, 1.0), label_draws=2, bootstrap=200)
+FULL_ONLY = ProbeSettings(min_holdout=10, label_fractions=(1.0,), bootstrap=200)
 
 
-def data(n=60, p=8, seed=0):
+def data(n=80, p=8, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, p))
     age = 50 + 10 * x[:, 0] - 5 * x[:, 1] + rng.normal(0, 2, n)
@@ -26,102 +40,196 @@ def data(n=60, p=8, seed=0):
     feats = pd.DataFrame(x, columns=[f"f{j}" for j in range(p)])
     feats.insert(0, "subject_id", ids)
     pheno = pd.DataFrame({"subject_id": ids, "age": age, "sex": sex})
-    return feats, pheno
+    split = assign_split(pheno[["subject_id"]], 0.25)
+    split.index = ids
+    return feats, pheno, split
 
 
-def test_regression_signal_and_noise():
-    feats, pheno = data()
-    x, y, _ = align(feats, pheno, Target("age", REGRESSION))
-    res = nested_cv(x, y, REGRESSION)
-    assert res["metrics"]["r2"]["mean"] > 0.8
-    assert res["metrics"]["mae"]["mean"] < 4.0
-    assert res["metrics"]["mae_chance"]["mean"] > 3 * res["metrics"]["mae"]["mean"]
-    assert len(res["metrics"]["mae"]["folds"]) == 5 and res["n_subjects"] == 60
-    assert len(res["regularisation"]["chosen_per_fold"]) == 5
-    noise = np.random.default_rng(1).normal(size=x.shape)
-    assert nested_cv(noise, y, REGRESSION)["metrics"]["r2"]["mean"] < 0.15
+def noise_like(feats, seed):
+    out = feats.copy()
+    out.iloc[:, 1:] = np.random.default_rng(seed).normal(size=(len(out), out.shape[1] - 1))
+    return out
 
 
-def test_classification_signal():
-    feats, pheno = data()
-    x, y, _ = align(feats, pheno, Target("sex", CLASSIFICATION))
-    res = nested_cv(x, y, CLASSIFICATION)
-    assert res["metrics"]["balanced_accuracy"]["mean"] > 0.8
-    assert res["metrics"]["auc"]["mean"] > 0.9
-    assert res["regularisation"]["parameter"] == "C"
-
-
-def test_align_keeps_partial_rows_drops_empty_ones_and_restricts():
-    feats, pheno = data(n=10)
-    feats.loc[0, "f3"] = np.nan  # partly missing: kept, imputed inside the CV
-    feats.loc[2, [f"f{j}" for j in range(8)]] = np.nan  # no feature at all: dropped
-    pheno.loc[1, "age"] = np.nan
-    x, _, ids = align(feats, pheno, Target("age", REGRESSION), subjects=feats.subject_id[:8])
-    assert ids == ["s000", *(f"s{i:03d}" for i in range(3, 8))] and x.shape == (6, 8)
-    assert np.isnan(x[0, 3]) and np.isfinite(x[1:]).all()
-    with pytest.raises(ProbeError, match="no column 'iq'"):
-        align(feats, pheno, Target("iq", REGRESSION))
-
-
-def test_missing_values_are_imputed_inside_the_folds():
-    feats, pheno = data()
-    rng = np.random.default_rng(2)
-    holes = feats.copy()
-    holes.iloc[:, 1:] = holes.iloc[:, 1:].mask(rng.random((60, 8)) < 0.1)
-    holes["f7"] = np.nan  # a column no subject has
-    x, y, ids = align(holes, pheno, Target("age", REGRESSION))
-    assert len(ids) == 60 and x.shape[1] == 7  # nobody dropped for a partial row
-    res = nested_cv(x, y, REGRESSION)
-    assert res["metrics"]["r2"]["mean"] > 0.5 and res["n_subjects"] == 60
-
-
-def test_bad_setups_are_explained():
-    x = np.zeros((3, 2))
-    with pytest.raises(ProbeError, match="at least 4"):
-        nested_cv(x, np.arange(3.0), REGRESSION)
-    with pytest.raises(ProbeError, match="only one class"):
-        nested_cv(np.zeros((10, 2)), np.array(["F"] * 10), CLASSIFICATION)
-    with pytest.raises(ProbeError, match="rarest class has 1"):
-        nested_cv(np.zeros((10, 2)), np.array(["F"] * 9 + ["M"]), CLASSIFICATION)
-    with pytest.raises(ProbeError, match="no feature columns"):
-        nested_cv(np.zeros((10, 0)), np.arange(10.0), REGRESSION)
-
-
-def test_probe_all_records_failures():
-    feats, pheno = data(n=30)
-    res = probe_all(
-        {"good": feats, "empty": feats[["subject_id"]]}, pheno, [Target("age", REGRESSION)]
+def test_held_out_scores_both_probes_with_intervals():
+    feats, pheno, split = data()
+    sets = {"good": [feats], "noise": [noise_like(feats, s) for s in (1, 2, 3)]}
+    res = probe_all(sets, pheno, [AGE, SEX], split, QUICK)
+    table = result_rows(res)
+    assert list(table.columns) == TSV_COLUMNS
+    assert set(table["method"]) == {"linear", "knn"} and set(table["protocol"]) == {"holdout"}
+    held = list(split.index[split == "holdout"])
+    assert res["age"]["test_subjects"] == held and (table["n_test"] == len(held)).all()
+    assert not set(held) & set(res["age"]["train_subjects"])
+    full = table[table["label_fraction"] == 1.0].set_index(
+        ["target", "features", "method", "metric"]
     )
-    assert res["age"]["good"]["metrics"]["r2"]["mean"] > 0.5
-    assert "no feature columns" in res["age"]["empty"]["error"]
+    assert full.loc[("age", "good", "linear", "r2"), "mean"] > 0.8
+    assert full.loc[("age", "good", "knn", "r2"), "mean"] > 0.3
+    assert full.loc[("sex", "good", "linear", "auc"), "mean"] > 0.85
+    assert full.loc[("age", "noise", "linear", "r2"), "ci_low"] < 0.1
+    assert (table["ci_low"] <= table["mean"]).all() and (table["mean"] <= table["ci_high"]).all()
+    # The noise set's row averages its three replicates; each one's value is in probe.json.
+    noise = next(
+        r for r in res["age"]["results"]
+        if (r["features"], r["method"], r["label_fraction"]) == ("noise", "linear", 1.0)
+    )  # fmt: skip
+    assert noise["replicates"] == 3 and len(noise["metrics"]["r2"]["per_fit"]) == 3
+    assert noise["metrics"]["r2"]["mean"] == pytest.approx(
+        np.mean(noise["metrics"]["r2"]["per_fit"])
+    )
+    # Label efficiency: fewer training subjects at 25 %, same test subjects.
+    quarter = table[(table["label_fraction"] == 0.25) & (table["target"] == "age")]
+    assert (quarter["n_train"] == np.ceil(0.25 * len(res["age"]["train_subjects"]))).all()
+
+
+def test_intervals_and_subsets_are_reproducible_from_the_seed():
+    feats, pheno, split = data(n=60)
+    run = lambda seed: result_rows(  # noqa: E731
+        probe_all(
+            {"good": [feats]},
+            pheno,
+            [AGE],
+            split,
+            ProbeSettings(**{**QUICK.__dict__, "seed": seed}),
+        )
+    )
+    first, again, other = run(0), run(0), run(1)
+    pd.testing.assert_frame_equal(first, again)
+    assert not np.allclose(first["ci_low"], other["ci_low"])
+    a, b = label_subset(40, 0.25, 0, 7), label_subset(40, 0.5, 0, 7)
+    assert len(a) == 10 and len(b) == 20 and set(a) <= set(b)  # nested
+    np.testing.assert_array_equal(a, label_subset(40, 0.25, 0, 7))
+    assert set(label_subset(40, 0.25, 1, 7)) != set(a)  # another draw
+    labels = np.array(["M"] * 33 + ["F"] * 7)
+    small = label_subset(40, 0.1, 0, 7, labels)
+    assert sorted(labels[small]) == ["F", "M", "M", "M", "M"]  # every class kept
+    assert set(small) <= set(label_subset(40, 0.5, 0, 7, labels))
+
+
+def test_too_few_held_out_subjects_fall_back_to_nested_cv(caplog):
+    feats, pheno, split = data(n=40)
+    with caplog.at_level(logging.WARNING, logger="damt.probe"):
+        res = probe_all(
+            {"good": [feats]},
+            pheno,
+            [AGE],
+            split,
+            ProbeSettings(min_holdout=30, bootstrap=200, label_fractions=(1.0,)),
+        )
+    table = result_rows(res)
+    assert set(table["protocol"]) == {NESTED_CV} and (table["n_test"] == 40).all()
+    assert "age:" in caplog.text and "fewer than probe.min_holdout 30" in caplog.text
+    assert split.index[split == "holdout"][0] in caplog.text  # names the held-out subjects
+    assert table.set_index(["method", "metric"]).loc[("linear", "r2"), "mean"] > 0.7
+    assert res["age"]["protocol"] == NESTED_CV != HOLDOUT_PROTOCOL
+
+
+def test_the_grid_scales_with_features_and_edges_are_flagged(caplog):
+    assert alpha_grid(768)[0] == pytest.approx(768 * alpha_grid(1)[0])
+    assert alpha_grid(10)[-1] / alpha_grid(10)[0] >= 1e6
+    feats, pheno, split = data()
+    with caplog.at_level(logging.WARNING, logger="damt.probe"):
+        res = probe_all({"noise": [noise_like(feats, 5)]}, pheno, [AGE], split, QUICK)
+    linear = next(h for h in res["age"]["hyperparameters"] if h["method"] == "linear")
+    grid = alpha_grid(8)
+    at_edge = sum(np.isclose(c, grid[0]) or np.isclose(c, grid[-1]) for c in linear["chosen"])
+    assert linear["fits_at_edge"] == at_edge and linear["at_edge"] == (at_edge > 0)
+    assert ("sat at an edge of its grid" in caplog.text) == (at_edge > 0)
+
+
+# --- bad phenotype input: a clear message naming target and subjects; other targets still run ---
+
+
+def test_missing_and_duplicated_ids_are_left_out_by_name(caplog):
+    _, pheno, split = data(n=60)
+    pheno = pd.concat([pheno.drop(index=[3, 4]), pheno.iloc[[7]].assign(age=1.0)])
+    with caplog.at_level(logging.WARNING, logger="damt.probe"):
+        values = target_values(pheno, AGE, list(split.index))
+    assert "s003" in caplog.text and "s004" in caplog.text and "no value" in caplog.text
+    assert "more than once" in caplog.text and "s007" in caplog.text and "age:" in caplog.text
+    assert not {"s003", "s004", "s007"} & set(values.index) and len(values) == 57
+
+
+def test_non_numeric_regression_values_and_one_class_name_the_target():
+    feats, pheno, split = data(n=60)
+    bad = pheno.astype({"age": object})
+    bad.loc[5, "age"] = "old"
+    pheno_one = pheno.assign(sex="F")
+    with pytest.raises(
+        ProbeError, match=r"age: a regression target, but non-numeric.*s005 \('old'\)"
+    ):
+        target_values(bad, AGE, list(split.index))
+    with pytest.raises(ProbeError, match="sex: only one class"):
+        target_values(pheno_one, SEX, list(split.index))
+    # One bad target does not stop the others.
+    res = probe_all({"good": [feats]}, bad.assign(sex=pheno["sex"]), [AGE, SEX], split, FULL_ONLY)
+    assert "non-numeric" in res["age"]["error"] and res["sex"]["results"]
+    assert set(result_rows(res)["target"]) == {"sex"}
+
+
+def test_one_held_out_class_falls_back_and_names_the_subjects(caplog):
+    feats, pheno, split = data(n=60)
+    held = split.index[split == "holdout"]
+    pheno.loc[pheno["subject_id"].isin(held), "sex"] = "F"
+    with caplog.at_level(logging.WARNING, logger="damt.probe"):
+        res = probe_all({"good": [feats]}, pheno, [SEX], split, FULL_ONLY)
+    assert res["sex"]["protocol"] == NESTED_CV
+    assert "one class only" in caplog.text and held[0] in caplog.text
+
+
+def test_a_missing_column_and_too_few_subjects_are_errors_per_target():
+    feats, pheno, split = data(n=60)
+    small = split.iloc[:3]
+    res = probe_all({"good": [feats]}, pheno, [Target("iq", REGRESSION), AGE], small, QUICK)
+    assert "no column 'iq'" in res["iq"]["error"]
+    assert "at least 4" in res["age"]["error"]
+
+
+def test_a_random_init_seed_equal_to_the_pretraining_seed_is_refused(tmp_path):
+    import json
+
+    from damt.probe import run_probe
+
+    card = tmp_path / "model_card.json"
+    card.write_text(json.dumps({"pretraining": {"config": {"seed": 1002}}}))
+    probe = {"threads": 1, "random_init_seeds": [1001, 1002, 1003], "min_holdout": 20,
+             "folds": 5, "inner_folds": 5, "label_fractions": [1.0], "label_draws": 1,
+             "bootstrap": 100, "seed": 0}  # fmt: skip
+    with pytest.raises(ProbeError, match="pretraining seed 1002"):
+        run_probe(probe, tmp_path / "m.parquet", tmp_path / "e.safetensors", card, [], {})
+
+
+# --- pooling ------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_morphometry_predicts_demo_age_above_chance(tmp_path):
-    """The demo cohort's hidden age is recoverable from its morphometry (what `make demo`
-    reports as the morphometry baseline): 16 subjects, the real parse → table → z-score path."""
-    from damt.demo.cohort import generate_cohort
-    from damt.features.morphometry import build_morphometry_tables
-    from damt.features.normalize import fit_normalizer
-    from damt.paths import ResultPaths
-    from damt.stages.stats import StatsStage
-    from tests.conftest import REPO, run_stage_shards
+def test_pooled_features_do_not_depend_on_padding():
+    """The same brain padded by different amounts (before and after, as the cache's pad to a
+    multiple of 32 does) gives the same features, exactly up to float error (atol 1e-5), once
+    centred on one grid; pooled where it lies in each padded volume, it does not."""
+    import torch
 
-    cohort = tmp_path / "subjects"
-    generate_cohort(cohort, 16, seed=0)  # the default config's demo cohort
-    out = tmp_path / "results"
-    summaries = run_stage_shards(StatsStage(), cohort, out, n_shards=1)
-    paths = {g: out / f"morphometry_{g}.parquet" for g in ("global", "local")}
-    tables = build_morphometry_tables(
-        summaries,
-        ResultPaths(str(out)).discovery_subjects(),
-        REPO / "config" / "morphometry_catalog.yaml",
-        paths,
-    )
-    z = [fit_normalizer(t).apply(t) for t in tables.values()]
-    features = z[0].merge(z[1], on="subject_id")
-    pheno = pd.read_csv(cohort / "phenotypes.tsv", sep="\t")
-    res = probe_all({"morphometry": features}, pheno, [Target("age", REGRESSION)])
-    metrics = res["age"]["morphometry"]["metrics"]
-    assert res["age"]["morphometry"]["n_subjects"] == 16
-    assert metrics["mae"]["mean"] < 0.6 * metrics["mae_chance"]["mean"]
+    from damt.model import EncoderSpec, build_encoder, encoder_stride, pooled_features
+    from damt.probe import foreground_features, probe_grid
+
+    torch.manual_seed(0)
+    encoder = build_encoder(
+        EncoderSpec(embed_dim=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window=4)
+    ).eval()
+    rng = np.random.default_rng(0)
+    zz, yy, xx = np.mgrid[:22, :26, :20]
+    inside = ((zz - 11) / 10) ** 2 + ((yy - 13) / 12) ** 2 + ((xx - 10) / 9) ** 2 < 1
+    brain = inside * rng.uniform(0.2, 1.0, inside.shape).astype(np.float32)
+    padded = [
+        np.pad(brain, [(0, 10), (0, 6), (0, 12)]),
+        np.pad(brain, [(3, 39), (0, 38), (10, 2)]),
+        np.pad(brain, [(0, 0), (12, 0), (0, 44)]),
+    ]
+    stride = encoder_stride(encoder)
+    grid = probe_grid([brain.shape], stride)
+    feats = [foreground_features(encoder, v, grid) for v in padded]
+    for f in feats[1:]:
+        torch.testing.assert_close(f, feats[0], atol=1e-5, rtol=0)
+    plain = [pooled_features(encoder, torch.from_numpy(v))[0] for v in padded]
+    assert not torch.allclose(plain[0], plain[1], atol=1e-3)

@@ -187,7 +187,9 @@ def test_outliers_turn_pass_into_warn(inputs):
     )
     counts = count_outliers([z], threshold=5.0)
     assert counts.to_dict() == {"a": 7, "b": 1, "d": 0}
-    final = manifest_frame(add_outliers(checks, counts, QcSettings(max_outliers=5)))
+    final = manifest_frame(
+        add_outliers(checks, counts, QcSettings(max_outliers=5)).assign(split="train")
+    )
     rows = final.set_index("subject_id")
     assert rows.loc["a", "status"] == "warn" and rows.loc["a", "reasons"] == ["qc:outliers"]
     assert rows.loc["a", "n_outliers"] == 7 and rows.loc["c", "n_outliers"] == 0
@@ -196,7 +198,9 @@ def test_outliers_turn_pass_into_warn(inputs):
 
 def test_report_assets(inputs, tmp_path: Path):
     checks = build_checks(*inputs, QcSettings())
-    manifest = manifest_frame(add_outliers(checks, pd.Series(dtype="int64"), QcSettings()))
+    manifest = manifest_frame(
+        add_outliers(checks, pd.Series(dtype="int64"), QcSettings()).assign(split="train")
+    )
     failures = write_failures(manifest, tmp_path / "failures.tsv")
     assert set(failures.subject_id) == {"b", "bad id", "c", "d"}
     assert "discovery:illegal_id" in (tmp_path / "failures.tsv").read_text()

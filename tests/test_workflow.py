@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import yaml
 from damt.demo.cohort import generate_cohort
 from damt.features import FEATURE_GROUPS
 from damt.paths import ResultPaths
+from damt.probe import TSV_COLUMNS
 from tests.conftest import BIN, REPO, SHARED_SUBJECTS, jobs_of, run_snakemake, workflow_config
 
 pytestmark = pytest.mark.slow
@@ -147,8 +149,15 @@ def test_incremental_reruns(cohort6: Path, tmp_path: Path):
     results = tmp_path / "results"
     run_snakemake("--cores", "2", *args)
     assert (results / "pretrain" / "default" / "encoder.safetensors").is_file()
+    # Four subjects: sub-001 and sub-004 are held out by hash (they never pretrain), and the
+    # probe has too few subjects for its inner search: it says so instead of scoring.
+    manifest = pd.read_parquet(results / "manifest.parquet").set_index("subject_id")
+    assert list(manifest["split"]) == ["holdout", "train", "train", "holdout"]
     probe = pd.read_csv(results / "probe" / "probe.tsv", sep="\t")
-    assert set(probe["features"]) == {"pretrained", "random_init", "morphometry"}
+    assert list(probe.columns) == TSV_COLUMNS
+    card = json.loads((results / "pretrain" / "default" / "model_card.json").read_text())
+    assert card["data"]["subjects"] == 2
+    assert card["data"]["evaluation_split"]["held_out_subjects"] == 2
     old = ["sub-001", "sub-002", "sub-003", "sub-004"]
     before = snapshot(results, old)
     assert "Nothing to be done" in run_snakemake("-n", *args).stdout

@@ -9,6 +9,7 @@ from importlib import import_module
 _HOMES = {
     "SwinEncoder": "damt.model.encoder",
     "build_encoder": "damt.model.encoder",
+    "encoder_stride": "damt.model.encoder",
     "load_encoder": "damt.model.encoder",
     "pooled_features": "damt.model.encoder",
     "read_encoder_spec": "damt.model.encoder",

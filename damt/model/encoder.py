@@ -107,20 +107,31 @@ def pad_to_stride(x: torch.Tensor, stride: int) -> torch.Tensor:
     return F.pad(x, pads) if any(pads) else x
 
 
+def encoder_stride(encoder: SwinTransformer) -> int:
+    """Voxels per last-stage token along an axis (patch size × 2 per stage)."""
+    patch = encoder.patch_size
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    return int(patch) * 2 ** int(encoder.num_layers)
+
+
 @torch.no_grad()
 def pooled_features(encoder: SwinTransformer, x: torch.Tensor) -> torch.Tensor:
-    """Global average pool of the last hidden state, (B, C) (use an encoder in eval mode, as
-    :func:`load_encoder` returns it).
+    """Mean of the last hidden state over the tokens that cover the brain, (B, C) (use an
+    encoder in eval mode, as :func:`load_encoder` returns it).
 
     ``x`` is one volume (D, H, W), one channel-first volume (1, D, H, W) or a batch
-    (B, 1, D, H, W). Volumes of any size are zero-padded to a multiple of the encoder's stride
-    (the cache's background is 0, so padding adds background).
+    (B, 1, D, H, W). Volumes of any size are zero-padded to a multiple of the encoder's stride;
+    a token counts when its footprint holds a nonzero voxel (the cache's background is 0), so
+    neither the padding nor the background share enters the mean. For features independent of
+    where the brain sits, centre every volume on one grid first (``damt.probe.centred``).
     """
     if x.ndim == 3:
         x = x[None, None]
     elif x.ndim == 4:
         x = x[None]
-    stride = encoder.patch_size[0] * 2**encoder.num_layers
+    stride = encoder_stride(encoder)
     device = next(encoder.parameters()).device
     x = pad_to_stride(x.as_subclass(torch.Tensor).to(device, torch.float32), stride)
-    return encoder(x, normalize=True)[-1].mean(dim=(2, 3, 4))
+    hidden = encoder(x, normalize=True)[-1]  # (B, C, d, h, w)
+    mask = F.max_pool3d((x != 0).float(), kernel_size=stride, stride=stride)  # (B, 1, d, h, w)
+    return (hidden * mask).sum(dim=(2, 3, 4)) / mask.sum(dim=(2, 3, 4)).clamp_min(1)

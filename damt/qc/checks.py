@@ -20,6 +20,7 @@ import pandas as pd
 
 from damt.features import FEATURE_GROUPS
 from damt.features.tables import KEY, feature_columns
+from damt.split import HOLDOUT
 from damt.stages.store import OK
 
 PASS, WARN, FAIL, IGNORE = "pass", "warn", "fail", "ignore"
@@ -118,10 +119,14 @@ def check_severity(overrides: Mapping[str, str]) -> None:
 
 
 def trains(manifest: pd.DataFrame) -> pd.Series:
-    """Which manifest rows train: status pass or warn, with a training cache."""
-    return manifest["status"].isin(TRAINING_STATUSES) & manifest["has_cache"].fillna(False).astype(
-        bool
-    )
+    """Which manifest rows pretrain: status pass or warn, a training cache, and not held out for
+    evaluation (``split``; a manifest without the column holds nobody out)."""
+    usable = manifest["status"].isin(TRAINING_STATUSES) & manifest["has_cache"].fillna(
+        False
+    ).astype(bool)
+    if "split" in manifest.columns:
+        usable &= manifest["split"] != HOLDOUT
+    return usable
 
 
 @dataclass(frozen=True)
@@ -465,6 +470,7 @@ MANIFEST_COLUMNS = [
     "surface_holes",
     "etiv",
     "n_outliers",
+    "split",
 ]
 
 

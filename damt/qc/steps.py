@@ -28,6 +28,7 @@ from damt.features.tables import KEY, read_table
 from damt.io import write_atomic
 from damt.qc.checks import QcSettings, add_outliers, build_checks, count_outliers, manifest_frame
 from damt.qc.report import measure_frame, plot_distributions, plot_montage, write_failures
+from damt.split import split_from_config
 from damt.stages.store import read_summaries
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ def outlier_counts(
 
 def write_manifest(
     qc: Mapping,
+    evaluation: Mapping,
     checks: str | Path,
     norm_stats: Mapping[str, str | Path],
     tables: Mapping[str, str | Path],
@@ -129,13 +131,15 @@ def write_manifest(
 ) -> pd.DataFrame:
     """Step 3: outliers, final statuses, ``manifest.parquet`` and the QC report assets.
 
-    ``qc``: the ``qc`` keys of :data:`damt.qc.checks.QC_KEYS` ``["manifest"]`` (the rule's params).
+    ``qc``: the ``qc`` keys of :data:`damt.qc.checks.QC_KEYS` ``["manifest"]``, ``evaluation``:
+    the config's ``evaluation`` section (the held-out split, column ``split``; the rule's params).
     """
     settings = QcSettings.from_config(qc)
     raw = {group: read_table(p)[0] for group, p in tables.items()}
     final = add_outliers(
         read_checks(checks), outlier_counts(norm_stats, raw, settings.outlier_z), settings
     )
+    final["split"] = split_from_config(final, evaluation)
     manifest = manifest_frame(final)
     write_atomic(out, lambda tmp: manifest.to_parquet(tmp, index=False))
     write_failures(manifest, failures)

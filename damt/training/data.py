@@ -1,11 +1,13 @@
 """Training data: the manifest, the training cache, the z-scored tables and the label table.
 
-Follows docs/contracts.md. Subjects with status ``pass`` or ``warn`` and a cache train. A subject
+Follows docs/contracts.md. Subjects with status ``pass`` or ``warn`` and a cache train, except
+the held-out evaluation subjects (manifest column ``split``). A subject
 missing from a feature table gets a NaN row; NaN targets are masked out of the losses.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from damt.freesurfer.labels import read_label_table
 from damt.model.spec import ViewSpec
 from damt.paths import ATLAS_FILE, IMAGE_FILE
 from damt.qc.checks import trains
+from damt.split import HOLDOUT
 from damt.training.views import make_views
 
 
@@ -60,6 +63,18 @@ def _aligned(table: pd.DataFrame, subjects: list[str]) -> np.ndarray:
     return table.reindex(subjects).to_numpy(dtype=np.float32, na_value=np.nan)
 
 
+def holdout_summary(manifest: pd.DataFrame) -> dict:
+    """The held-out evaluation subjects the run never saw: how many, and a hash of their ids
+    (the manifest's ``split`` column lists them)."""
+    if "split" not in manifest.columns:
+        return {"held_out_subjects": 0, "held_out_ids_sha256": None}
+    held = sorted(manifest.loc[manifest["split"] == HOLDOUT, KEY].astype(str))
+    return {
+        "held_out_subjects": len(held),
+        "held_out_ids_sha256": hashlib.sha256("\n".join(held).encode()).hexdigest()[:16],
+    }
+
+
 def load_training_data(
     manifest: str | Path,
     label_table: str | Path,
@@ -93,6 +108,7 @@ def load_training_data(
         "subjects_by_status": used["status"].value_counts().sort_index().to_dict(),
         "manifest_rows": len(df),
         "atlas_classes": data.n_classes,
+        "evaluation_split": holdout_summary(df),
     }
     loaded = {k: read_feature_table(v) for k, v in tables.items() if v is not None}
     for task, groups in TASK_FEATURE_GROUPS.items():

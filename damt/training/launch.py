@@ -99,8 +99,11 @@ class Plan:
 
 
 def training_subjects(manifest: str | Path) -> list[str]:
-    """Subjects the trainer uses: status pass/warn with a training cache (sorted)."""
-    frame = pd.read_parquet(manifest, columns=["subject_id", "status", "has_cache"])
+    """Subjects the trainer uses: status pass/warn with a training cache, not held out (sorted)."""
+    wanted = ["subject_id", "status", "has_cache", "split"]
+    frame = pd.read_parquet(
+        manifest, columns=[c for c in wanted if c in pq.read_schema(manifest).names]
+    )
     return sorted(frame.loc[trains(frame), "subject_id"].astype(str))
 
 

@@ -9,6 +9,7 @@ from damt.qc.steps import write_manifest
 with rule_log(snakemake.log[0]):
     write_manifest(
         snakemake.params.qc,
+        snakemake.params.evaluation,
         snakemake.input.checks,
         dict(zip(FEATURE_GROUPS, snakemake.input.norm_stats, strict=True)),
         dict(zip(FEATURE_GROUPS, snakemake.input.tables, strict=True)),

@@ -1,4 +1,4 @@
-"""Rule `probe`: linear probe of the frozen encoder and its baselines (damt.probe)."""
+"""Rule `probe`: linear and k-NN probes of the frozen encoder and its baselines (damt.probe)."""
 
 import _damt_path  # noqa: F401
 
@@ -10,8 +10,13 @@ with rule_log(snakemake.log[0]):
         snakemake.params.probe,
         snakemake.input.manifest,
         snakemake.input.encoder,
+        snakemake.input.model_card,
         snakemake.input.morphometry,
-        snakemake.output.results,
-        snakemake.output.table,
-        snakemake.output.plot,
+        {
+            "json": snakemake.output.results,
+            "table": snakemake.output.table,
+            "plot": snakemake.output.plot,
+            "label_efficiency": snakemake.output.label_efficiency,
+            "embedding": snakemake.output.embedding,
+        },
     )
