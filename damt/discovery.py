@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from damt.freesurfer.recon import FAILED, RUNNING, STATUS_FILES, recon_status
 from damt.io import write_text_if_changed
 from damt.paths import ResultPaths
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 SUBJECT_ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 # Files whose change means "this subject was reprocessed" beyond the required volumes.
-RECON_MARKERS = ("scripts/recon-all.done", "stats")
+RECON_MARKERS = (*STATUS_FILES, "stats")
 
 INCLUDED, FLAGGED, SKIPPED = "included", "flagged", "skipped"
 
@@ -45,6 +46,10 @@ class Subject:
     source: str
     fingerprint: str
     shard: str
+    segmenter: str = ""  # "freesurfer" or "fastsurfer" (damt.freesurfer.recon)
+    segmenter_version: str = ""
+    fs_version: str = ""  # from recon-all.done / build-stamp.txt ("" when they name none)
+    recon_hours: str = ""  # wall time of the recon from its done file ("" when unknown)
 
 
 @dataclass(frozen=True)
@@ -146,10 +151,11 @@ def discover_subjects(
     A folder is a subject when its name is a legal id and it holds every ``required_files``
     entry. Everything else that looks like a candidate is written to the report with a reason:
     ``illegal_id``, ``missing_required``, ``broken_link``, ``unreadable``, ``duplicate_id``,
-    ``listed_not_found`` (flagged: the QC manifest fails them) or ``excluded_pattern`` and
-    ``not_listed`` (skipped by configuration). ``input_files`` (relative paths the per-subject
-    stages read besides the required files) enter the subject's fingerprint, so that a changed
-    input reruns the subject's shard jobs.
+    ``listed_not_found``, ``recon_failed`` (flagged: the QC manifest fails them),
+    ``excluded_pattern`` and ``not_listed`` (skipped by configuration) or ``recon_running``
+    (skipped until the run is over: a later discovery picks the subject up). ``input_files``
+    (relative paths the per-subject stages read besides the required files) enter the
+    subject's fingerprint, so that a changed input reruns the subject's shard jobs.
     """
     listed = list(subjects_list) if subjects_list is not None else None
     listed_set = set(listed) if listed is not None else None
@@ -219,6 +225,13 @@ def discover_subjects(
                     "the first configured folder wins, this copy is ignored",
                 )
                 continue
+            recon = recon_status(folder)
+            if recon.state == RUNNING:
+                report.append(Finding(name, str(folder), SKIPPED, "recon_running", recon.detail))
+                continue
+            if recon.state == FAILED:
+                flag(name, folder, "recon_failed", f"{recon.segmenter}: {recon.detail}")
+                continue
             try:
                 missing = [rel for rel in required_files if not (folder / rel).is_file()]
                 fingerprint = None if missing else _fingerprint(folder, required_files, input_files)
@@ -240,7 +253,15 @@ def discover_subjects(
                 )
                 continue
             subjects[name] = Subject(
-                name, str(folder), str(root), fingerprint, shard_of(name, n_shards)
+                name,
+                str(folder),
+                str(root),
+                fingerprint,
+                shard_of(name, n_shards),
+                recon.segmenter,
+                recon.segmenter_version,
+                recon.fs_version,
+                recon.recon_hours,
             )
             report.append(Finding(name, str(folder), INCLUDED, "", ""))
 
@@ -263,7 +284,17 @@ def discover_subjects(
 
 # --- files exchanged with the workflow ---------------------------------------------------------
 
-SUBJECT_COLUMNS = ("subject_id", "path", "source", "fingerprint", "shard")
+SUBJECT_COLUMNS = (
+    "subject_id",
+    "path",
+    "source",
+    "fingerprint",
+    "shard",
+    "segmenter",
+    "segmenter_version",
+    "fs_version",
+    "recon_hours",
+)
 REPORT_COLUMNS = ("subject_id", "folder", "status", "reason", "detail")
 MEMBER_COLUMNS = ("subject_id", "path", "fingerprint")
 

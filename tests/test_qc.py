@@ -260,3 +260,27 @@ def test_unknown_severity_code_is_refused_with_the_known_ones():
     assert "qc:surface_holes" in str(err.value) and "'qc:etiv'" not in str(err.value)
     assert {"qc:stats_subject_mismatch", "qc:multiframe", "qc:empty_atlas"} <= set(KNOWN_CODES)
     QcSettings.from_config({"severity": {"cache:error:MemoryError": "warn"}})  # unexpected errors
+
+
+def test_recon_facts_and_failed_recons_reach_the_manifest(inputs):
+    subjects, report, summaries, fs_qc, tables = inputs
+    subjects = subjects.assign(
+        segmenter="freesurfer", segmenter_version="7.2.0", fs_version="7.2.0", recon_hours="2.950"
+    )
+    failed = {
+        "subject_id": "e",
+        "folder": "/s/e",
+        "status": "flagged",
+        "reason": "recon_failed",
+        "detail": "freesurfer: scripts/recon-all.error exists: ERROR: mri_ca_register failed",
+    }
+    report = pd.concat([report, pd.DataFrame([failed])], ignore_index=True)
+    checks = build_checks(subjects, report, summaries, fs_qc, tables, QcSettings())
+    final = add_outliers(checks, pd.Series(dtype="int64"), QcSettings())
+    rows = manifest_frame(final).set_index("subject_id")
+    assert rows.loc["c", "fs_version"] == "7.2.0"  # no stats version: discovery's
+    assert (rows.loc["a", "segmenter"], rows.loc["a", "recon_hours"]) == ("freesurfer", "2.950")
+    assert rows.loc["e", "status"] == "fail" and rows.loc["e", "reasons"] == [
+        "discovery:recon_failed"
+    ]
+    assert "mri_ca_register failed" in rows.loc["e", "detail"]

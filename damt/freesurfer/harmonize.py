@@ -25,7 +25,7 @@ from damt.freesurfer.labels import ASEG_STATS_ROWS, DESIKAN_PARCELS
 
 # Part of the stats stage's cache key: bump when a table below changes, so cached per-subject
 # results are recomputed with the new names.
-HARMONIZATION_VERSION = "1"
+HARMONIZATION_VERSION = "2"  # 2: label-based stats (label.NAME kinds)
 
 HEMISPHERES = ("lh", "rh")
 
@@ -54,6 +54,22 @@ FILE_KIND_ALIASES = {
 
 _STATS_NAME = re.compile(r"(?:(lh|rh)\.)?(.+)\.stats")
 
+# Label-based cortical stats (``mris_anatomical_stats -l ?h.NAME.label``, one row for the label):
+# kind ``label.NAME``. recon-all 5.x writes ``?h.entorhinal_exvivo.stats``; other files of this
+# shape are recognised by their header (see :func:`damt.freesurfer.stats.list_stats_files`).
+LABEL_KIND_PREFIX = "label."
+LABEL_STATS_NAMES = ("entorhinal_exvivo", "perirhinal_exvivo")
+
+
+def label_kind(label: str) -> str:
+    """Kind of the label-based stats file of ``label`` (``entorhinal_exvivo`` → ``label.…``)."""
+    return f"{LABEL_KIND_PREFIX}{label}"
+
+
+def is_label_kind(kind: str) -> bool:
+    """True for the kinds of label-based cortical stats files."""
+    return kind.startswith(LABEL_KIND_PREFIX)
+
 
 @dataclass(frozen=True)
 class FileKind:
@@ -73,6 +89,8 @@ def classify_stats_file(name: str) -> FileKind | None:
     if match is None:
         return None
     hemi, kind = match.group(1) or "", match.group(2)
+    if hemi and kind in LABEL_STATS_NAMES:
+        return FileKind(label_kind(kind), hemi)
     kind = FILE_KIND_ALIASES.get(kind, kind)
     if kind not in KINDS or (kind in SURFACE_KINDS) != bool(hemi):
         return None
@@ -100,6 +118,10 @@ def canonical_structures(kind: str, names: list[str]) -> list[str]:
         return [n.replace("&", "_and_") for n in names]
     if kind.startswith("BA_exvivo"):
         return [n if n.endswith("_exvivo") else f"{n}_exvivo" for n in names]
+    if is_label_kind(kind) and len(names) == 1:
+        # The row names the label file ("./lh.entorhinal_exvivo.label") or the label: the
+        # structure is the label either way, the same in every subject.
+        return [kind[len(LABEL_KIND_PREFIX) :]]
     return list(names)
 
 
@@ -193,7 +215,8 @@ def table_column_name(kind: str, hemisphere: str, structure: str, measure: str) 
     """
     if kind in SEGSTATS_KINDS:
         return structure if measure == "Volume_mm3" else f"{structure}_{measure}"
-    suffix = APARC_MEASURE_NAMES.get(measure, measure) if kind in ANATOMICAL_KINDS else measure
+    anatomical = kind in ANATOMICAL_KINDS or is_label_kind(kind)
+    suffix = APARC_MEASURE_NAMES.get(measure, measure) if anatomical else measure
     return f"{hemisphere}_{structure}_{suffix}"
 
 

@@ -44,6 +44,7 @@ KNOWN_CODES: tuple[str, ...] = tuple(
                     "unreadable",
                     "duplicate_id",
                     "listed_not_found",
+                    "recon_failed",
                 )
             ),
             *(
@@ -385,7 +386,9 @@ def build_checks(
                     else ""
                 ),
                 **{f"has_{g}": sid in available.get(g, set()) for g in FEATURE_GROUPS},
-                "fs_version": ((stats_row or {}).get("info") or {}).get("fs_version", ""),
+                "fs_version": ((stats_row or {}).get("info") or {}).get("fs_version", "")
+                or getattr(rec, "fs_version", ""),
+                **{c: getattr(rec, c, "") for c in RECON_COLUMNS},
                 "surface_holes": holes,
                 "etiv": etiv,
             }
@@ -401,6 +404,7 @@ def build_checks(
                 "cache_dir": "",
                 **{f"has_{g}": False for g in FEATURE_GROUPS},
                 "fs_version": "",
+                **dict.fromkeys(RECON_COLUMNS, ""),
                 "surface_holes": np.nan,
                 "etiv": np.nan,
             }
@@ -451,6 +455,9 @@ def add_outliers(checks: pd.DataFrame, outliers: pd.Series, s: QcSettings) -> pd
     return _finish(frame, s)
 
 
+# What discovery read from the recon's status files (damt.freesurfer.recon), per subject.
+RECON_COLUMNS = ("segmenter", "segmenter_version", "recon_hours")
+
 MANIFEST_COLUMNS = [
     KEY,
     "status",
@@ -462,6 +469,7 @@ MANIFEST_COLUMNS = [
     "cache_dir",
     *(f"has_{g}" for g in FEATURE_GROUPS),
     "fs_version",
+    *RECON_COLUMNS,
     "surface_holes",
     "etiv",
     "n_outliers",

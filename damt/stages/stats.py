@@ -40,7 +40,9 @@ class StatsStage(Stage):
     """Parse every modelled stats file of a subject into ``stats.parquet`` (long table)."""
 
     name = STAGE
-    version = "3"  # 3: nan/inf values become NaN and are listed in info["nonfinite_values"]
+    # 3: nan/inf values become NaN and are listed in info["nonfinite_values"]; 4: label-based
+    # stats files parsed, FreeSurfer version from recon-all.done or 5.x/6.0 RCS dates
+    version = "4"
 
     def params(self) -> dict:
         return {"harmonization": HARMONIZATION_VERSION}
