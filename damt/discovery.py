@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from damt.freesurfer.recon import FAILED, RUNNING, STATUS_FILES, recon_status
+from damt.freesurfer.recon import FAILED, FASTSURFER, RUNNING, STATUS_FILES, recon_status
 from damt.io import write_text_if_changed
 from damt.paths import ResultPaths
 
@@ -145,6 +145,8 @@ def discover_subjects(
     subjects_list: Iterable[str] | None = None,
     n_shards: int = 0,
     input_files: Sequence[str] = (),
+    fastsurfer_required_files: Sequence[str] | None = None,
+    fastsurfer_input_files: Sequence[str] = (),
 ) -> Discovery:
     """Search ``dirs`` (``[{"path": ..., "optional": bool}]``) for subject folders.
 
@@ -232,9 +234,12 @@ def discover_subjects(
             if recon.state == FAILED:
                 flag(name, folder, "recon_failed", f"{recon.segmenter}: {recon.detail}")
                 continue
+            required, inputs = required_files, input_files
+            if recon.segmenter == FASTSURFER and fastsurfer_required_files is not None:
+                required, inputs = fastsurfer_required_files, fastsurfer_input_files
             try:
-                missing = [rel for rel in required_files if not (folder / rel).is_file()]
-                fingerprint = None if missing else _fingerprint(folder, required_files, input_files)
+                missing = [rel for rel in required if not (folder / rel).is_file()]
+                fingerprint = None if missing else _fingerprint(folder, required, inputs)
             except OSError as exc:
                 where = exc.filename or folder
                 flag(
@@ -368,15 +373,21 @@ def discover_from_config(config: dict) -> Discovery:
         subjects_list=listed,
         n_shards=config["sharding"]["n_shards"],
         input_files=stage_input_files(config),
+        fastsurfer_required_files=sub.get("fastsurfer_required_files"),
+        fastsurfer_input_files=stage_input_files(config, layout="fastsurfer"),
     )
 
 
-def stage_input_files(config: dict) -> list[str]:
-    """Subject-relative files the per-subject stages read (volumes of cache and radiomics)."""
+def stage_input_files(config: dict, layout: str = "") -> list[str]:
+    """Subject-relative files the per-subject stages read (volumes of cache and radiomics), of
+    FreeSurfer subjects or, with ``layout="fastsurfer"``, of FastSurfer subjects."""
     out: list[str] = []
-    for section, keys in (("cache", ("image", "atlas")), ("radiomics", ("image", "atlas"))):
-        for key in keys:
-            value = (config.get(section) or {}).get(key)
+    for section in ("cache", "radiomics"):
+        settings = config.get(section) or {}
+        if layout:
+            settings = settings.get(layout) or {}
+        for key in ("image", "atlas", "mask"):
+            value = settings.get(key)
             if isinstance(value, str) and value not in out:
                 out.append(value)
     return out

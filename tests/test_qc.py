@@ -201,7 +201,14 @@ def test_report_assets(inputs, tmp_path: Path):
     assert set(failures.subject_id) == {"b", "bad id", "c", "d"}
     assert "discovery:illegal_id" in (tmp_path / "failures.tsv").read_text()
     measures = measure_frame(manifest, inputs[4], ["etiv", "surface_holes", "x", "absent"])
-    assert list(measures.columns) == ["subject_id", "status", "etiv", "surface_holes", "x"]
+    assert list(measures.columns) == [
+        "subject_id",
+        "status",
+        "segmenter",
+        "etiv",
+        "surface_holes",
+        "x",
+    ]
     plot_distributions(measures, tmp_path / "dist.png", outlier_z=3.0)
     assert (tmp_path / "dist.png").read_bytes()[:4] == b"\x89PNG"
     cache_dir = tmp_path / "cache"
@@ -284,3 +291,22 @@ def test_recon_facts_and_failed_recons_reach_the_manifest(inputs):
         "discovery:recon_failed"
     ]
     assert "mri_ca_register failed" in rows.loc["e", "detail"]
+
+
+def test_mixed_segmenters_warn_and_split_the_qc_page(inputs, tmp_path: Path):
+    subjects, report, summaries, fs_qc, tables = inputs
+    subjects = subjects.assign(segmenter=["freesurfer", "freesurfer", "freesurfer", "fastsurfer"])
+    checks = build_checks(subjects, report, summaries, fs_qc, tables, QcSettings())
+    rows = checks.set_index("subject_id")
+    assert "qc:mixed_segmenters" in rows.loc["d", "reasons"]
+    assert "freesurfer 3, fastsurfer 1" in rows.loc["d", "detail"]
+    assert not any("qc:mixed_segmenters" in r for r in rows.drop("d")["reasons"])
+    assert severity_of("qc:mixed_segmenters", {}) == "warn"
+    one = build_checks(subjects.assign(segmenter="fastsurfer"), report, summaries, fs_qc, tables,
+                       QcSettings())  # fmt: skip
+    assert not any("qc:mixed_segmenters" in r for r in one["reasons"])
+    manifest = manifest_frame(add_outliers(checks, pd.Series(dtype="int64"), QcSettings()))
+    measures = measure_frame(manifest, tables, ["etiv"])
+    assert measures.set_index("subject_id").loc["d", "segmenter"] == "fastsurfer"
+    plot_distributions(measures, tmp_path / "dist.png", outlier_z=3.0)
+    assert (tmp_path / "dist.png").read_bytes()[:4] == b"\x89PNG"

@@ -118,3 +118,43 @@ def test_last_error_line_skips_success_words():
     )
     assert last_error_line(traceback) == "RuntimeError: CUDA out of memory"
     assert recon_status(Path("/nonexistent")).state != FAILED
+
+
+def test_fastsurfer_status_ignores_recon_all_done(tmp_path: Path, bert: Path):
+    """FastSurfer's single-step recon-all calls leave a recon-all.done in failed runs too."""
+    done = (bert / "scripts" / "recon-all.done").read_text()
+    deep = "Version: 2.3.0\nLog file for segmentation FastSurferCNN/run_prediction.py\n"
+    failed = _scripts(
+        tmp_path / "failed",
+        {
+            "deep-seg.log": deep,
+            "recon-all.done": done,
+            "recon-surf.log": "recon-all -s x finished without error\nERROR: mri_cc failed\n",
+        },
+    )
+    status = recon_status(failed.parent)
+    assert (status.segmenter, status.state, status.segmenter_version) == (
+        "fastsurfer",
+        "failed",
+        "2.3.0",
+    )
+    assert status.detail.endswith("ERROR: mri_cc failed")
+    running = _scripts(
+        tmp_path / "running",
+        {"deep-seg.log": deep, "recon-surf.log": "recon-all -s x finished without error\n"},
+    )
+    assert recon_status(running.parent).state == "running"
+    (running / "recon-surf.done").write_text("SUBJECT x\nRUNTIME_HOURS 1.2\nVERSION $Id$\n")
+    status = recon_status(running.parent)
+    assert (status.state, status.recon_hours) == ("done", "1.2")
+    seg_only = _scripts(tmp_path / "seg", {"deep-seg.log": "Version: 2.1.2\n" + deep})
+    assert recon_status(seg_only.parent).segmenter_version == "2.3.0"  # the last invocation
+    crashed = _scripts(
+        tmp_path / "crashed",
+        {"deep-seg.log": deep + "Traceback (most recent call last):\nRuntimeError: CUDA OOM\n"},
+    )
+    status = recon_status(crashed.parent)
+    assert (status.state, status.detail) == (
+        "failed",
+        "scripts/deep-seg.log reports an error: RuntimeError: CUDA OOM",
+    )

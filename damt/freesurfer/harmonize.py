@@ -8,6 +8,9 @@ Known differences handled here:
 
 - file names: ``?h.aparc.DKTatlas40.stats`` (5.3) → ``aparc.DKTatlas``; ``?h.BA.stats`` and
   ``?h.BA.thresh.stats`` (5.x) → ``BA_exvivo`` and ``BA_exvivo.thresh`` (6.0 renamed them);
+  FastSurfer's ``?h.aparc.DKTatlas.mapped.stats`` → ``aparc.DKTatlas``,
+  ``wmparc.DKTatlas.mapped.stats`` → ``wmparc``, ``aparc.DKTatlas+aseg.deep.volume.stats``
+  (v1.x/2.0) → ``aseg+DKT`` (v2.1+'s name);
 - structures: ``*-Thalamus-Proper`` (5.x, 6.0) → ``*-Thalamus`` (7.x); Destrieux names with
   ``&`` (6.0, e.g. ``G&S_frontomargin``) → ``_and_`` (5.x, 7.x); Brodmann labels without the
   ``_exvivo`` suffix (5.x ``BA1``) → ``BA1_exvivo``;
@@ -25,12 +28,14 @@ from damt.freesurfer.labels import ASEG_STATS_ROWS, DESIKAN_PARCELS
 
 # Part of the stats stage's cache key: bump when a table below changes, so cached per-subject
 # results are recomputed with the new names.
-HARMONIZATION_VERSION = "2"  # 2: label-based stats (label.NAME kinds)
+HARMONIZATION_VERSION = "2"  # 2: label-based stats (label.NAME kinds), FastSurfer's files
 
 HEMISPHERES = ("lh", "rh")
 
 # Stats files recon-all writes, by canonical kind (file name without hemisphere and ".stats").
-SEGSTATS_KINDS = ("aseg", "wmparc")  # mri_segstats tables over a volume segmentation
+# mri_segstats tables over a volume segmentation, and FastSurfer's segstats.py ones (aseg+DKT:
+# its deep segmentation; the CerebNet and HypVINN modules).
+SEGSTATS_KINDS = ("aseg", "wmparc", "aseg+DKT", "cerebellum.CerebNet", "hypothalamus.HypVINN")
 VOLUME_KINDS = (*SEGSTATS_KINDS, "brainvol")
 SURFACE_KINDS = (
     "aparc",
@@ -50,6 +55,11 @@ FILE_KIND_ALIASES = {
     "aparc.DKTatlas40": "aparc.DKTatlas",
     "BA": "BA_exvivo",
     "BA.thresh": "BA_exvivo.thresh",
+    # FastSurfer's surface module: its DKT parcellation mapped onto the surface.
+    "aparc.DKTatlas.mapped": "aparc.DKTatlas",
+    "wmparc.DKTatlas.mapped": "wmparc",
+    # FastSurfer v1.x/v2.0 --vol_segstats: mri_segstats on the deep segmentation.
+    "aparc.DKTatlas+aseg.deep.volume": "aseg+DKT",
 }
 
 _STATS_NAME = re.compile(r"(?:(lh|rh)\.)?(.+)\.stats")

@@ -32,7 +32,15 @@ from damt.freesurfer.harmonize import (
     label_kind,
     stats_file_name,
 )
-from damt.freesurfer.recon import build_stamp_version, done_fields, release_of
+from damt.freesurfer.recon import (
+    FASTSURFER,
+    FREESURFER,
+    build_stamp_version,
+    done_fields,
+    fastsurfer_version,
+    is_fastsurfer,
+    release_of,
+)
 
 LONG_COLUMNS = (
     "subject_id",
@@ -429,6 +437,8 @@ class SubjectStats:
     fs_version: str = ""
     # "stats header", "build-stamp", "recon-all.done", "cvs_version date YYYY/MM/DD" or ""
     fs_version_source: str = ""
+    segmenter: str = FREESURFER  # or "fastsurfer" (damt.freesurfer.recon.is_fastsurfer)
+    segmenter_version: str = ""  # FastSurfer's version; FreeSurfer's is fs_version
 
     def file_errors(self) -> dict[str, str]:
         """``{file name: "path:line: message"}``."""
@@ -523,6 +533,8 @@ def parse_subject_stats(subject_dir: str | Path, subject_id: str | None = None) 
     stats_dir = stats_dir_of(subject_dir)
     to_parse, skipped = list_stats_files(stats_dir)
     result = SubjectStats(subject_id or subject_dir.name, str(stats_dir), skipped=skipped)
+    if is_fastsurfer(subject_dir):
+        result.segmenter, result.segmenter_version = FASTSURFER, fastsurfer_version(subject_dir)
     for name, kind, hemi in to_parse:
         path = stats_dir / name
         try:
@@ -560,6 +572,7 @@ def stats_input_files(subject_dir: str | Path) -> list[Path]:
         *(stats_dir / n for n in names),
         subject_dir / "scripts" / "build-stamp.txt",
         subject_dir / "scripts" / "recon-all.done",
+        subject_dir / "scripts" / "deep-seg.log",
     ]
 
 
@@ -628,6 +641,8 @@ def subject_metadata(subject: SubjectStats) -> dict:
         "stats_dir": subject.stats_dir,
         "fs_version": subject.fs_version,
         "fs_version_source": subject.fs_version_source,
+        "segmenter": subject.segmenter,
+        "segmenter_version": subject.segmenter_version or subject.fs_version,
         "files": {f.name: f.metadata() for f in subject.files},
         "skipped": subject.skipped,
         "file_errors": subject.file_errors(),

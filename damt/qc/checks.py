@@ -96,6 +96,7 @@ KNOWN_CODES: tuple[str, ...] = tuple(
                     "etiv_missing",
                     "stats_subject_mismatch",
                     "outliers",
+                    "mixed_segmenters",
                 )
             ),
             *(f"features:{g}_missing" for g in FEATURE_GROUPS),
@@ -410,7 +411,29 @@ def build_checks(
             }
         )
     frame = pd.DataFrame(rows)
+    frame["issues"] = mixed_segmenter_issues(frame)
     return _finish(frame, s).sort_values(KEY, ignore_index=True)
+
+
+def mixed_segmenter_issues(frame: pd.DataFrame) -> list[list[tuple[str, str]]]:
+    """Issue lists with ``qc:mixed_segmenters`` added to every subject outside the cohort's
+    most common segmenter, when the included subjects were segmented by more than one (FreeSurfer
+    and FastSurfer volumes and stats differ systematically)."""
+    included = frame[(frame["discovery"] == "included") & (frame["segmenter"] != "")]
+    counts = included["segmenter"].value_counts()
+    if len(counts) < 2:
+        return list(frame["issues"])
+    majority = counts.index[0]
+    split = ", ".join(f"{name} {n}" for name, n in counts.items())
+    detail = f"the cohort mixes segmenters ({split}); this subject is not {majority}"
+    return [
+        [*issues, ("qc:mixed_segmenters", detail)]
+        if disc == "included" and seg not in ("", majority)
+        else list(issues)
+        for issues, disc, seg in zip(
+            frame["issues"], frame["discovery"], frame["segmenter"], strict=True
+        )
+    ]
 
 
 def _finish(frame: pd.DataFrame, s: QcSettings) -> pd.DataFrame:
