@@ -16,8 +16,8 @@ import logging
 import os
 import re
 import zlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from damt.freesurfer.recon import FAILED, FASTSURFER, RUNNING, STATUS_FILES, recon_status
@@ -31,6 +31,12 @@ SUBJECT_ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 RECON_MARKERS = (*STATUS_FILES, "stats")
 
 INCLUDED, FLAGGED, SKIPPED = "included", "flagged", "skipped"
+# FreeSurfer's longitudinal stream: timepoints "<tp>.long.<template>"; the template folder
+# ("base") lists its cross-sectional timepoints in "base-tps".
+LONG_RE = re.compile(r"(?P<tp>.+)\.long\.(?P<base>.+)")
+BASE_TPS = "base-tps"
+# BIDS subject and session labels as fMRIPrep/sMRIPrep name FreeSurfer folders.
+BIDS_SESSION_RE = re.compile(r"(?P<sub>sub-[A-Za-z0-9]+)_ses-[A-Za-z0-9]+")
 
 
 class DiscoveryError(RuntimeError):
@@ -50,6 +56,7 @@ class Subject:
     segmenter_version: str = ""
     fs_version: str = ""  # from recon-all.done / build-stamp.txt ("" when they name none)
     recon_hours: str = ""  # wall time of the recon from its done file ("" when unknown)
+    participant: str = ""  # the person: every split of subjects keeps one person on one side
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,46 @@ def shard_of(subject_id: str, n_shards: int) -> str:
         return subject_id
     width = len(str(n_shards - 1))
     return f"shard{zlib.crc32(subject_id.encode('utf-8')) % n_shards:0{width}d}"
+
+
+def participant_from_name(subject_id: str, timepoints: dict[str, str] | None = None) -> str:
+    """Participant id told by a folder name: the template of a longitudinal timepoint
+    (``tp1.long.base`` → ``base``) or of a cross-sectional run it lists (``timepoints``:
+    timepoint → template), the subject of a BIDS session (``sub-01_ses-02`` → ``sub-01``),
+    else the id itself."""
+    match = LONG_RE.fullmatch(subject_id)
+    if match:
+        return match.group("base")
+    if timepoints and subject_id in timepoints:
+        return timepoints[subject_id]
+    match = BIDS_SESSION_RE.fullmatch(subject_id)
+    return match.group("sub") if match else subject_id
+
+
+def read_participants(path: str | Path) -> dict[str, str]:
+    """A mapping file (TSV/CSV with ``subject_id`` and ``participant`` columns)."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        delimiter = "," if str(path).endswith(".csv") else "\t"
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        if not {"subject_id", "participant"} <= set(reader.fieldnames or ()):
+            raise DiscoveryError(
+                f"participants file {path} needs the columns subject_id and participant "
+                f"(found: {', '.join(reader.fieldnames or ()) or 'none'})"
+            )
+        return {
+            row["subject_id"].strip(): row["participant"].strip()
+            for row in reader
+            if row["subject_id"].strip() and row["participant"].strip()
+        }
+
+
+def _template_timepoints(folder: Path) -> list[str] | None:
+    """The timepoints a longitudinal template lists in ``base-tps``; None for other folders."""
+    try:
+        text = (folder / BASE_TPS).read_text(errors="replace")
+    except OSError:
+        return None
+    return text.split()
 
 
 def read_subjects_list(path: str | Path) -> list[str]:
@@ -147,6 +194,8 @@ def discover_subjects(
     input_files: Sequence[str] = (),
     fastsurfer_required_files: Sequence[str] | None = None,
     fastsurfer_input_files: Sequence[str] = (),
+    include_templates: bool = False,
+    participants: Mapping[str, str] | None = None,
 ) -> Discovery:
     """Search ``dirs`` (``[{"path": ..., "optional": bool}]``) for subject folders.
 
@@ -164,6 +213,7 @@ def discover_subjects(
     subjects: dict[str, Subject] = {}
     report: list[Finding] = []
     notices: list[str] = []
+    timepoints: dict[str, str] = {}  # cross-sectional timepoint → its longitudinal template
 
     def flag(sid: str, folder: Path | str, reason: str, detail: str, status: str = FLAGGED):
         report.append(Finding(sid, str(folder), status, reason, detail))
@@ -227,6 +277,21 @@ def discover_subjects(
                     "the first configured folder wins, this copy is ignored",
                 )
                 continue
+            tps = _template_timepoints(folder)
+            if tps is not None:
+                timepoints.update(dict.fromkeys(tps, name))
+                if not include_templates and listed_set is None:
+                    report.append(
+                        Finding(
+                            name,
+                            str(folder),
+                            SKIPPED,
+                            "longitudinal_template",
+                            f"longitudinal template of {', '.join(tps) or 'no timepoint'} "
+                            "(subjects.include_templates: false)",
+                        )
+                    )
+                    continue
             recon = recon_status(folder)
             if recon.state == RUNNING:
                 report.append(Finding(name, str(folder), SKIPPED, "recon_running", recon.detail))
@@ -282,7 +347,11 @@ def discover_subjects(
                     f"in {', '.join(str(d['path']) for d in dirs)}",
                 )
 
-    ordered = [subjects[k] for k in sorted(subjects)]
+    mapping = participants or {}
+    ordered = [
+        replace(s, participant=mapping.get(k) or participant_from_name(k, timepoints))
+        for k, s in sorted(subjects.items())
+    ]
     report.sort(key=lambda f: (f.subject_id, f.folder))
     return Discovery(ordered, report, n_shards, notices)
 
@@ -299,6 +368,7 @@ SUBJECT_COLUMNS = (
     "segmenter_version",
     "fs_version",
     "recon_hours",
+    "participant",
 )
 REPORT_COLUMNS = ("subject_id", "folder", "status", "reason", "detail")
 MEMBER_COLUMNS = ("subject_id", "path", "fingerprint")
@@ -375,6 +445,8 @@ def discover_from_config(config: dict) -> Discovery:
         input_files=stage_input_files(config),
         fastsurfer_required_files=sub.get("fastsurfer_required_files"),
         fastsurfer_input_files=stage_input_files(config, layout="fastsurfer"),
+        include_templates=sub.get("include_templates", False),
+        participants=read_participants(sub["participants"]) if sub.get("participants") else None,
     )
 
 

@@ -20,7 +20,13 @@ import pandas as pd
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import balanced_accuracy_score, mean_absolute_error, r2_score, roc_auc_score
-from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
+from sklearn.model_selection import (
+    GridSearchCV,
+    GroupKFold,
+    KFold,
+    StratifiedGroupKFold,
+    StratifiedKFold,
+)
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -41,13 +47,21 @@ class Target:
     kind: str  # regression | classification
 
 
-def _folds(kind: str, y: np.ndarray, n_splits: int, seed: int):
+def _folds(kind: str, y: np.ndarray, n_splits: int, seed: int, grouped: bool = False):
+    """The CV splitter; ``grouped`` keeps each participant's sessions in one fold (the
+    ``groups`` passed to ``split``)."""
+    if grouped:
+        if kind == CLASSIFICATION:
+            return StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        return GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     if kind == CLASSIFICATION:
         return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return KFold(n_splits=n_splits, shuffle=True, random_state=seed)
 
 
-def _n_splits(kind: str, y: np.ndarray, wanted: int, label: str) -> int:
+def _n_splits(
+    kind: str, y: np.ndarray, wanted: int, label: str, groups: np.ndarray | None = None
+) -> int:
     if kind == CLASSIFICATION:
         _, counts = np.unique(y, return_counts=True)
         if len(counts) < 2:
@@ -62,6 +76,10 @@ def _n_splits(kind: str, y: np.ndarray, wanted: int, label: str) -> int:
         n = min(wanted, len(y))
         if len(y) < 4:
             raise ProbeError(f"{label}: {len(y)} subjects; at least 4 are needed")
+    if groups is not None:
+        n = min(n, len(np.unique(groups)))
+        if n < 2:
+            raise ProbeError(f"{label}: one participant; at least 2 are needed")
     if n < wanted:
         log.warning("%s: %d outer folds instead of %d (too few subjects)", label, n, wanted)
     return n
@@ -76,13 +94,19 @@ def nested_cv(
     grid: Sequence[float] = DEFAULT_GRID,
     seed: int = 0,
     label: str = "probe",
+    groups: np.ndarray | None = None,
 ) -> dict:
-    """Nested cross-validated linear probe; returns metrics per fold and their mean ± std."""
+    """Nested cross-validated linear probe; returns metrics per fold and their mean ± std.
+
+    ``groups`` (one participant id per row) keeps all sessions of a participant on the same
+    side of every outer and inner split.
+    """
     if x.ndim != 2 or len(x) != len(y):
         raise ProbeError(f"{label}: features {x.shape} do not match {len(y)} targets")
     if x.shape[1] == 0:
         raise ProbeError(f"{label}: no feature columns")
-    outer_n = _n_splits(kind, y, n_splits, label)
+    outer_n = _n_splits(kind, y, n_splits, label, groups)
+    grouped = groups is not None
     # Imputing inside the pipeline keeps the held-out fold out of the fill values; columns
     # missing for every training subject are dropped by the imputer.
     prepare = (SimpleImputer(strategy="median"), StandardScaler())
@@ -96,12 +120,13 @@ def nested_cv(
         scoring = "balanced_accuracy"
     folds: dict[str, list[float]] = {}
     chosen = []
-    for train, test in _folds(kind, y, outer_n, seed).split(x, y):
-        inner_n = _n_splits(kind, y[train], inner_splits, f"{label} (inner)")
+    for train, test in _folds(kind, y, outer_n, seed, grouped).split(x, y, groups):
+        inner_groups = groups[train] if grouped else None
+        inner_n = _n_splits(kind, y[train], inner_splits, f"{label} (inner)", inner_groups)
         search = GridSearchCV(
-            model, params, scoring=scoring, cv=_folds(kind, y[train], inner_n, seed + 1)
+            model, params, scoring=scoring, cv=_folds(kind, y[train], inner_n, seed + 1, grouped)
         )
-        search.fit(x[train], y[train])
+        search.fit(x[train], y[train], groups=inner_groups)
         chosen.append(float(next(iter(search.best_params_.values()))))
         if kind == REGRESSION:
             pred = search.predict(x[test])
@@ -176,8 +201,12 @@ def probe_all(
     n_splits: int = 5,
     inner_splits: int = 5,
     seed: int = 0,
+    participants: Mapping[str, str] | None = None,
 ) -> dict:
-    """Every (feature set, target) probe; a probe that cannot run records why."""
+    """Every (feature set, target) probe; a probe that cannot run records why.
+
+    ``participants`` (subject id → participant id) makes the folds split by participant.
+    """
     out: dict[str, dict] = {}
     for target in targets:
         out[target.name] = {}
@@ -185,7 +214,10 @@ def probe_all(
             label = f"{name} -> {target.name}"
             try:
                 x, y, ids = align(frame, phenotypes, target, subjects)
-                res = nested_cv(x, y, target.kind, n_splits, inner_splits, seed=seed, label=label)
+                groups = np.array([participants.get(i, i) for i in ids]) if participants else None
+                res = nested_cv(
+                    x, y, target.kind, n_splits, inner_splits, seed=seed, label=label, groups=groups
+                )
                 res["subjects"] = ids
             except ProbeError as exc:
                 log.warning("%s", exc)
@@ -350,6 +382,11 @@ def run_probe(
         n_splits=pc["folds"],
         inner_splits=pc["inner_folds"],
         seed=pc["seed"],
+        participants=(
+            dict(zip(frame[KEY], frame["participant"], strict=True))
+            if "participant" in frame
+            else None
+        ),
     )
     out = {
         "encoder": str(encoder_path),

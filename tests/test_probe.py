@@ -125,3 +125,38 @@ def test_morphometry_predicts_demo_age_above_chance(tmp_path):
     metrics = res["age"]["morphometry"]["metrics"]
     assert res["age"]["morphometry"]["n_subjects"] == 16
     assert metrics["mae"]["mean"] < 0.6 * metrics["mae_chance"]["mean"]
+
+
+def test_folds_split_by_participant():
+    """Three sessions per person, a target that only identifies the person: folds that split
+    sessions of one person leak it (high R²); participant-level folds do not."""
+    rng = np.random.default_rng(0)
+    n_people, n_sessions, p = 18, 3, 40
+    person = np.repeat(np.arange(n_people), n_sessions)
+    fingerprint = rng.normal(size=(n_people, p))
+    x = fingerprint[person] + rng.normal(0, 0.05, (len(person), p))
+    y = rng.normal(50, 10, n_people)[person]
+    groups = np.array([f"P{i}" for i in person])
+    leaky = nested_cv(x, y, REGRESSION, 3, 3, grid=(0.01,))
+    grouped = nested_cv(x, y, REGRESSION, 3, 3, grid=(0.01,), groups=groups)
+    assert leaky["metrics"]["r2"]["mean"] > 0.8
+    assert grouped["metrics"]["r2"]["mean"] < 0.2
+
+    sex = np.where(np.arange(n_people) % 2 == 0, "M", "F")[person]
+    res = nested_cv(x, sex, CLASSIFICATION, 3, 3, grid=(1.0,), groups=groups)
+    assert res["n_folds"] == 3
+
+    from damt.probe import _folds
+
+    for kind, target in ((REGRESSION, y), (CLASSIFICATION, sex)):
+        for train, test in _folds(kind, target, 5, 0, grouped=True).split(x, target, groups):
+            assert not set(groups[train]) & set(groups[test])
+
+    ids = [f"s{i:03d}" for i in range(len(person))]
+    feats = pd.DataFrame(x, columns=[f"f{j}" for j in range(p)]).assign(subject_id=ids)
+    pheno = pd.DataFrame({"subject_id": ids, "age": y})
+    participants = dict(zip(ids, groups, strict=True))
+    out = probe_all({"f": feats}, pheno, [Target("age", REGRESSION)], None, 3, 3, 0, participants)
+    assert out["age"]["f"]["metrics"]["r2"]["mean"] < 0.2
+    with pytest.raises(ProbeError, match="one participant"):
+        nested_cv(x[:6], y[:6], REGRESSION, groups=np.array(["P"] * 6))

@@ -272,11 +272,15 @@ def test_unknown_severity_code_is_refused_with_the_known_ones():
 def test_recon_facts_and_failed_recons_reach_the_manifest(inputs):
     subjects, report, summaries, fs_qc, tables = inputs
     subjects = subjects.assign(
-        segmenter="freesurfer", segmenter_version="7.2.0", fs_version="7.2.0", recon_hours="2.950"
+        segmenter="freesurfer",
+        segmenter_version="7.2.0",
+        fs_version="7.2.0",
+        recon_hours="2.950",
+        participant=["", "P1", "P1", "d"],
     )
     failed = {
-        "subject_id": "e",
-        "folder": "/s/e",
+        "subject_id": "e.long.base",
+        "folder": "/s/e.long.base",
         "status": "flagged",
         "reason": "recon_failed",
         "detail": "freesurfer: scripts/recon-all.error exists: ERROR: mri_ca_register failed",
@@ -287,10 +291,12 @@ def test_recon_facts_and_failed_recons_reach_the_manifest(inputs):
     rows = manifest_frame(final).set_index("subject_id")
     assert rows.loc["c", "fs_version"] == "7.2.0"  # no stats version: discovery's
     assert (rows.loc["a", "segmenter"], rows.loc["a", "recon_hours"]) == ("freesurfer", "2.950")
-    assert rows.loc["e", "status"] == "fail" and rows.loc["e", "reasons"] == [
-        "discovery:recon_failed"
-    ]
-    assert "mri_ca_register failed" in rows.loc["e", "detail"]
+    assert rows.loc["a", "participant"] == "a"  # no participant known: the subject id
+    assert rows.loc["b", "participant"] == rows.loc["c", "participant"] == "P1"
+    failed = rows.loc["e.long.base"]
+    assert failed["status"] == "fail" and failed["reasons"] == ["discovery:recon_failed"]
+    assert "mri_ca_register failed" in failed["detail"] and failed["participant"] == "base"
+    assert rows["participant"].map(type).eq(str).all()
 
 
 def test_mixed_segmenters_warn_and_split_the_qc_page(inputs, tmp_path: Path):

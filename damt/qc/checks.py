@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import pandas as pd
 
+from damt.discovery import participant_from_name
 from damt.features import FEATURE_GROUPS
 from damt.features.tables import KEY, feature_columns
 from damt.stages.store import OK
@@ -390,6 +391,7 @@ def build_checks(
                 "fs_version": ((stats_row or {}).get("info") or {}).get("fs_version", "")
                 or getattr(rec, "fs_version", ""),
                 **{c: getattr(rec, c, "") for c in RECON_COLUMNS},
+                "participant": getattr(rec, "participant", "") or sid,
                 "surface_holes": holes,
                 "etiv": etiv,
             }
@@ -406,6 +408,7 @@ def build_checks(
                 **{f"has_{g}": False for g in FEATURE_GROUPS},
                 "fs_version": "",
                 **dict.fromkeys(RECON_COLUMNS, ""),
+                "participant": participant_from_name(rec.subject_id),
                 "surface_holes": np.nan,
                 "etiv": np.nan,
             }
@@ -483,6 +486,7 @@ RECON_COLUMNS = ("segmenter", "segmenter_version", "recon_hours")
 
 MANIFEST_COLUMNS = [
     KEY,
+    "participant",
     "status",
     "reasons",
     "detail",
