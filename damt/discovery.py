@@ -37,6 +37,8 @@ LONG_RE = re.compile(r"(?P<tp>.+)\.long\.(?P<base>.+)")
 BASE_TPS = "base-tps"
 # BIDS subject and session labels as fMRIPrep/sMRIPrep name FreeSurfer folders.
 BIDS_SESSION_RE = re.compile(r"(?P<sub>sub-[A-Za-z0-9]+)_ses-[A-Za-z0-9]+")
+# Where fMRIPrep/sMRIPrep datasets keep their SUBJECTS_DIR, relative to the dataset.
+BIDS_FREESURFER_DIRS = ("freesurfer", "sourcedata/freesurfer", "derivatives/freesurfer")
 
 
 class DiscoveryError(RuntimeError):
@@ -237,9 +239,23 @@ def discover_subjects(
                 f"subjects folder {root} cannot be listed: {exc.strerror}"
             ) from exc
 
+        n_before = len(subjects)
         for de in entries:
             name = de.name
             folder = root / name
+            if (
+                listed_set is None
+                and de.is_symlink()
+                and any(fnmatch.fnmatchcase(name, p) for p in exclude)
+            ):
+                # fMRIPrep/sMRIPrep link fsaverage* to $FREESURFER_HOME; in a copied dataset the
+                # link is broken, and an excluded template is no problem either way.
+                report.append(
+                    Finding(
+                        name, str(folder), SKIPPED, "excluded_pattern", "matches subjects.exclude"
+                    )
+                )
+                continue
             if de.is_symlink() and not os.path.exists(folder):
                 if listed_set is None or name in listed_set:
                     flag(name, folder, "broken_link", f"{folder} is a broken symbolic link")
@@ -334,6 +350,13 @@ def discover_subjects(
                 recon.recon_hours,
             )
             report.append(Finding(name, str(folder), INCLUDED, "", ""))
+        nested = [root / rel for rel in BIDS_FREESURFER_DIRS if (root / rel).is_dir()]
+        if nested and len(subjects) == n_before:
+            notices.append(
+                f"subjects folder {root} holds no subject but has "
+                f"{', '.join(map(str, nested))}: an fMRIPrep/sMRIPrep dataset? put that folder "
+                "in subjects.dirs"
+            )
 
     if listed is not None:
         found = {f.subject_id for f in report}
