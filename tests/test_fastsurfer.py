@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from damt.config import validate_config
@@ -145,3 +146,48 @@ def test_fastsurfer_subject_end_to_end(fs_cohort: Path, tmp_path: Path):
     radiomics.setup()
     rows = {r.subject_id: r for r, _ in run_tasks(radiomics, tasks[:1], out)}
     assert rows["fs21seg-001"].status == OK and rows["fs21seg-001"].info["n_features"] > 0
+
+
+def test_mixed_cohort_through_the_workflow(fs_cohort: Path, demo_copy: Path, tmp_path: Path):
+    """FreeSurfer demo subjects, FastSurfer subjects (complete, segmentation-only, failed) and a
+    running recon in one SUBJECTS_DIR, through the real Snakefile up to the manifest."""
+    from tests.conftest import run_snakemake, workflow_config
+    from tests.test_qc_workflow import ROIS
+
+    for case in ("fs23full-001", "fs21seg-001", "fs22fail-001"):
+        shutil.copytree(fs_cohort / case, demo_copy / case, symlinks=True)
+    busy = demo_copy / "sub-004" / "scripts" / "IsRunning.lh+rh"
+    busy.write_text("recon-all running\n")
+    override = workflow_config(
+        tmp_path, [{"path": str(demo_copy)}], radiomics={"rois": ROIS}, cache={"min_size": 96}
+    )
+    results = tmp_path / "results"
+    target = str(results / "manifest.parquet")
+    run_snakemake("--cores", "2", "--keep-going", target, "--configfile", str(override))
+
+    manifest = pd.read_parquet(target).set_index("subject_id")
+    assert sorted(manifest.index) == [
+        "fs21seg-001",
+        "fs22fail-001",
+        "fs23full-001",
+        "sub-001",
+        "sub-002",
+        "sub-003",
+    ]  # sub-004 is still running: not in the manifest
+    report = pd.read_csv(results / "discovery" / "report.tsv", sep="\t").set_index("subject_id")
+    assert report.loc["sub-004", "reason"] == "recon_running"
+    fail = manifest.loc["fs22fail-001"]
+    assert fail["status"] == "fail" and list(fail["reasons"]) == ["discovery:recon_failed"]
+    for sid, version in (("fs23full-001", "2.3.0"), ("fs21seg-001", "2.1.2")):
+        row = manifest.loc[sid]
+        assert (row["segmenter"], row["segmenter_version"]) == ("fastsurfer", version)
+        assert row["has_cache"] and row["status"] == "warn", row["detail"]
+        assert "qc:mixed_segmenters" in row["reasons"]
+    assert manifest.loc["fs23full-001", "fs_version"] == "7.4.1"
+    assert (manifest.loc["sub-001", "segmenter"], manifest.loc["sub-001", "status"]) == (
+        "freesurfer",
+        "pass",
+    )
+    assert (manifest["participant"] == manifest.index).all()
+    meta = read_long_metadata(results / "subjects" / "fs21seg-001" / "stats" / "stats.parquet")
+    assert meta["segmenter"] == "fastsurfer"
