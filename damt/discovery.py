@@ -16,10 +16,11 @@ import logging
 import os
 import re
 import zlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from damt.freesurfer.recon import FAILED, FASTSURFER, RUNNING, STATUS_FILES, recon_status
 from damt.io import write_text_if_changed
 from damt.paths import ResultPaths
 
@@ -27,9 +28,17 @@ log = logging.getLogger(__name__)
 
 SUBJECT_ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 # Files whose change means "this subject was reprocessed" beyond the required volumes.
-RECON_MARKERS = ("scripts/recon-all.done", "stats")
+RECON_MARKERS = (*STATUS_FILES, "stats")
 
 INCLUDED, FLAGGED, SKIPPED = "included", "flagged", "skipped"
+# FreeSurfer's longitudinal stream: timepoints "<tp>.long.<template>"; the template folder
+# ("base") lists its cross-sectional timepoints in "base-tps".
+LONG_RE = re.compile(r"(?P<tp>.+)\.long\.(?P<base>.+)")
+BASE_TPS = "base-tps"
+# BIDS subject and session labels as fMRIPrep/sMRIPrep name FreeSurfer folders.
+BIDS_SESSION_RE = re.compile(r"(?P<sub>sub-[A-Za-z0-9]+)_ses-[A-Za-z0-9]+")
+# Where fMRIPrep/sMRIPrep datasets keep their SUBJECTS_DIR, relative to the dataset.
+BIDS_FREESURFER_DIRS = ("freesurfer", "sourcedata/freesurfer", "derivatives/freesurfer")
 
 
 class DiscoveryError(RuntimeError):
@@ -45,6 +54,11 @@ class Subject:
     source: str
     fingerprint: str
     shard: str
+    segmenter: str = ""  # "freesurfer" or "fastsurfer" (damt.freesurfer.recon)
+    segmenter_version: str = ""
+    fs_version: str = ""  # from recon-all.done / build-stamp.txt ("" when they name none)
+    recon_hours: str = ""  # wall time of the recon from its done file ("" when unknown)
+    participant: str = ""  # the person: every split of subjects keeps one person on one side
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,46 @@ def shard_of(subject_id: str, n_shards: int) -> str:
         return subject_id
     width = len(str(n_shards - 1))
     return f"shard{zlib.crc32(subject_id.encode('utf-8')) % n_shards:0{width}d}"
+
+
+def participant_from_name(subject_id: str, timepoints: dict[str, str] | None = None) -> str:
+    """Participant id told by a folder name: the template of a longitudinal timepoint
+    (``tp1.long.base`` → ``base``) or of a cross-sectional run it lists (``timepoints``:
+    timepoint → template), the subject of a BIDS session (``sub-01_ses-02`` → ``sub-01``),
+    else the id itself."""
+    match = LONG_RE.fullmatch(subject_id)
+    if match:
+        return match.group("base")
+    if timepoints and subject_id in timepoints:
+        return timepoints[subject_id]
+    match = BIDS_SESSION_RE.fullmatch(subject_id)
+    return match.group("sub") if match else subject_id
+
+
+def read_participants(path: str | Path) -> dict[str, str]:
+    """A mapping file (TSV/CSV with ``subject_id`` and ``participant`` columns)."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        delimiter = "," if str(path).endswith(".csv") else "\t"
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        if not {"subject_id", "participant"} <= set(reader.fieldnames or ()):
+            raise DiscoveryError(
+                f"participants file {path} needs the columns subject_id and participant "
+                f"(found: {', '.join(reader.fieldnames or ()) or 'none'})"
+            )
+        return {
+            row["subject_id"].strip(): row["participant"].strip()
+            for row in reader
+            if row["subject_id"].strip() and row["participant"].strip()
+        }
+
+
+def _template_timepoints(folder: Path) -> list[str] | None:
+    """The timepoints a longitudinal template lists in ``base-tps``; None for other folders."""
+    try:
+        text = (folder / BASE_TPS).read_text(errors="replace")
+    except OSError:
+        return None
+    return text.split()
 
 
 def read_subjects_list(path: str | Path) -> list[str]:
@@ -140,22 +194,28 @@ def discover_subjects(
     subjects_list: Iterable[str] | None = None,
     n_shards: int = 0,
     input_files: Sequence[str] = (),
+    fastsurfer_required_files: Sequence[str] | None = None,
+    fastsurfer_input_files: Sequence[str] = (),
+    include_templates: bool = False,
+    participants: Mapping[str, str] | None = None,
 ) -> Discovery:
     """Search ``dirs`` (``[{"path": ..., "optional": bool}]``) for subject folders.
 
     A folder is a subject when its name is a legal id and it holds every ``required_files``
     entry. Everything else that looks like a candidate is written to the report with a reason:
     ``illegal_id``, ``missing_required``, ``broken_link``, ``unreadable``, ``duplicate_id``,
-    ``listed_not_found`` (flagged: the QC manifest fails them) or ``excluded_pattern`` and
-    ``not_listed`` (skipped by configuration). ``input_files`` (relative paths the per-subject
-    stages read besides the required files) enter the subject's fingerprint, so that a changed
-    input reruns the subject's shard jobs.
+    ``listed_not_found``, ``recon_failed`` (flagged: the QC manifest fails them),
+    ``excluded_pattern`` and ``not_listed`` (skipped by configuration) or ``recon_running``
+    (skipped until the run is over: a later discovery picks the subject up). ``input_files``
+    (relative paths the per-subject stages read besides the required files) enter the
+    subject's fingerprint, so that a changed input reruns the subject's shard jobs.
     """
     listed = list(subjects_list) if subjects_list is not None else None
     listed_set = set(listed) if listed is not None else None
     subjects: dict[str, Subject] = {}
     report: list[Finding] = []
     notices: list[str] = []
+    timepoints: dict[str, str] = {}  # cross-sectional timepoint → its longitudinal template
 
     def flag(sid: str, folder: Path | str, reason: str, detail: str, status: str = FLAGGED):
         report.append(Finding(sid, str(folder), status, reason, detail))
@@ -179,9 +239,23 @@ def discover_subjects(
                 f"subjects folder {root} cannot be listed: {exc.strerror}"
             ) from exc
 
+        n_before = len(subjects)
         for de in entries:
             name = de.name
             folder = root / name
+            if (
+                listed_set is None
+                and de.is_symlink()
+                and any(fnmatch.fnmatchcase(name, p) for p in exclude)
+            ):
+                # fMRIPrep/sMRIPrep link fsaverage* to $FREESURFER_HOME; in a copied dataset the
+                # link is broken, and an excluded template is no problem either way.
+                report.append(
+                    Finding(
+                        name, str(folder), SKIPPED, "excluded_pattern", "matches subjects.exclude"
+                    )
+                )
+                continue
             if de.is_symlink() and not os.path.exists(folder):
                 if listed_set is None or name in listed_set:
                     flag(name, folder, "broken_link", f"{folder} is a broken symbolic link")
@@ -219,9 +293,34 @@ def discover_subjects(
                     "the first configured folder wins, this copy is ignored",
                 )
                 continue
+            tps = _template_timepoints(folder)
+            if tps is not None:
+                timepoints.update(dict.fromkeys(tps, name))
+                if not include_templates and listed_set is None:
+                    report.append(
+                        Finding(
+                            name,
+                            str(folder),
+                            SKIPPED,
+                            "longitudinal_template",
+                            f"longitudinal template of {', '.join(tps) or 'no timepoint'} "
+                            "(subjects.include_templates: false)",
+                        )
+                    )
+                    continue
+            recon = recon_status(folder)
+            if recon.state == RUNNING:
+                report.append(Finding(name, str(folder), SKIPPED, "recon_running", recon.detail))
+                continue
+            if recon.state == FAILED:
+                flag(name, folder, "recon_failed", f"{recon.segmenter}: {recon.detail}")
+                continue
+            required, inputs = required_files, input_files
+            if recon.segmenter == FASTSURFER and fastsurfer_required_files is not None:
+                required, inputs = fastsurfer_required_files, fastsurfer_input_files
             try:
-                missing = [rel for rel in required_files if not (folder / rel).is_file()]
-                fingerprint = None if missing else _fingerprint(folder, required_files, input_files)
+                missing = [rel for rel in required if not (folder / rel).is_file()]
+                fingerprint = None if missing else _fingerprint(folder, required, inputs)
             except OSError as exc:
                 where = exc.filename or folder
                 flag(
@@ -240,9 +339,24 @@ def discover_subjects(
                 )
                 continue
             subjects[name] = Subject(
-                name, str(folder), str(root), fingerprint, shard_of(name, n_shards)
+                name,
+                str(folder),
+                str(root),
+                fingerprint,
+                shard_of(name, n_shards),
+                recon.segmenter,
+                recon.segmenter_version,
+                recon.fs_version,
+                recon.recon_hours,
             )
             report.append(Finding(name, str(folder), INCLUDED, "", ""))
+        nested = [root / rel for rel in BIDS_FREESURFER_DIRS if (root / rel).is_dir()]
+        if nested and len(subjects) == n_before:
+            notices.append(
+                f"subjects folder {root} holds no subject but has "
+                f"{', '.join(map(str, nested))}: an fMRIPrep/sMRIPrep dataset? put that folder "
+                "in subjects.dirs"
+            )
 
     if listed is not None:
         found = {f.subject_id for f in report}
@@ -256,14 +370,29 @@ def discover_subjects(
                     f"in {', '.join(str(d['path']) for d in dirs)}",
                 )
 
-    ordered = [subjects[k] for k in sorted(subjects)]
+    mapping = participants or {}
+    ordered = [
+        replace(s, participant=mapping.get(k) or participant_from_name(k, timepoints))
+        for k, s in sorted(subjects.items())
+    ]
     report.sort(key=lambda f: (f.subject_id, f.folder))
     return Discovery(ordered, report, n_shards, notices)
 
 
 # --- files exchanged with the workflow ---------------------------------------------------------
 
-SUBJECT_COLUMNS = ("subject_id", "path", "source", "fingerprint", "shard")
+SUBJECT_COLUMNS = (
+    "subject_id",
+    "path",
+    "source",
+    "fingerprint",
+    "shard",
+    "segmenter",
+    "segmenter_version",
+    "fs_version",
+    "recon_hours",
+    "participant",
+)
 REPORT_COLUMNS = ("subject_id", "folder", "status", "reason", "detail")
 MEMBER_COLUMNS = ("subject_id", "path", "fingerprint")
 
@@ -337,15 +466,23 @@ def discover_from_config(config: dict) -> Discovery:
         subjects_list=listed,
         n_shards=config["sharding"]["n_shards"],
         input_files=stage_input_files(config),
+        fastsurfer_required_files=sub.get("fastsurfer_required_files"),
+        fastsurfer_input_files=stage_input_files(config, layout="fastsurfer"),
+        include_templates=sub.get("include_templates", False),
+        participants=read_participants(sub["participants"]) if sub.get("participants") else None,
     )
 
 
-def stage_input_files(config: dict) -> list[str]:
-    """Subject-relative files the per-subject stages read (volumes of cache and radiomics)."""
+def stage_input_files(config: dict, layout: str = "") -> list[str]:
+    """Subject-relative files the per-subject stages read (volumes of cache and radiomics), of
+    FreeSurfer subjects or, with ``layout="fastsurfer"``, of FastSurfer subjects."""
     out: list[str] = []
-    for section, keys in (("cache", ("image", "atlas")), ("radiomics", ("image", "atlas"))):
-        for key in keys:
-            value = (config.get(section) or {}).get(key)
+    for section in ("cache", "radiomics"):
+        settings = config.get(section) or {}
+        if layout:
+            settings = settings.get(layout) or {}
+        for key in ("image", "atlas", "mask"):
+            value = settings.get(key)
             if isinstance(value, str) and value not in out:
                 out.append(value)
     return out

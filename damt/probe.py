@@ -30,7 +30,7 @@ import pandas as pd
 from scipy.stats import rankdata
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from damt.features.tables import KEY
 from damt.split import HOLDOUT, TRAIN
@@ -183,10 +183,28 @@ def alpha_grid(n_features: int) -> np.ndarray:
     return n_features * np.logspace(-3, 3, 13)
 
 
-def _folds(kind: str, n_splits: int, seed: int):
+def _folds(kind: str, n_splits: int, seed: int, grouped: bool = False):
+    """The CV splitter; ``grouped``: each participant's sessions stay in one fold (the
+    ``groups`` given to ``split``)."""
+    if grouped:
+        if kind == CLASSIFICATION:
+            return StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        return GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     if kind == CLASSIFICATION:
         return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return KFold(n_splits=n_splits, shuffle=True, random_state=seed)
+
+
+def _split(kind: str, wanted: int, seed: int, y: np.ndarray, groups: np.ndarray | None, label: str):
+    """The (train, test) index pairs of a cross-validation of ``y``, by participant when
+    ``groups`` is given (sessions of one person never on both sides)."""
+    n = n_folds(kind, y, wanted, label)
+    if groups is None:
+        return list(_folds(kind, n, seed).split(y, y))
+    people = len(np.unique(groups))
+    if people < 2:
+        raise ProbeError(f"{label}: every subject belongs to one participant; nothing to split")
+    return list(_folds(kind, min(n, people), seed, grouped=True).split(y, y, groups))
 
 
 def n_folds(kind: str, y: np.ndarray, wanted: int, label: str) -> int:
@@ -306,21 +324,24 @@ def fit_predict(
     inner_folds: int,
     seed: int,
     label: str,
+    groups: np.ndarray | None = None,
 ) -> Fit:
     """Fit one probe on the training subjects and predict the test subjects.
 
     The penalty (``linear``) or k (``knn``) is the grid value with the best mean inner-fold
     score (-MAE, or balanced accuracy; the first on a tie); imputation and scaling are fitted
-    on each inner training part, then on all training subjects for the final fit.
+    on each inner training part, then on all training subjects for the final fit. ``groups``
+    (participant per training subject) keeps each participant's sessions in one inner fold.
     """
-    inner = n_folds(kind, y_train, inner_folds, f"{label} (inner search)")
+    pairs = _split(kind, inner_folds, seed, y_train, groups, f"{label} (inner search)")
+    inner = len(pairs)
     if method == LINEAR:
         grid = alpha_grid(x_train.shape[1])
     else:
         smallest_fold = len(y_train) - math.ceil(len(y_train) / inner)
         grid = np.array([k for k in KNN_K if k <= smallest_fold] or [1], dtype=float)
     totals = np.zeros(len(grid))
-    for tr, va in _folds(kind, inner, seed).split(x_train, y_train):
+    for tr, va in pairs:
         a, b = standardise(x_train[tr], x_train[va])
         outs = _path(method, kind, a, y_train[tr], b, grid, classes)
         totals += [_selection_score(y_train[va], o, classes) for o in outs]
@@ -468,9 +489,12 @@ def probe_target(
     feature_sets: Mapping[str, Sequence[pd.DataFrame]],
     split: pd.Series,
     settings: ProbeSettings,
+    participants: Mapping[str, str] | None = None,
 ) -> dict:
     """Both probes of every feature set (a list of frames: replicates such as random-init
-    seeds, averaged) at every label fraction, under the target's protocol."""
+    seeds, averaged) at every label fraction, under the target's protocol. ``participants``
+    (subject id → participant) keeps each participant's sessions in one fold of every
+    cross-validation."""
     common = set(values.index)
     for frames in feature_sets.values():
         for frame in frames:
@@ -490,11 +514,13 @@ def probe_target(
     train_idx = np.array([pos[s] for s in train_ids])
     test_idx = np.array([pos[s] for s in test_ids])
     classes = np.unique(y_all) if target.kind == CLASSIFICATION else None
+    groups = None
+    if participants is not None:
+        groups = np.array([str(participants.get(s, s)) for s in values.index])
     if protocol == HOLDOUT_PROTOCOL:
         pairs = [(train_idx, test_idx)]
     else:
-        n = n_folds(target.kind, y_all, settings.folds, target.name)
-        pairs = [(tr, te) for tr, te in _folds(target.kind, n, settings.seed).split(y_all, y_all)]
+        pairs = _split(target.kind, settings.folds, settings.seed, y_all, groups, target.name)
     y_test = y_all[test_idx]
     out = {
         "kind": target.kind,
@@ -515,7 +541,7 @@ def probe_target(
                 try:
                     fits, n_train = _fits(
                         method, target.kind, xs, y_all, pairs, test_idx, classes, fraction, draws,
-                        settings, label, chosen,
+                        settings, label, chosen, groups,
                     )  # fmt: skip
                 except ProbeError as exc:
                     msg = f"{label}: label fraction {fraction:g} skipped: {exc}"
@@ -553,6 +579,7 @@ def _fits(
     settings: ProbeSettings,
     label: str,
     chosen: list[float],
+    groups: np.ndarray | None = None,
 ) -> tuple[list[Fit], int]:
     """One fit per replicate and draw at one label fraction (predictions on the test subjects,
     out of fold under nested CV); appends the chosen hyperparameters to ``chosen``."""
@@ -567,7 +594,7 @@ def _fits(
                 n_train.append(len(sub))
                 fit = fit_predict(
                     method, kind, x[sub], y[sub], x[te], classes, settings.inner_folds,
-                    settings.seed + 1, label,
+                    settings.seed + 1, label, None if groups is None else groups[sub],
                 )  # fmt: skip
                 pred[te] = fit.pred
                 if proba is not None:
@@ -608,17 +635,21 @@ def probe_all(
     targets: Sequence[Target],
     split: pd.Series,
     settings: ProbeSettings,
+    participants: Mapping[str, str] | None = None,
 ) -> dict[str, dict]:
     """Every target (one that cannot run records why; the others still run).
 
-    ``split``: ``train`` / ``holdout`` per probed subject id (its index).
+    ``split``: ``train`` / ``holdout`` per probed subject id (its index); ``participants``:
+    subject id → participant, for folds by participant (see :func:`probe_target`).
     """
     out: dict[str, dict] = {}
     subjects = list(split.index)
     for target in targets:
         try:
             values = target_values(phenotypes, target, subjects)
-            out[target.name] = probe_target(target, values, feature_sets, split, settings)
+            out[target.name] = probe_target(
+                target, values, feature_sets, split, settings, participants
+            )
         except ProbeError as exc:
             log.warning("%s", exc)
             out[target.name] = {"kind": target.kind, "error": str(exc)}
@@ -918,7 +949,12 @@ def run_probe(
         "morphometry": [morph],
     }
     targets = [Target(t["name"], t["type"]) for t in pc["targets"]]
-    results = probe_all(feature_sets, phenotypes, targets, split, settings)
+    participants = (
+        dict(zip(chosen[KEY], chosen["participant"].astype(str), strict=True))
+        if "participant" in chosen
+        else None
+    )
+    results = probe_all(feature_sets, phenotypes, targets, split, settings, participants)
     out = {
         "encoder": str(encoder_path),
         "phenotypes": pc["phenotypes"],

@@ -10,7 +10,8 @@ files the way the older versions differ (same numbers, older layout and spelling
 - 5.x: aseg.stats has 12 ``# Measure`` lines, ``IntraCranialVol, ICV`` and no eTIV,
   ``*CorticalWhiteMatter*``; no brainvol.stats and no ?h.aparc.pial.stats; ?h.aparc*.stats have
   the three cortex measures only; ``?h.aparc.DKTatlas40.stats``; ``?h.BA.stats`` /
-  ``?h.BA.thresh.stats`` without ``_exvivo`` and without the entorhinal row.
+  ``?h.BA.thresh.stats`` without ``_exvivo`` and without the entorhinal row, which is in
+  ``?h.entorhinal_exvivo.stats`` instead (``mris_anatomical_stats -l``: one row, for the label).
 """
 
 from __future__ import annotations
@@ -153,6 +154,26 @@ def _fs5_aparc(text: str) -> str:
     return _set_header("\n".join(lines), "cvs_version", RCS_ANATOMICAL_5)
 
 
+def label_stats(annot_stats: Path, hemi: str, label: str) -> str:
+    """An ``mris_anatomical_stats -l ?h.LABEL.label`` file (5.x) from the row of ``label`` in
+    a real annotation stats file: same numbers, one row named by the label file."""
+    lines = []
+    for line in _fs5_aparc(annot_stats.read_text()).split("\n"):
+        if line.startswith("# cmdline"):
+            line = (
+                f"# cmdline mris_anatomical_stats -mgz -f ../stats/{hemi}.{label}.stats -b "
+                f"-l ./{hemi}.{label}.label bert {hemi} white "
+            )
+        elif line.startswith("# AnnotationFile") or line.startswith("# NRows"):
+            continue
+        elif line and not line.startswith("#"):
+            if not line.startswith(label + " "):
+                continue
+            line = f"./{hemi}.{label}.label" + line[len(label) :]
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def make_fs5_subject(bert: Path, dst: Path) -> Path:
     """A FreeSurfer 5.x-style subject folder (stats/ and scripts/build-stamp.txt) at ``dst``."""
     src = bert / "stats"
@@ -189,6 +210,9 @@ def make_fs5_subject(bert: Path, dst: Path) -> Path:
             rows = [line for line in text.split("\n") if not line.startswith("entorhinal_exvivo")]
             text = "\n".join(rows).replace("_exvivo", "")
             (out / f"{hemi}.{old}.stats").write_text(text)
+        (out / f"{hemi}.entorhinal_exvivo.stats").write_text(
+            label_stats(src / f"{hemi}.BA_exvivo.stats", hemi, "entorhinal_exvivo")
+        )
         wg = (src / f"{hemi}.w-g.pct.stats").read_text()
         (out / f"{hemi}.w-g.pct.stats").write_text(_set_header(wg, "cvs_version", RCS_SEGSTATS_5))
         (out / f"{hemi}.curv.stats").write_text((src / f"{hemi}.curv.stats").read_text())

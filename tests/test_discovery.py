@@ -15,6 +15,7 @@ from damt.discovery import (
     discover_subjects,
     is_valid_subject_id,
     read_discovery,
+    read_participants,
     read_shard,
     read_subjects_list,
     shard_of,
@@ -268,3 +269,44 @@ def test_dry_run_goes_on_past_a_link_loop_subject(tmp_path: Path, demo_copy: Pat
     report = (tmp_path / "results" / "discovery" / "report.tsv").read_text()
     row = next(line for line in report.splitlines() if line.startswith("sub-001\t"))
     assert "\tflagged\tunreadable\t" in row and "Too many levels of symbolic links" in row
+
+
+def test_longitudinal_and_bids_sessions_get_participants(tmp_path: Path):
+    for name in ("tp1", "tp2", "base", "tp1.long.base", "tp2.long.base", "s9"):
+        make_subject(tmp_path, name)
+    for name in ("sub-01_ses-01", "sub-01_ses-02", "sub-02_ses-01"):
+        make_subject(tmp_path, name)
+    (tmp_path / "base" / "base-tps").write_text("tp1\ntp2\n")
+    d = discover_subjects([{"path": str(tmp_path)}])
+    got = {s.subject_id: s.participant for s in d.subjects}
+    assert got == {
+        "tp1": "base",
+        "tp2": "base",
+        "tp1.long.base": "base",
+        "tp2.long.base": "base",
+        "s9": "s9",
+        "sub-01_ses-01": "sub-01",
+        "sub-01_ses-02": "sub-01",
+        "sub-02_ses-01": "sub-02",
+    }
+    template = by_id(d)["base"]
+    assert (template.status, template.reason) == ("skipped", "longitudinal_template")
+    assert "tp1, tp2" in template.detail
+
+    d = discover_subjects([{"path": str(tmp_path)}], include_templates=True)
+    assert {s.subject_id: s.participant for s in d.subjects}["base"] == "base"
+    # A mapping file wins over the names; ids it lacks keep the name's participant.
+    mapping = tmp_path.parent / "participants.tsv"
+    mapping.write_text("subject_id\tparticipant\ns9\tP9\ntp1\tP1\n")
+    d = discover_subjects([{"path": str(tmp_path)}], participants=read_participants(mapping))
+    got = {s.subject_id: s.participant for s in d.subjects}
+    assert (got["s9"], got["tp1"], got["tp2"]) == ("P9", "P1", "base")
+    write_discovery(d, tmp_path.parent / "out")
+    assert {s.participant for s in read_discovery(tmp_path.parent / "out").subjects} >= {"P9"}
+
+
+def test_participants_file_without_its_columns_is_refused(tmp_path: Path):
+    bad = tmp_path / "p.tsv"
+    bad.write_text("id\tperson\ns1\tP1\n")
+    with pytest.raises(DiscoveryError, match="subject_id and participant"):
+        read_participants(bad)

@@ -123,6 +123,8 @@ def test_default_catalog_on_bert_has_no_nan(bert: Path, tmp_path: Path):
         "detail": "",
         "n_missing": 0,
         "fs_version": "7.2.0-beta",
+        "segmenter": "freesurfer",
+        "segmenter_version": "7.2.0-beta",
         "source_files": ["aseg.stats", "lh.aparc.stats", "rh.aparc.stats"],
     }
 

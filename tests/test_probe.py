@@ -233,3 +233,37 @@ def test_pooled_features_do_not_depend_on_padding():
         torch.testing.assert_close(f, feats[0], atol=1e-5, rtol=0)
     plain = [pooled_features(encoder, torch.from_numpy(v))[0] for v in padded]
     assert not torch.allclose(plain[0], plain[1], atol=1e-3)
+
+
+def test_cross_validation_splits_by_participant():
+    """Three sessions per person and a target that only identifies the person: folds that put
+    sessions of one person on both sides leak it (high R²); folds by participant do not, in the
+    outer nested CV and in the inner penalty search alike."""
+    from damt.probe import _split
+
+    rng = np.random.default_rng(0)
+    n_people, n_sessions, p = 18, 3, 40
+    person = np.repeat(np.arange(n_people), n_sessions)
+    x = rng.normal(size=(n_people, p))[person] + rng.normal(0, 0.05, (len(person), p))
+    age = rng.normal(50, 10, n_people)[person]
+    ids = [f"s{i:03d}" for i in range(len(person))]
+    feats = pd.DataFrame(x, columns=[f"f{j}" for j in range(p)]).assign(subject_id=ids)
+    pheno = pd.DataFrame({"subject_id": ids, "age": age})
+    split = pd.Series("train", index=ids)  # no held-out subjects: nested CV over all
+    participants = {s: f"P{k}" for s, k in zip(ids, person, strict=True)}
+
+    def r2(groups):
+        res = probe_all({"f": [feats]}, pheno, [AGE], split, FULL_ONLY, groups)["age"]
+        assert res["protocol"] == NESTED_CV
+        row = next(r for r in res["results"] if r["method"] == "linear")
+        return row["metrics"]["r2"]["mean"]
+
+    assert r2(None) > 0.8
+    assert r2(participants) < 0.2
+    groups = np.array([participants[s] for s in ids])
+    sex = np.where(person % 2 == 0, "M", "F")
+    for kind, y in ((REGRESSION, age), (CLASSIFICATION, sex)):
+        for train, test in _split(kind, 5, 0, y, groups, "t"):
+            assert not set(groups[train]) & set(groups[test])
+    with pytest.raises(ProbeError, match="one participant"):
+        _split(REGRESSION, 5, 0, age[:6], np.array(["P"] * 6), "t")

@@ -205,7 +205,14 @@ def test_report_assets(inputs, tmp_path: Path):
     assert set(failures.subject_id) == {"b", "bad id", "c", "d"}
     assert "discovery:illegal_id" in (tmp_path / "failures.tsv").read_text()
     measures = measure_frame(manifest, inputs[4], ["etiv", "surface_holes", "x", "absent"])
-    assert list(measures.columns) == ["subject_id", "status", "etiv", "surface_holes", "x"]
+    assert list(measures.columns) == [
+        "subject_id",
+        "status",
+        "segmenter",
+        "etiv",
+        "surface_holes",
+        "x",
+    ]
     plot_distributions(measures, tmp_path / "dist.png", outlier_z=3.0)
     assert (tmp_path / "dist.png").read_bytes()[:4] == b"\x89PNG"
     cache_dir = tmp_path / "cache"
@@ -264,3 +271,52 @@ def test_unknown_severity_code_is_refused_with_the_known_ones():
     assert "qc:surface_holes" in str(err.value) and "'qc:etiv'" not in str(err.value)
     assert {"qc:stats_subject_mismatch", "qc:multiframe", "qc:empty_atlas"} <= set(KNOWN_CODES)
     QcSettings.from_config({"severity": {"cache:error:MemoryError": "warn"}})  # unexpected errors
+
+
+def test_recon_facts_and_failed_recons_reach_the_manifest(inputs):
+    subjects, report, summaries, fs_qc, tables = inputs
+    subjects = subjects.assign(
+        segmenter="freesurfer",
+        segmenter_version="7.2.0",
+        fs_version="7.2.0",
+        recon_hours="2.950",
+        participant=["", "P1", "P1", "d"],
+    )
+    failed = {
+        "subject_id": "e.long.base",
+        "folder": "/s/e.long.base",
+        "status": "flagged",
+        "reason": "recon_failed",
+        "detail": "freesurfer: scripts/recon-all.error exists: ERROR: mri_ca_register failed",
+    }
+    report = pd.concat([report, pd.DataFrame([failed])], ignore_index=True)
+    checks = build_checks(subjects, report, summaries, fs_qc, tables, QcSettings())
+    final = add_outliers(checks, pd.Series(dtype="int64"), QcSettings())
+    rows = manifest_frame(final).set_index("subject_id")
+    assert rows.loc["c", "fs_version"] == "7.2.0"  # no stats version: discovery's
+    assert (rows.loc["a", "segmenter"], rows.loc["a", "recon_hours"]) == ("freesurfer", "2.950")
+    assert rows.loc["a", "participant"] == "a"  # no participant known: the subject id
+    assert rows.loc["b", "participant"] == rows.loc["c", "participant"] == "P1"
+    failed = rows.loc["e.long.base"]
+    assert failed["status"] == "fail" and failed["reasons"] == ["discovery:recon_failed"]
+    assert "mri_ca_register failed" in failed["detail"] and failed["participant"] == "base"
+    assert rows["participant"].map(type).eq(str).all()
+
+
+def test_mixed_segmenters_warn_and_split_the_qc_page(inputs, tmp_path: Path):
+    subjects, report, summaries, fs_qc, tables = inputs
+    subjects = subjects.assign(segmenter=["freesurfer", "freesurfer", "freesurfer", "fastsurfer"])
+    checks = build_checks(subjects, report, summaries, fs_qc, tables, QcSettings())
+    rows = checks.set_index("subject_id")
+    assert "qc:mixed_segmenters" in rows.loc["d", "reasons"]
+    assert "freesurfer 3, fastsurfer 1" in rows.loc["d", "detail"]
+    assert not any("qc:mixed_segmenters" in r for r in rows.drop("d")["reasons"])
+    assert severity_of("qc:mixed_segmenters", {}) == "warn"
+    one = build_checks(subjects.assign(segmenter="fastsurfer"), report, summaries, fs_qc, tables,
+                       QcSettings())  # fmt: skip
+    assert not any("qc:mixed_segmenters" in r for r in one["reasons"])
+    manifest = manifest_frame(add_outliers(checks, pd.Series(dtype="int64"), QcSettings()))
+    measures = measure_frame(manifest, tables, ["etiv"])
+    assert measures.set_index("subject_id").loc["d", "segmenter"] == "fastsurfer"
+    plot_distributions(measures, tmp_path / "dist.png", outlier_z=3.0)
+    assert (tmp_path / "dist.png").read_bytes()[:4] == b"\x89PNG"

@@ -13,7 +13,7 @@ import pytest
 
 from damt.cli import main
 from damt.errors import SubjectError
-from damt.freesurfer.harmonize import classify_stats_file
+from damt.freesurfer.harmonize import classify_stats_file, table_column_name
 from damt.freesurfer.stats import (
     LONG_COLUMNS,
     StatsParseError,
@@ -26,7 +26,7 @@ from damt.freesurfer.stats import (
     read_long_table,
 )
 from tests.conftest import unprivileged
-from tests.fs_versions import make_fs5_subject, make_fs6_subject
+from tests.fs_versions import label_stats, make_fs5_subject, make_fs6_subject
 
 BERT_TABLE_FILES = 17  # every stats file of bert but the two free-text ?h.curv.stats
 
@@ -209,6 +209,60 @@ def test_fs5_and_fs6_subjects_parse_and_harmonise(bert: Path, tmp_path: Path):
     a2009s = a2009s[a2009s["source_file"] == "lh.aparc.a2009s.stats"]
     assert "G_and_S_frontomargin" in set(a2009s["structure"])
     assert "G&S_frontomargin" in set(a2009s["structure_original"])
+
+
+def test_fs5_label_stats_parsed_generically(bert: Path, tmp_path: Path):
+    fs5 = make_fs5_subject(bert, tmp_path / "fs5")
+    # Any other mris_anatomical_stats -l file is recognised by its header, whatever its name.
+    (fs5 / "stats" / "lh.hippo_custom.stats").write_text(
+        label_stats(bert / "stats" / "lh.BA_exvivo.stats", "lh", "perirhinal_exvivo").replace(
+            "perirhinal_exvivo.stats", "hippo_custom.stats"
+        )
+    )
+    subject = parse_subject_stats(fs5)
+    assert subject.file_errors() == {} and subject.skipped == ["lh.curv.stats", "rh.curv.stats"]
+    by_name = {f.name: f for f in subject.files}
+    ento = by_name["lh.entorhinal_exvivo.stats"]
+    assert (ento.kind, ento.hemisphere) == ("label.entorhinal_exvivo", "lh")
+    assert ento.table.structures == ["entorhinal_exvivo"]
+    assert ento.table.structures_original == ["./lh.entorhinal_exvivo.label"]
+    ref = next(f for f in parse_subject_stats(bert).files if f.name == "lh.BA_exvivo.stats")
+    row = ref.table.values[ref.table.structures.index("entorhinal_exvivo")]
+    assert ento.table.values == [row]  # bert's real numbers, e.g. GrayVol 1475
+    assert by_name["rh.entorhinal_exvivo.stats"].kind == "label.entorhinal_exvivo"
+    assert by_name["lh.hippo_custom.stats"].kind == "label.hippo_custom"
+    assert by_name["lh.hippo_custom.stats"].table.structures == ["hippo_custom"]
+    frame = long_table(subject)
+    gray = frame[(frame.source_file == "lh.entorhinal_exvivo.stats") & (frame.measure == "GrayVol")]
+    assert gray["value"].tolist() == [1475.0]
+    assert table_column_name("label.entorhinal_exvivo", "lh", "entorhinal_exvivo", "GrayVol") == (
+        "lh_entorhinal_exvivo_volume"
+    )
+
+
+def test_fs5_names_a2005s_and_ba_are_kept(bert: Path, tmp_path: Path):
+    subj = tmp_path / "s" / "stats"
+    subj.mkdir(parents=True)
+    shutil.copy(bert / "stats" / "lh.aparc.a2009s.stats", subj / "lh.aparc.a2005s.stats")
+    shutil.copy(bert / "stats" / "lh.BA_exvivo.stats", subj / "lh.BA.stats")
+    kinds = {f.name: f.kind for f in parse_subject_stats(subj.parent).files}
+    assert kinds == {"lh.aparc.a2005s.stats": "aparc.a2005s", "lh.BA.stats": "BA_exvivo"}
+
+
+def test_freesurfer_version_from_old_headers_without_build_stamp(bert: Path, tmp_path: Path):
+    fs5 = make_fs5_subject(bert, tmp_path / "fs5")
+    fs6 = make_fs6_subject(bert, tmp_path / "fs6")
+    for subject in (fs5, fs6):
+        (subject / "scripts" / "build-stamp.txt").unlink()
+    got5, got6 = parse_subject_stats(fs5), parse_subject_stats(fs6)
+    # 5.x: the latest RCS date of its programs is mri_segstats' 2013/02/16 (before 5.3's release).
+    assert (got5.fs_version, got5.fs_version_source) == ("5.x", "cvs_version date 2013/02/16")
+    assert (got6.fs_version, got6.fs_version_source) == ("6.0", "cvs_version date 2016/05/31")
+    # recon-all.done's VERSION, where it names a release, comes before the header dates.
+    done = (bert / "scripts" / "recon-all.done").read_text()
+    (fs6 / "scripts" / "recon-all.done").write_text(done.replace("7.2.0-beta", "6.0.1", 1))
+    got6 = parse_subject_stats(fs6)
+    assert (got6.fs_version, got6.fs_version_source) == ("6.0.1", "recon-all.done")
 
 
 def test_partial_rerun_prefers_the_freesurfer7_file_name(bert: Path, tmp_path: Path):

@@ -19,6 +19,7 @@ import numpy as np
 
 from damt import __version__
 from damt.demo.anatomy import Phenotype, sample_phenotypes, synthesize, vox2ras
+from damt.demo.fastsurfer import write_fastsurfer_files
 from damt.demo.stats_writer import FS_VERSION, stats_files
 from damt.io import atomic_path, write_bytes_atomic
 
@@ -36,11 +37,16 @@ def _save_mgz(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
         tmp_mgz.replace(tmp)
 
 
-def _write_subject(args: tuple[Phenotype, np.random.SeedSequence, str, int]) -> str:
-    ph, seed_seq, out, day = args
+def _write_subject(
+    args: tuple[Phenotype, np.random.SeedSequence, str, int, tuple[str, str] | None],
+) -> str:
+    ph, seed_seq, out, day, fastsurfer = args
     sub = synthesize(ph, np.random.default_rng(seed_seq))
     folder = Path(out) / ph.subject_id
     affine = vox2ras(sub.c_ras)
+    if fastsurfer is not None:
+        write_fastsurfer_files(folder, sub, affine, day, *fastsurfer, save_mgz=_save_mgz)
+        return ph.subject_id
     _save_mgz(sub.t1, affine, folder / "mri" / "brainmask.mgz")
     _save_mgz(sub.aseg, affine, folder / "mri" / "aseg.mgz")
     _save_mgz(sub.aparc_aseg, affine, folder / "mri" / "aparc+aseg.mgz")
@@ -57,11 +63,14 @@ def generate_cohort(
     seed: int = 0,
     workers: int | None = None,
     prefix: str = "sub-",
+    fastsurfer: tuple[str, str] | None = None,
 ) -> list[Phenotype]:
     """Write ``n_subjects`` synthetic subjects and ``phenotypes.tsv`` into ``out``.
 
     Subjects are independent draws from ``seed`` (one child seed each), so the result does not
     depend on ``workers``. Existing subject folders of the same name are overwritten.
+    ``fastsurfer=(version, run)`` writes them in FastSurfer's layout instead
+    (:mod:`damt.demo.fastsurfer`; version 2.1.2, 2.2.0 or 2.3.0; run full, seg_only or failed).
     """
     if n_subjects < 1:
         raise ValueError("n_subjects must be at least 1")
@@ -71,7 +80,7 @@ def generate_cohort(
     pheno_seq, *subject_seqs = root.spawn(n_subjects + 1)
     phenotypes = sample_phenotypes(n_subjects, np.random.default_rng(pheno_seq), prefix=prefix)
     jobs = [
-        (ph, sq, str(out), 1 + i % 28)
+        (ph, sq, str(out), 1 + i % 28, fastsurfer)
         for i, (ph, sq) in enumerate(zip(phenotypes, subject_seqs, strict=True))
     ]
     workers = workers or min(n_subjects, os.cpu_count() or 1)

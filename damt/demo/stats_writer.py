@@ -275,10 +275,12 @@ def brainvol_stats(measures: dict[str, float]) -> str:
     return "".join(lines)
 
 
-def aparc_rows(sub: SyntheticSubject, stats: LabelStats, hemi: str) -> list[dict]:
+def aparc_rows(
+    sub: SyntheticSubject, stats: LabelStats, hemi: str, parcels: dict[int, str] = DESIKAN_PARCELS
+) -> list[dict]:
     """Per-parcel cortical measures: GrayVol from the voxels, area = volume / thickness."""
     rows = []
-    for p_idx, name in DESIKAN_PARCELS.items():
+    for p_idx, name in parcels.items():
         lab = HEMI_OFFSET[hemi] + p_idx
         vol = int(stats.count[lab]) if lab < len(stats.count) else 0
         thick = sub.thickness[lab]
@@ -302,19 +304,25 @@ def aparc_rows(sub: SyntheticSubject, stats: LabelStats, hemi: str) -> list[dict
 
 
 def aparc_stats(
-    sub: SyntheticSubject, stats: LabelStats, measures: dict[str, float], hemi: str, day: int
+    sub: SyntheticSubject,
+    stats: LabelStats,
+    measures: dict[str, float],
+    hemi: str,
+    day: int,
+    parcels: dict[int, str] = DESIKAN_PARCELS,
+    annot: str = "aparc",
 ) -> str:
-    """Text of ``?h.aparc.stats`` (FreeSurfer 7 layout, 34 Desikan parcels)."""
+    """Text of ``?h.{annot}.stats`` (FreeSurfer 7 layout; 34 Desikan parcels by default)."""
     sid = sub.phenotype.subject_id
-    rows = aparc_rows(sub, stats, hemi)
+    rows = aparc_rows(sub, stats, hemi, parcels)
     area = sum(r["SurfArea"] for r in rows)
     mean_thick = sum(r["SurfArea"] * r["ThickAvg"] for r in rows) / max(area, 1)
     head = _header(
         sub,
         "",
         "mris_anatomical_stats",
-        f"mris_anatomical_stats -th3 -mgz -f ../stats/{hemi}.aparc.stats -b "
-        f"-a ../label/{hemi}.aparc.annot {sid} {hemi} white (synthetic: damt demo-data)",
+        f"mris_anatomical_stats -th3 -mgz -f ../stats/{hemi}.{annot}.stats -b "
+        f"-a ../label/{hemi}.{annot}.annot {sid} {hemi} white (synthetic: damt demo-data)",
         "surface",
     )
     # The aparc header opens with its own title line and a creation time.
@@ -325,7 +333,7 @@ def aparc_stats(
     )
     lines = [
         head,
-        f"# hemi {hemi}\n# AnnotationFile ../label/{hemi}.aparc.annot\n",
+        f"# hemi {hemi}\n# AnnotationFile ../label/{hemi}.{annot}.annot\n",
         f"# Measure Cortex, NumVert, Number of Vertices, {round(area * 1.47)}, unitless\n",
         f"# Measure Cortex, WhiteSurfArea, White Surface Total Area, {area:.1f}, mm^2\n",
         f"# Measure Cortex, MeanThickness, Mean Thickness, {mean_thick:.5f}, mm\n",

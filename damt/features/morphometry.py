@@ -280,6 +280,8 @@ class SubjectInput:
     long: Mapping[str, Sequence] | None = None
     file_errors: dict[str, str] = field(default_factory=dict)
     fs_version: str = ""
+    segmenter: str = ""
+    segmenter_version: str = ""
 
 
 def _slots(features: Iterable[Feature]) -> set[tuple[str, str]]:
@@ -311,6 +313,8 @@ def _subject_status(
         "detail": detail,
         "n_missing": n_missing,
         "fs_version": subject.fs_version,
+        "segmenter": subject.segmenter,
+        "segmenter_version": subject.segmenter_version,
         "source_files": sorted({s for s in row.sources if s}),
     }
 
@@ -406,6 +410,8 @@ def load_subject_input(
         long,
         dict(info.get("file_errors", {})),
         info.get("fs_version", ""),
+        info.get("segmenter", ""),
+        info.get("segmenter_version", ""),
     )
 
 

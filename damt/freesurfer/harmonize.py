@@ -8,6 +8,9 @@ Known differences handled here:
 
 - file names: ``?h.aparc.DKTatlas40.stats`` (5.3) → ``aparc.DKTatlas``; ``?h.BA.stats`` and
   ``?h.BA.thresh.stats`` (5.x) → ``BA_exvivo`` and ``BA_exvivo.thresh`` (6.0 renamed them);
+  FastSurfer's ``?h.aparc.DKTatlas.mapped.stats`` → ``aparc.DKTatlas``,
+  ``wmparc.DKTatlas.mapped.stats`` → ``wmparc``, ``aparc.DKTatlas+aseg.deep.volume.stats``
+  (v1.x/2.0) → ``aseg+DKT`` (v2.1+'s name);
 - structures: ``*-Thalamus-Proper`` (5.x, 6.0) → ``*-Thalamus`` (7.x); Destrieux names with
   ``&`` (6.0, e.g. ``G&S_frontomargin``) → ``_and_`` (5.x, 7.x); Brodmann labels without the
   ``_exvivo`` suffix (5.x ``BA1``) → ``BA1_exvivo``;
@@ -25,12 +28,14 @@ from damt.freesurfer.labels import ASEG_STATS_ROWS, DESIKAN_PARCELS
 
 # Part of the stats stage's cache key: bump when a table below changes, so cached per-subject
 # results are recomputed with the new names.
-HARMONIZATION_VERSION = "1"
+HARMONIZATION_VERSION = "2"  # 2: label-based stats (label.NAME kinds), FastSurfer's files
 
 HEMISPHERES = ("lh", "rh")
 
 # Stats files recon-all writes, by canonical kind (file name without hemisphere and ".stats").
-SEGSTATS_KINDS = ("aseg", "wmparc")  # mri_segstats tables over a volume segmentation
+# mri_segstats tables over a volume segmentation, and FastSurfer's segstats.py ones (aseg+DKT:
+# its deep segmentation; the CerebNet and HypVINN modules).
+SEGSTATS_KINDS = ("aseg", "wmparc", "aseg+DKT", "cerebellum.CerebNet", "hypothalamus.HypVINN")
 VOLUME_KINDS = (*SEGSTATS_KINDS, "brainvol")
 SURFACE_KINDS = (
     "aparc",
@@ -50,9 +55,30 @@ FILE_KIND_ALIASES = {
     "aparc.DKTatlas40": "aparc.DKTatlas",
     "BA": "BA_exvivo",
     "BA.thresh": "BA_exvivo.thresh",
+    # FastSurfer's surface module: its DKT parcellation mapped onto the surface.
+    "aparc.DKTatlas.mapped": "aparc.DKTatlas",
+    "wmparc.DKTatlas.mapped": "wmparc",
+    # FastSurfer v1.x/v2.0 --vol_segstats: mri_segstats on the deep segmentation.
+    "aparc.DKTatlas+aseg.deep.volume": "aseg+DKT",
 }
 
 _STATS_NAME = re.compile(r"(?:(lh|rh)\.)?(.+)\.stats")
+
+# Label-based cortical stats (``mris_anatomical_stats -l ?h.NAME.label``, one row for the label):
+# kind ``label.NAME``. recon-all 5.x writes ``?h.entorhinal_exvivo.stats``; other files of this
+# shape are recognised by their header (see :func:`damt.freesurfer.stats.list_stats_files`).
+LABEL_KIND_PREFIX = "label."
+LABEL_STATS_NAMES = ("entorhinal_exvivo", "perirhinal_exvivo")
+
+
+def label_kind(label: str) -> str:
+    """Kind of the label-based stats file of ``label`` (``entorhinal_exvivo`` → ``label.…``)."""
+    return f"{LABEL_KIND_PREFIX}{label}"
+
+
+def is_label_kind(kind: str) -> bool:
+    """True for the kinds of label-based cortical stats files."""
+    return kind.startswith(LABEL_KIND_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -73,6 +99,8 @@ def classify_stats_file(name: str) -> FileKind | None:
     if match is None:
         return None
     hemi, kind = match.group(1) or "", match.group(2)
+    if hemi and kind in LABEL_STATS_NAMES:
+        return FileKind(label_kind(kind), hemi)
     kind = FILE_KIND_ALIASES.get(kind, kind)
     if kind not in KINDS or (kind in SURFACE_KINDS) != bool(hemi):
         return None
@@ -100,6 +128,10 @@ def canonical_structures(kind: str, names: list[str]) -> list[str]:
         return [n.replace("&", "_and_") for n in names]
     if kind.startswith("BA_exvivo"):
         return [n if n.endswith("_exvivo") else f"{n}_exvivo" for n in names]
+    if is_label_kind(kind) and len(names) == 1:
+        # The row names the label file ("./lh.entorhinal_exvivo.label") or the label: the
+        # structure is the label either way, the same in every subject.
+        return [kind[len(LABEL_KIND_PREFIX) :]]
     return list(names)
 
 
@@ -193,7 +225,8 @@ def table_column_name(kind: str, hemisphere: str, structure: str, measure: str) 
     """
     if kind in SEGSTATS_KINDS:
         return structure if measure == "Volume_mm3" else f"{structure}_{measure}"
-    suffix = APARC_MEASURE_NAMES.get(measure, measure) if kind in ANATOMICAL_KINDS else measure
+    anatomical = kind in ANATOMICAL_KINDS or is_label_kind(kind)
+    suffix = APARC_MEASURE_NAMES.get(measure, measure) if anatomical else measure
     return f"{hemisphere}_{structure}_{suffix}"
 
 

@@ -25,10 +25,21 @@ from typing import NamedTuple
 from damt.errors import SubjectError
 from damt.freesurfer.harmonize import (
     KINDS,
+    FileKind,
     canonical_measure,
     canonical_structures,
     classify_stats_file,
+    label_kind,
     stats_file_name,
+)
+from damt.freesurfer.recon import (
+    FASTSURFER,
+    FREESURFER,
+    build_stamp_version,
+    done_fields,
+    fastsurfer_version,
+    is_fastsurfer,
+    release_of,
 )
 
 LONG_COLUMNS = (
@@ -45,7 +56,13 @@ STRUCT_COLUMN = "StructName"
 # Kinds whose files must hold a table; a file of these kinds without one is truncated.
 _TABLE_KINDS = frozenset(k for k in KINDS if k != "brainvol")
 _RELEASE = re.compile(r"v?(\d+\.\d+(?:\.\d+)?(?:-(?:alpha|beta|rc)\d*)?)")
-_BUILD_STAMP_VERSION = re.compile(r"freesurfer-.*?[-_]v?(\d+\.\d+\.\d+(?:-(?:alpha|beta|rc)\d*)?)")
+# FreeSurfer 5.x/6.0 write an RCS id, "$Id: mri_segstats.c,v 1.75.2.9 2013/02/16 00:09:33 ...$":
+# the date of the program's last change before its release.
+_RCS_DATE = re.compile(r"\$Id: \S+,v [\d.]+ (\d{4})/(\d{2})/(\d{2}) ")
+# The last day a program in a release can have changed: the 5.3.0 release (2013-05) ends the
+# 5.x series; later RCS ids are 6.0 (7.x writes the release instead of an RCS id).
+_RCS_SERIES = (("2013/05/31", "5.x"), ("9999/12/31", "6.0"))
+_LABEL_SNIFF_BYTES = 4096
 
 
 class StatsParseError(ValueError):
@@ -115,6 +132,12 @@ class StatsFile:
     cvs_version = _header_field("cvs_version")
     subject_name = _header_field("subjectname")
     creation_time = _header_field("CreationTime")
+
+    @property
+    def rcs_date(self) -> str:
+        """``YYYY/MM/DD`` of the RCS id in ``cvs_version`` (FreeSurfer 5.x/6.0), else ""."""
+        match = _RCS_DATE.search(self.cvs_version)
+        return "/".join(match.groups()) if match else ""
 
     @property
     def fs_version(self) -> str:
@@ -412,7 +435,10 @@ class SubjectStats:
     skipped: list[str] = field(default_factory=list)  # file names the package does not model
     errors: dict[str, StatsParseError] = field(default_factory=dict)  # file name → error
     fs_version: str = ""
-    fs_version_source: str = ""  # "stats header", "build-stamp" or ""
+    # "stats header", "build-stamp", "recon-all.done", "cvs_version date YYYY/MM/DD" or ""
+    fs_version_source: str = ""
+    segmenter: str = FREESURFER  # or "fastsurfer" (damt.freesurfer.recon.is_fastsurfer)
+    segmenter_version: str = ""  # FastSurfer's version; FreeSurfer's is fs_version
 
     def file_errors(self) -> dict[str, str]:
         """``{file name: "path:line: message"}``."""
@@ -445,7 +471,7 @@ def list_stats_files(stats_dir: str | Path) -> tuple[list[tuple[str, str, str]],
     chosen: dict[tuple[str, str], str] = {}
     skipped: list[str] = []
     for name in names:
-        fk = classify_stats_file(name)
+        fk = classify_stats_file(name) or _label_stats_kind(stats_dir / name)
         if fk is None:
             skipped.append(name)
             continue
@@ -461,14 +487,40 @@ def list_stats_files(stats_dir: str | Path) -> tuple[list[tuple[str, str, str]],
     return files, sorted(skipped)
 
 
-def build_stamp_version(subject_dir: str | Path) -> str:
-    """FreeSurfer release named by ``scripts/build-stamp.txt`` ("" when absent or unknown)."""
+def _label_stats_kind(path: Path) -> FileKind | None:
+    """Kind of a ``?h.NAME.stats`` file that ``mris_anatomical_stats -l`` wrote, from its header."""
+    parts = path.name.split(".")
+    if len(parts) < 3 or parts[0] not in ("lh", "rh"):
+        return None
     try:
-        text = (Path(subject_dir) / "scripts" / "build-stamp.txt").read_text(errors="replace")
+        with open(path, "rb") as fh:
+            head = fh.read(_LABEL_SNIFF_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    cmdline = re.search(r"^# cmdline (.*)$", head, re.M)
+    if "generating_program mris_anatomical_stats" not in head or cmdline is None:
+        return None
+    args = cmdline.group(1).split()
+    if "-l" not in args or "-a" in args:
+        return None
+    return FileKind(label_kind(".".join(parts[1:-1])), parts[0])
+
+
+def recon_done_version(subject_dir: str | Path) -> str:
+    """FreeSurfer release of the ``VERSION`` line of ``scripts/recon-all.done`` ("" if none)."""
+    try:
+        text = (Path(subject_dir) / "scripts" / "recon-all.done").read_text(errors="replace")
     except OSError:
         return ""
-    match = _BUILD_STAMP_VERSION.match(text.strip())
-    return match.group(1) if match else ""
+    return release_of(done_fields(text).get("VERSION", ""))
+
+
+def rcs_series(files: Iterable[StatsFile]) -> tuple[str, str]:
+    """FreeSurfer series (``5.x``/``6.0``) and the latest RCS date of the files' headers."""
+    latest = max((f.rcs_date for f in files if f.rcs_date), default="")
+    if not latest:
+        return "", ""
+    return next(series for end, series in _RCS_SERIES if latest <= end), latest
 
 
 def parse_subject_stats(subject_dir: str | Path, subject_id: str | None = None) -> SubjectStats:
@@ -481,6 +533,8 @@ def parse_subject_stats(subject_dir: str | Path, subject_id: str | None = None) 
     stats_dir = stats_dir_of(subject_dir)
     to_parse, skipped = list_stats_files(stats_dir)
     result = SubjectStats(subject_id or subject_dir.name, str(stats_dir), skipped=skipped)
+    if is_fastsurfer(subject_dir):
+        result.segmenter, result.segmenter_version = FASTSURFER, fastsurfer_version(subject_dir)
     for name, kind, hemi in to_parse:
         path = stats_dir / name
         try:
@@ -490,10 +544,17 @@ def parse_subject_stats(subject_dir: str | Path, subject_id: str | None = None) 
     versions = Counter(f.fs_version for f in result.files if f.fs_version)
     if versions:
         result.fs_version, result.fs_version_source = versions.most_common(1)[0][0], "stats header"
-    else:
-        stamp = build_stamp_version(subject_dir)
-        if stamp:
-            result.fs_version, result.fs_version_source = stamp, "build-stamp"
+        return result
+    for source, version in (
+        ("build-stamp", build_stamp_version(subject_dir)),
+        ("recon-all.done", recon_done_version(subject_dir)),
+    ):
+        if version:
+            result.fs_version, result.fs_version_source = version, source
+            return result
+    series, date = rcs_series(result.files)
+    if series:
+        result.fs_version, result.fs_version_source = series, f"cvs_version date {date}"
     return result
 
 
@@ -510,6 +571,8 @@ def stats_input_files(subject_dir: str | Path) -> list[Path]:
         stats_dir,
         *(stats_dir / n for n in names),
         subject_dir / "scripts" / "build-stamp.txt",
+        subject_dir / "scripts" / "recon-all.done",
+        subject_dir / "scripts" / "deep-seg.log",
     ]
 
 
@@ -578,6 +641,8 @@ def subject_metadata(subject: SubjectStats) -> dict:
         "stats_dir": subject.stats_dir,
         "fs_version": subject.fs_version,
         "fs_version_source": subject.fs_version_source,
+        "segmenter": subject.segmenter,
+        "segmenter_version": subject.segmenter_version or subject.fs_version,
         "files": {f.name: f.metadata() for f in subject.files},
         "skipped": subject.skipped,
         "file_errors": subject.file_errors(),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import pandas as pd
 
+from damt.discovery import participant_from_name
 from damt.features import FEATURE_GROUPS
 from damt.features.tables import KEY, feature_columns
 from damt.split import HOLDOUT
@@ -45,6 +46,7 @@ KNOWN_CODES: tuple[str, ...] = tuple(
                     "unreadable",
                     "duplicate_id",
                     "listed_not_found",
+                    "recon_failed",
                 )
             ),
             *(
@@ -96,6 +98,7 @@ KNOWN_CODES: tuple[str, ...] = tuple(
                     "etiv_missing",
                     "stats_subject_mismatch",
                     "outliers",
+                    "mixed_segmenters",
                 )
             ),
             *(f"features:{g}_missing" for g in FEATURE_GROUPS),
@@ -390,7 +393,10 @@ def build_checks(
                     else ""
                 ),
                 **{f"has_{g}": sid in available.get(g, set()) for g in FEATURE_GROUPS},
-                "fs_version": ((stats_row or {}).get("info") or {}).get("fs_version", ""),
+                "fs_version": ((stats_row or {}).get("info") or {}).get("fs_version", "")
+                or getattr(rec, "fs_version", ""),
+                **{c: getattr(rec, c, "") for c in RECON_COLUMNS},
+                "participant": getattr(rec, "participant", "") or sid,
                 "surface_holes": holes,
                 "etiv": etiv,
             }
@@ -406,12 +412,36 @@ def build_checks(
                 "cache_dir": "",
                 **{f"has_{g}": False for g in FEATURE_GROUPS},
                 "fs_version": "",
+                **dict.fromkeys(RECON_COLUMNS, ""),
+                "participant": participant_from_name(rec.subject_id),
                 "surface_holes": np.nan,
                 "etiv": np.nan,
             }
         )
     frame = pd.DataFrame(rows)
+    frame["issues"] = mixed_segmenter_issues(frame)
     return _finish(frame, s).sort_values(KEY, ignore_index=True)
+
+
+def mixed_segmenter_issues(frame: pd.DataFrame) -> list[list[tuple[str, str]]]:
+    """Issue lists with ``qc:mixed_segmenters`` added to every subject outside the cohort's
+    most common segmenter, when the included subjects were segmented by more than one (FreeSurfer
+    and FastSurfer volumes and stats differ systematically)."""
+    included = frame[(frame["discovery"] == "included") & (frame["segmenter"] != "")]
+    counts = included["segmenter"].value_counts()
+    if len(counts) < 2:
+        return list(frame["issues"])
+    majority = counts.index[0]
+    split = ", ".join(f"{name} {n}" for name, n in counts.items())
+    detail = f"the cohort mixes segmenters ({split}); this subject is not {majority}"
+    return [
+        [*issues, ("qc:mixed_segmenters", detail)]
+        if disc == "included" and seg not in ("", majority)
+        else list(issues)
+        for issues, disc, seg in zip(
+            frame["issues"], frame["discovery"], frame["segmenter"], strict=True
+        )
+    ]
 
 
 def _finish(frame: pd.DataFrame, s: QcSettings) -> pd.DataFrame:
@@ -456,8 +486,12 @@ def add_outliers(checks: pd.DataFrame, outliers: pd.Series, s: QcSettings) -> pd
     return _finish(frame, s)
 
 
+# What discovery read from the recon's status files (damt.freesurfer.recon), per subject.
+RECON_COLUMNS = ("segmenter", "segmenter_version", "recon_hours")
+
 MANIFEST_COLUMNS = [
     KEY,
+    "participant",
     "status",
     "reasons",
     "detail",
@@ -467,6 +501,7 @@ MANIFEST_COLUMNS = [
     "cache_dir",
     *(f"has_{g}" for g in FEATURE_GROUPS),
     "fs_version",
+    *RECON_COLUMNS,
     "surface_holes",
     "etiv",
     "n_outliers",

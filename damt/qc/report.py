@@ -19,8 +19,9 @@ STATUS_COLOURS = {"pass": "tab:green", "warn": "tab:orange", "fail": "tab:red"}
 def measure_frame(
     manifest: pd.DataFrame, tables: Mapping[str, pd.DataFrame], measures: Sequence[str]
 ) -> pd.DataFrame:
-    """Key measures per subject: manifest columns or columns of any feature table."""
-    out = manifest[[KEY, "status"]].copy()
+    """Key measures per subject: manifest columns or columns of any feature table (with the
+    subject's ``segmenter`` where the manifest has one)."""
+    out = manifest[[KEY, "status", *(["segmenter"] if "segmenter" in manifest else [])]].copy()
     for name in measures:
         if name in manifest.columns:
             out[name] = manifest[name].to_numpy()
@@ -33,10 +34,22 @@ def measure_frame(
 
 
 def plot_distributions(measures: pd.DataFrame, path: str | Path, outlier_z: float) -> None:
-    """One strip plot per measure, coloured by QC status; robust-z outliers are labelled."""
+    """One strip plot per measure, coloured by QC status; robust-z outliers are labelled.
+
+    A cohort of several segmenters (FreeSurfer and FastSurfer) gets one strip per segmenter.
+    """
     cols = [
-        c for c in measures.columns if c not in (KEY, "status") and measures[c].notna().sum() > 0
+        c
+        for c in measures.columns
+        if c not in (KEY, "status", "segmenter") and measures[c].notna().sum() > 0
     ]
+    segmenters = (
+        measures["segmenter"].replace("", "unknown").to_numpy()
+        if "segmenter" in measures
+        else np.full(len(measures), "")
+    )
+    groups = sorted(set(segmenters))
+    position = np.array([groups.index(g) for g in segmenters], dtype=float)
     n = max(len(cols), 1)
     ncols = min(4, n)
     nrows = (n + ncols - 1) // ncols
@@ -48,14 +61,17 @@ def plot_distributions(measures: pd.DataFrame, path: str | Path, outlier_z: floa
         med = np.nanmedian(vals)
         mad = np.nanmedian(np.abs(vals - med)) * 1.4826
         z = (vals - med) / mad if mad > 0 else np.zeros_like(vals)
-        jitter = rng.uniform(-0.2, 0.2, size=len(vals))
+        jitter = position + rng.uniform(-0.2, 0.2, size=len(vals))
         for status, colour in STATUS_COLOURS.items():
             sel = ok & (measures["status"].to_numpy() == status)
             ax.scatter(jitter[sel], vals[sel], s=18, c=colour, label=status, alpha=0.8)
         for i in np.flatnonzero(ok & (np.abs(z) > outlier_z)):
             ax.annotate(measures[KEY].iloc[i], (jitter[i], vals[i]), fontsize=7, color="red")
         ax.set_title(col, fontsize=9)
-        ax.set_xticks([])
+        if len(groups) > 1:
+            ax.set_xticks(range(len(groups)), groups, fontsize=7)
+        else:
+            ax.set_xticks([])
     for ax in axes.ravel()[len(cols) :]:
         ax.axis("off")
     if cols:

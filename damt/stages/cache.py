@@ -15,7 +15,7 @@ stage, so editing them never recomputes a cache.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from damt.io import sha256_file
 from damt.paths import ATLAS_FILE, IMAGE_FILE
 from damt.stages.image_atlas import ImageAtlasStage, check_pair
 from damt.stages.store import OK, SubjectError, SubjectResult, SubjectTask
-from damt.volumes import Volume, load_volume
+from damt.volumes import Volume, grid_difference, load_volume
 
 
 @dataclass(frozen=True)
@@ -140,11 +140,12 @@ class CacheStage(ImageAtlasStage):
         settings: CacheSettings,
         image: str = "mri/brainmask.mgz",
         atlas: str = "mri/aparc+aseg.mgz",
+        fastsurfer: Mapping | None = None,
     ):
         self.label_table_path = str(label_table)
         self.label_table_hash = sha256_file(label_table)
         self.settings = settings
-        super().__init__(image, atlas)
+        super().__init__(image, atlas, fastsurfer)
         self.table: LabelTable | None = None
 
     def setup(self) -> None:
@@ -159,13 +160,21 @@ class CacheStage(ImageAtlasStage):
 
     def compute(self, task: SubjectTask, workdir: Path) -> SubjectResult:
         assert self.table is not None, "setup() reads the label table"
-        image, atlas = self.load_pair(task, load_volume)
-        check_pair(image.grid, atlas.grid, image.data, self.image)
+        image_name, atlas_name, _ = self.volumes_of(task)
+        image, atlas, mask = self.load_pair(task, load_volume)
+        check_pair(image.grid, atlas.grid, image.data, image_name)
+        if mask is not None:
+            diff = grid_difference(image.grid, mask.grid)
+            if diff is not None:
+                raise SubjectError("grid_mismatch", f"image and mask grids differ: {diff}")
+            image = replace(
+                image, data=np.where(mask.data > 0, image.data, 0).astype(image.data.dtype)
+            )
         if not (image.data > 0).any():
-            raise SubjectError("empty_image", f"{self.image} has no voxel above 0")
-        check_labels(atlas.data, self.atlas)
+            raise SubjectError("empty_image", f"{image_name} has no voxel above 0")
+        check_labels(atlas.data, atlas_name)
         qc = volume_qc(image, atlas, self.table)
-        qc["n_frames"] = {self.image: image.n_frames, self.atlas: atlas.n_frames}
+        qc["n_frames"] = {image_name: image.n_frames, atlas_name: atlas.n_frames}
         img, classes, unknown = preprocess(image, atlas, self.settings, self.table)
         np.save(workdir / IMAGE_FILE, img)
         np.save(workdir / ATLAS_FILE, classes)
@@ -186,4 +195,6 @@ def stage_from_settings(cache: Mapping) -> CacheStage:
     settings = CacheSettings(
         cache["spacing"], cache["min_size"], tuple(cache["percentiles"]), cache["orientation"]
     )
-    return CacheStage(cache["label_table"], settings, cache["image"], cache["atlas"])
+    return CacheStage(
+        cache["label_table"], settings, cache["image"], cache["atlas"], cache.get("fastsurfer")
+    )

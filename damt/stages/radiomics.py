@@ -40,12 +40,13 @@ class RadiomicsStage(ImageAtlasStage):
         image: str = "mri/brainmask.mgz",
         atlas: str = "mri/aparc+aseg.mgz",
         threads: int = 1,
+        fastsurfer: Mapping | None = None,
     ):
         self.params_path = str(params)
         self.params_hash = sha256_file(params)
         self.roi_spec = {k: list(v) for k, v in rois.items()}
         self.rois = parse_rois(self.roi_spec)
-        super().__init__(image, atlas)
+        super().__init__(image, atlas, fastsurfer)
         self.threads = threads
         self.extractor: Extractor | None = None
 
@@ -57,7 +58,7 @@ class RadiomicsStage(ImageAtlasStage):
 
     def compute(self, task: SubjectTask, workdir: Path) -> SubjectResult:
         assert self.extractor is not None, "setup() builds the extractor"
-        image, atlas = self.load_pair(task, load_sitk)
+        image, atlas, _ = self.load_pair(task, load_sitk)
         features, errors = extract_rois(self.extractor, image, atlas, self.rois)
         if not features:
             reasons = sorted({e.split(":", 1)[0] for e in errors.values()})

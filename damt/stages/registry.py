@@ -15,7 +15,12 @@ def _radiomics(settings: Mapping, threads: int) -> Stage:
     from damt.stages.radiomics import RadiomicsStage
 
     return RadiomicsStage(
-        settings["params"], settings["rois"], settings["image"], settings["atlas"], threads
+        settings["params"],
+        settings["rois"],
+        settings["image"],
+        settings["atlas"],
+        threads,
+        settings.get("fastsurfer"),
     )
 
 

@@ -40,7 +40,10 @@ class StatsStage(Stage):
     """Parse every modelled stats file of a subject into ``stats.parquet`` (long table)."""
 
     name = STAGE
-    version = "3"  # 3: nan/inf values become NaN and are listed in info["nonfinite_values"]
+    # 3: nan/inf values become NaN and are listed in info["nonfinite_values"]; 4: label-based
+    # stats files parsed, FreeSurfer version from recon-all.done or 5.x/6.0 RCS dates,
+    # FastSurfer's files and info["segmenter"]
+    version = "4"
 
     def params(self) -> dict:
         return {"harmonization": HARMONIZATION_VERSION}
@@ -66,6 +69,8 @@ class StatsStage(Stage):
         info = {
             "fs_version": subject.fs_version,
             "fs_version_source": subject.fs_version_source,
+            "segmenter": subject.segmenter,
+            "segmenter_version": subject.segmenter_version or subject.fs_version,
             "files": [f.name for f in subject.files],
             "skipped": subject.skipped,
             "file_errors": errors,
