@@ -98,7 +98,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     # torchrun starts each trainer in a session of its own: die with it, not after it.
     die_with_parent()
-    config = load_config(args.config, sections=("pretrain",))
+    config = load_config(args.config, sections=("pretrain", "probe"))
     inputs = TrainInputs.from_arguments(
         args.manifest,
         args.label_table,

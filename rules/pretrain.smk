@@ -24,6 +24,7 @@ rule pretrain:
     params:
         run_dir=lambda wildcards, output: os.path.dirname(output.encoder),
         pretrain=config["pretrain"],
+        evaluation={k: config["probe"][k] for k in ("phenotypes", "targets")},
     script:
         "../workflow/scripts/pretrain.py"
 

@@ -16,6 +16,8 @@ import torch
 from damt.io import atomic_path
 
 LATEST = "checkpoint.pt"
+# The checkpoint of the best held-out k-NN score (pretrain.keep_best).
+BEST = "best.pt"
 
 
 def save_checkpoint(folder: str | Path, state: dict, epoch: int, save_every: int) -> Path:

@@ -77,6 +77,9 @@ OPERATIONAL_KEYS = frozenset(
         "run_name",  # the run folder itself
         "attention",  # the same function and weights, computed by another kernel
         "compile",  # the same step, compiled
+        "eval_every",  # a held-out k-NN score now and then: the model trains the same
+        "eval_subjects",
+        "keep_best",  # keeps a copy of one checkpoint
         "collective_timeout_s",  # how long a rank waits for the others before failing
     }
 )
@@ -442,10 +445,12 @@ def launch(
     granted_gpus: int,
     cores: int,
     log_file: str | None = None,
+    evaluation: dict | None = None,
 ) -> None:
     """Plan, then train/resume under torchrun or export the finished run.
 
-    ``pretrain`` is the config's ``pretrain`` section (the rule's params).
+    ``pretrain`` is the config's ``pretrain`` section (the rule's params); ``evaluation`` the
+    ``probe`` keys the held-out k-NN evaluation reads (``phenotypes``, ``targets``).
     """
     # Validate everything before the run folder is touched: a bad config must never cost the
     # checkpoints of a trained model (supersede() below moves them aside).
@@ -460,7 +465,8 @@ def launch(
         supersede(run_dir)
     # The run's settings (config files and command-line overrides merged) for the trainer.
     config_file = run_dir / RUN_CONFIG_FILE
-    config_file.write_text(yaml.safe_dump({"pretrain": pretrain}, sort_keys=False))
+    run_config = {"pretrain": pretrain, "probe": dict(evaluation or {})}
+    config_file.write_text(yaml.safe_dump(run_config, sort_keys=False))
     if plan.sign:
         write_json_atomic(run_dir / SIGNATURE_FILE, current)
     train_args = [

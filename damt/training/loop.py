@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -25,12 +26,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from damt.features import FEATURE_GROUPS, TASK_FEATURE_GROUPS
+from damt.io import atomic_path
 from damt.model.network import DAMTNetwork
 from damt.model.spec import NetworkSpec
 from damt.paths import ENCODER_FILE, MODEL_CARD_FILE, normalized_table_file
-from damt.training.checkpoint import load_latest, run_lock, save_checkpoint
+from damt.training.checkpoint import BEST, load_latest, run_lock, save_checkpoint
 from damt.training.data import PretrainDataset, TrainingData, load_training_data
 from damt.training.distributed import DistEnv, all_reduce, barrier, init_distributed, shutdown
+from damt.training.evaluate import build_eval_set, evaluate, primary
 from damt.training.export import export_encoder, write_model_card
 from damt.training.metrics import MetricsLog, read_records
 from damt.training.objective import PretrainObjective
@@ -455,6 +458,19 @@ def _train(
             sum(p.numel() for p in objective.parameters()) / 1e6,
         )  # fmt: skip
 
+    # ============ the held-out k-NN evaluation (pretrain.eval_every) ... ============
+    eval_set = None
+    if settings.eval_every:
+        probe = config.get("probe") or {}
+        eval_set = build_eval_set(
+            inputs.manifest,
+            probe.get("phenotypes"),
+            probe.get("targets", []),
+            settings.eval_subjects,
+            spec.encoder.stride,
+        )
+    best = None if state is None else state.get("eval_best")
+
     # ============ training ... ============
     metrics = MetricsLog(
         run_dir, trainer.start_epoch, trainer.start_epoch * trainer.iters, active=env.is_main
@@ -465,12 +481,37 @@ def _train(
         # Seeded per epoch and rank so a resumed run draws what an uninterrupted one would.
         torch.manual_seed(_seed_for(settings.seed, epoch, env.rank))
         record = trainer.run_epoch(epoch, metrics)
+        improved = False
+        due = (epoch + 1) % max(settings.eval_every, 1) == 0 or epoch + 1 == settings.epochs
+        if eval_set is not None and due:
+            encoder = objective.network.encoder.swinViT
+            record |= evaluate(encoder, eval_set, env.rank, env.world_size, settings.seed)
+            score = primary(record, eval_set)
+            if score is not None and (best is None or score[1] > best["score"]):
+                best = {"epoch": epoch + 1, "metric": score[0], "score": score[1]}
+                improved = True
+            if env.is_main:
+                log.info(
+                    "epoch %d/%d evaluation (%.1f s): %s", epoch + 1, settings.epochs,
+                    record["eval/seconds"],
+                    ", ".join(f"{k[5:]} {v:.3g}" for k, v in record.items()
+                              if k.startswith("eval/") and k != "eval/seconds"),
+                )  # fmt: skip
+        facts["eval_best"] = best if settings.keep_best else None
 
         # ============ writing logs and the checkpoint ... ============
         if env.is_main:
             metrics.epoch(record)
-            checkpoint = {**trainer.state(epoch + 1), "network": spec.to_dict(), "run": facts}
-            save_checkpoint(ckpt_dir, checkpoint, epoch + 1, settings.save_every)
+            checkpoint = {
+                **trainer.state(epoch + 1),
+                "network": spec.to_dict(),
+                "run": facts,
+                "eval_best": best,
+            }
+            latest = save_checkpoint(ckpt_dir, checkpoint, epoch + 1, settings.save_every)
+            if improved and settings.keep_best:
+                with atomic_path(ckpt_dir / BEST) as tmp:
+                    shutil.copyfile(latest, tmp)
             log.info(
                 "epoch %d/%d: loss %.4g, %.2f samples/s, %d skipped steps",
                 epoch + 1, settings.epochs,
@@ -537,6 +578,12 @@ def _finish(
                 "config": facts["config"],
                 "final_epoch": last_record,
                 "learning_signals": card_summary(last_record),
+                # pretrain.keep_best: the checkpoint of the best held-out k-NN score.
+                "best_checkpoint": (
+                    {**facts["eval_best"], "file": f"checkpoints/{BEST}"}
+                    if facts.get("eval_best")
+                    else None
+                ),
             },
             data=facts["data"],
         )

@@ -35,7 +35,8 @@ def plot_training(run_dir: str | Path, curves: str | Path, weights: str | Path) 
     """Write the two figures from ``metrics.jsonl``; return the number of epochs plotted.
 
     ``curves``: the total and per-task losses, then a row of per-task learning signals, each
-    with its chance level dashed (``damt.training.signals``). ``weights``: the task weights.
+    with its chance level dashed (``damt.training.signals``), then the held-out k-NN scores of
+    ``pretrain.eval_every`` where there are any. ``weights``: the task weights.
     """
     records = read_records(run_dir)
     if not records:
@@ -46,10 +47,13 @@ def plot_training(run_dir: str | Path, curves: str | Path, weights: str | Path) 
     loss_panels += list(losses.items())
     signals = _series(records, "signal/")
     chances = _series(records, "chance/")
-    ncols = min(4, max(len(loss_panels), len(signals), 1))
+    # The held-out k-NN scores (pretrain.eval_every), one panel per target and metric.
+    evals = {k: v for k, v in _series(records, "eval/").items() if k != "seconds"}
+    ncols = min(4, max(len(loss_panels), len(signals), len(evals), 1))
     loss_rows = (len(loss_panels) + ncols - 1) // ncols
     signal_rows = (len(signals) + ncols - 1) // ncols
-    nrows = loss_rows + signal_rows
+    eval_rows = (len(evals) + ncols - 1) // ncols
+    nrows = loss_rows + signal_rows + eval_rows
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
@@ -57,14 +61,24 @@ def plot_training(run_dir: str | Path, curves: str | Path, weights: str | Path) 
         ax.axis("on")
         ax.plot(xs, ys, marker="o", ms=3)
         _panel(ax, f"loss: {name}")
-    for ax, (name, (xs, ys)) in zip(axes[loss_rows:].ravel(), signals.items(), strict=False):
+    signal_axes = axes[loss_rows : loss_rows + signal_rows].ravel()
+    for ax, (name, (xs, ys)) in zip(signal_axes, signals.items(), strict=False):
         ax.axis("on")
         ax.plot(xs, ys, marker="o", ms=3, label="model")
         if name in chances:
             ax.plot(*chances[name], ls="--", color="grey", label="chance")
         _panel(ax, name.replace("_", " "))
         ax.legend(fontsize=6)
-    fig.suptitle("Pretraining per task: losses, then learning signals against chance (epoch means)")
+    for ax, (name, (xs, ys)) in zip(
+        axes[loss_rows + signal_rows :].ravel(), evals.items(), strict=False
+    ):
+        ax.axis("on")
+        ax.plot(xs, ys, marker="s", ms=4, color="tab:purple")
+        _panel(ax, f"held-out k-NN: {name.replace('/', ' ')}")
+    fig.suptitle(
+        "Pretraining per task: losses, learning signals against chance (epoch means), then the "
+        "held-out k-NN score"
+    )
     fig.tight_layout()
     write_atomic(curves, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     plt.close(fig)

@@ -43,6 +43,9 @@ class TrainSettings:
     max_consecutive_nonfinite: int
     log_every_steps: int
     gpus: int
+    eval_every: int
+    eval_subjects: int
+    keep_best: bool
     nodes: int
     collective_timeout_s: int
 
@@ -78,6 +81,9 @@ class TrainSettings:
             max_consecutive_nonfinite=p["max_consecutive_nonfinite"],
             log_every_steps=p["log_every_steps"],
             gpus=p["gpus"],
+            eval_every=p["eval_every"],
+            eval_subjects=p["eval_subjects"],
+            keep_best=p["keep_best"],
             nodes=p["nodes"],
             collective_timeout_s=p["collective_timeout_s"],
         )

@@ -18,4 +18,5 @@ with rule_log(snakemake.log[0]):
         granted_gpus=granted_gpus(dict(snakemake.resources.items())),
         cores=snakemake.threads,
         log_file=snakemake.log[0],
+        evaluation=snakemake.params.evaluation,
     )

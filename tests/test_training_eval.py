@@ -1,0 +1,106 @@
+"""The held-out k-NN evaluation during pretraining (pretrain.eval_every)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from damt.cli import main as damt_main
+from damt.training.checkpoint import BEST
+from damt.training.data import load_training_data
+from damt.training.evaluate import build_eval_set, knn_scores
+from tests.training_data import write_config, write_training_set
+
+HELD = ["sub-03", "sub-06"]
+TARGETS = [{"name": "age", "type": "regression"}, {"name": "sex", "type": "classification"}]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Ten training-set subjects, two of them held out, with phenotypes."""
+    files = write_training_set(tmp_path_factory.mktemp("eval"), n_subjects=10)
+    manifest = pd.read_parquet(files.manifest)
+    manifest["split"] = np.where(manifest["subject_id"].isin(HELD), "holdout", "train")
+    manifest.to_parquet(files.manifest)
+    ids = manifest["subject_id"].tolist()
+    rng = np.random.default_rng(0)
+    pheno = pd.DataFrame(
+        {
+            "subject_id": ids,
+            "age": rng.normal(50, 10, len(ids)),
+            "sex": ["F", "M"] * (len(ids) // 2),
+        }
+    )
+    pheno.to_csv(files.root / "phenotypes.tsv", sep="\t", index=False)
+    return files
+
+
+def test_eval_set_holds_the_held_out_subjects_and_a_capped_stable_reference(files, caplog):
+    phenotypes = files.root / "phenotypes.tsv"
+    full = build_eval_set(files.manifest, phenotypes, TARGETS, cap=100, stride=32)
+    assert full.subjects[: full.n_holdout] == HELD
+    reference = full.subjects[full.n_holdout :]
+    # The reference set is training subjects only (pass/warn with a cache, not held out).
+    assert set(reference) == set(load_training_data(files.manifest, files.label_table, {}).subjects)
+    capped = build_eval_set(files.manifest, phenotypes, TARGETS, cap=5, stride=32)
+    assert len(capped.subjects) == 2 + 5 and set(capped.subjects[2:]) <= set(reference)
+    assert capped.subjects == build_eval_set(files.manifest, phenotypes, TARGETS, 5, 32).subjects
+    assert set(full.targets) == {"age", "sex"}
+    assert all(g % 32 == 0 for g in full.grid)
+    # Nothing to score: off, and the log says why.
+    with caplog.at_level(logging.INFO, logger="damt.train"):
+        assert build_eval_set(files.manifest, None, TARGETS, 100, 32) is None
+        no_split = files.root / "nosplit.parquet"
+        pd.read_parquet(files.manifest).drop(columns="split").to_parquet(no_split)
+        assert build_eval_set(no_split, phenotypes, TARGETS, 100, 32) is None
+    assert "no phenotype table" in caplog.text and "no held-out subject" in caplog.text
+
+
+def test_knn_scores_find_a_target_the_features_encode(files):
+    eval_set = build_eval_set(files.manifest, files.root / "phenotypes.tsv", TARGETS, 100, 32)
+    _, ages = eval_set.targets["age"]
+    rng = np.random.default_rng(1)
+    # Features that encode age (on a ring: cosine similarity orders by age), or sex, or nothing.
+    angle = ages.to_numpy() / 100 * np.pi
+    sex = (eval_set.targets["sex"][1].to_numpy() == "M").astype(float)
+    noise = rng.normal(size=(len(angle), 4))
+    by_age = knn_scores(np.c_[np.cos(angle), np.sin(angle)], eval_set, 0)
+    by_sex = knn_scores(np.c_[sex, 1 - sex] + 0.01 * noise[:, :2], eval_set, 0)
+    blind = knn_scores(noise, eval_set, 0)
+    assert by_age["eval/age/mae"] < blind["eval/age/mae"]
+    assert by_sex["eval/sex/balanced_accuracy"] == 1.0
+    good = by_age
+    assert {"eval/age/r2", "eval/age/k", "eval/sex/auc", "eval/sex/k"} <= set(good)
+
+
+@pytest.mark.slow
+def test_training_logs_the_evaluation_and_keeps_the_best_checkpoint(files, tmp_path):
+    config = write_config(tmp_path / "c.yaml", epochs=3, eval_every=2, keep_best=True)
+    data = yaml.safe_load(config.read_text())
+    data["probe"] = {"phenotypes": str(files.root / "phenotypes.tsv"), "targets": TARGETS}
+    config.write_text(yaml.safe_dump(data))
+    run = tmp_path / "run"
+    args = [
+        "train", "--config", str(config), "--manifest", str(files.manifest),
+        "--tables-dir", str(files.tables_dir), "--label-table", str(files.label_table),
+        "--out", str(run),
+    ]  # fmt: skip
+    assert damt_main(args) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # Evaluated after epoch 2 (eval_every) and after the last one, not after epoch 1.
+    assert ["eval/age/r2" in r for r in records] == [False, True, True]
+    assert all(r["eval/seconds"] > 0 for r in records[1:])
+    card = json.loads((run / "model_card.json").read_text())
+    best = card["pretraining"]["best_checkpoint"]
+    assert best["file"] == f"checkpoints/{BEST}" and best["epoch"] in (2, 3)
+    assert best["metric"] == "eval/age/r2"
+    scores = {r["epoch"] + 1: r["eval/age/r2"] for r in records[1:]}
+    assert best["score"] == pytest.approx(max(scores.values()))
+    kept = torch.load(run / "checkpoints" / BEST, weights_only=True)
+    assert kept["epoch"] == best["epoch"]
