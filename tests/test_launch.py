@@ -192,6 +192,11 @@ def test_signature_ignores_operational_pretrain_keys(tmp_path: Path):
         "run_name": "elsewhere",
         # A preset that is not in use shapes nothing.
         "presets": {**p["presets"], "full": {**p["presets"]["full"], "embed_dim": 96}},
+        "attention": "monai",
+        "compile": True,
+        "eval_every": 3,
+        "eval_subjects": 7,
+        "keep_best": True,
     }
     for key, value in operational.items():
         assert signature({**p, key: value}, manifest, labels, tables) == first, key
@@ -201,6 +206,10 @@ def test_signature_ignores_operational_pretrain_keys(tmp_path: Path):
     tiny = {**p["presets"]["tiny"], "embed_dim": 24}
     other = {**p, "presets": {**p["presets"], "tiny": tiny}}
     assert signature(other, manifest, labels, tables)["pretrain"] != first["pretrain"]
+    # Gradient checkpointing of the preset in use computes the same steps.
+    flipped = {**p["presets"]["tiny"], "checkpointing": not p["presets"]["tiny"]["checkpointing"]}
+    flip = {**p, "presets": {**p["presets"], "tiny": flipped}}
+    assert signature(flip, manifest, labels, tables) == first
 
 
 @pytest.mark.parametrize("key", ["feature_columns", "label_table"])

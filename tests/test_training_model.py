@@ -149,3 +149,11 @@ def test_view_spec_refuses_crops_the_model_cannot_use(views, atlas, message):
 def test_network_spec_refuses_empty_tables():
     with pytest.raises(ValueError, match="morphometry task is on but its table has no"):
         _spec(morphometry_dim=0)
+
+
+def test_gradient_checkpointing_is_not_a_network_difference():
+    """Resuming with checkpointing switched either way is allowed; another window is not."""
+    from dataclasses import replace
+
+    assert _spec().differences(_spec(encoder=replace(ENC, checkpointing=True))) == []
+    assert _spec().differences(_spec(encoder=replace(ENC, window=8))) == [("encoder.window", 4, 8)]

@@ -175,14 +175,20 @@ class NetworkSpec:
         return cls(**{**d, "encoder": encoder, "tasks": tuple(d["tasks"])})
 
     def differences(self, other: NetworkSpec) -> list[tuple[str, object, object]]:
-        """``(field, value here, value there)`` of each field that differs (encoder dotted)."""
+        """``(field, value here, value there)`` of each field that differs (encoder dotted),
+        except gradient checkpointing: it changes how a step is computed (memory for time),
+        not the network, so a run may resume with it switched either way."""
 
         def flat(spec: NetworkSpec) -> dict:
             d = asdict(spec)
             return {**{f"encoder.{k}": v for k, v in d.pop("encoder").items()}, **d}
 
         mine, theirs = flat(self), flat(other)
-        return [(k, mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]]
+        return [
+            (k, mine[k], theirs[k])
+            for k in mine
+            if k != "encoder.checkpointing" and mine[k] != theirs[k]
+        ]
 
 
 def encoder_spec_from_config(pretrain: dict) -> EncoderSpec:

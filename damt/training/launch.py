@@ -112,7 +112,7 @@ def training_subjects(manifest: str | Path) -> list[str]:
 
 def model_settings(pretrain: dict) -> dict:
     """The ``pretrain`` settings a trained model depends on: all but ``OPERATIONAL_KEYS``, and
-    of ``presets`` only the one in use.
+    of ``presets`` only the one in use, without its ``checkpointing``.
     """
     settings = {k: v for k, v in pretrain.items() if k not in OPERATIONAL_KEYS}
     # One node is what every run was before `nodes` existed: leaving it out keeps their
@@ -121,7 +121,9 @@ def model_settings(pretrain: dict) -> dict:
         del settings["nodes"]
     presets, preset = pretrain.get("presets"), pretrain.get("preset")
     if isinstance(presets, dict) and preset in presets:
-        settings["presets"] = {preset: presets[preset]}
+        # Gradient checkpointing trades memory for time; the network and its steps are the same.
+        in_use = {k: v for k, v in presets[preset].items() if k != "checkpointing"}
+        settings["presets"] = {preset: in_use}
     return settings
 
 
