@@ -96,7 +96,7 @@ def build_eval_set(
     cache_dirs = [base / dirs[s] for s in subjects]
     grid = cohort_grid(dict(zip(subjects, cache_dirs, strict=True)), stride)
     log.info(
-        "evaluation every few epochs: k-NN of %d held-out subjects against %d training subjects "
+        "held-out evaluation: k-NN of %d held-out subjects against %d training subjects "
         "(targets %s)",
         len(held_ids), len(train_ids), ", ".join(chosen),
     )  # fmt: skip
