@@ -18,7 +18,7 @@ from torch.utils.data import DistributedSampler
 
 from damt.training.losses import contrastive_logits, nt_xent
 from tests.test_training_losses import _nt_xent_reference
-from tests.training_data import write_config, write_training_set
+from tests.training_data import train_args, write_config, write_training_set
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
@@ -165,17 +165,7 @@ def test_a_failing_rank_stops_the_whole_job(tmp_path):
         "--nproc_per_node=2",
         "-m",
         "damt",
-        "train",
-        "--config",
-        str(config),
-        "--manifest",
-        str(files.manifest),
-        "--tables-dir",
-        str(files.tables_dir),
-        "--label-table",
-        str(files.label_table),
-        "--out",
-        str(tmp_path / "run"),
+        *train_args(files, config, tmp_path / "run"),
     ]
     start = time.monotonic()
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)

@@ -15,7 +15,7 @@ from damt.cli import main as damt_main
 from damt.training.checkpoint import BEST
 from damt.training.data import load_training_data
 from damt.training.evaluate import build_eval_set, knn_scores
-from tests.training_data import write_config, write_training_set
+from tests.training_data import train_args, write_config, write_training_set
 
 HELD = ["sub-03", "sub-06"]
 TARGETS = [{"name": "age", "type": "regression"}, {"name": "sex", "type": "classification"}]
@@ -86,12 +86,7 @@ def test_training_logs_the_evaluation_and_keeps_the_best_checkpoint(files, tmp_p
     data["probe"] = {"phenotypes": str(files.root / "phenotypes.tsv"), "targets": TARGETS}
     config.write_text(yaml.safe_dump(data))
     run = tmp_path / "run"
-    args = [
-        "train", "--config", str(config), "--manifest", str(files.manifest),
-        "--tables-dir", str(files.tables_dir), "--label-table", str(files.label_table),
-        "--out", str(run),
-    ]  # fmt: skip
-    assert damt_main(args) == 0
+    assert damt_main(train_args(files, config, run)) == 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # Evaluated after epoch 2 (eval_every) and after the last one, not after epoch 1.
     assert ["eval/age/r2" in r for r in records] == [False, True, True]

@@ -33,7 +33,7 @@ from damt.training.objective import PretrainObjective
 from damt.training.settings import TrainSettings
 from damt.training.signals import SIGNALS
 from damt.training.step import param_groups, resolve_precision, train_step
-from tests.training_data import write_config, write_training_set
+from tests.training_data import train_args, write_config, write_training_set
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = FEATURE_GROUPS
@@ -42,14 +42,6 @@ TABLES = FEATURE_GROUPS
 def _inputs(files) -> TrainInputs:
     tables = {k: files.tables_dir / normalized_table_file(k) for k in TABLES}
     return TrainInputs(files.manifest, files.label_table, tables)
-
-
-def _train_args(files, config: Path, out: Path) -> list[str]:
-    return [
-        "train", "--config", str(config), "--manifest", str(files.manifest),
-        "--tables-dir", str(files.tables_dir), "--label-table", str(files.label_table),
-        "--out", str(out),
-    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +54,7 @@ def finished_run(files, tmp_path_factory):
     """A two-epoch run through the command line."""
     root = tmp_path_factory.mktemp("run")
     config = write_config(root / "config.yaml")
-    assert damt_main(_train_args(files, config, root / "run")) == 0
+    assert damt_main(train_args(files, config, root / "run")) == 0
     return root / "run", config
 
 
@@ -207,7 +199,7 @@ def test_rerunning_a_finished_run_changes_nothing(finished_run, files):
     run, config = finished_run
     before = (run / "metrics.jsonl").read_text()
     weights = load_file(str(run / "encoder.safetensors"))
-    assert damt_main(_train_args(files, config, run)) == 0
+    assert damt_main(train_args(files, config, run)) == 0
     assert (run / "metrics.jsonl").read_text() == before
     for key, value in load_file(str(run / "encoder.safetensors")).items():
         assert torch.equal(value, weights[key])
@@ -223,7 +215,7 @@ def test_resume_refuses_a_run_with_another_network(finished_run, files, tmp_path
     run = _copy_run(finished_run[0], tmp_path / "run")
     # One more epoch than trained: a resume, with another contrastive head.
     other = write_config(tmp_path / "other.yaml", contrastive_dim=24, epochs=3)
-    assert damt_main(_train_args(files, other, run)) == 2
+    assert damt_main(train_args(files, other, run)) == 2
     err = capsys.readouterr().err
     assert "another network" in err and "contrastive_dim 32 in the checkpoint, 24 now" in err
 
@@ -232,7 +224,7 @@ def test_resume_refuses_a_run_with_another_network(finished_run, files, tmp_path
 def test_resume_refuses_a_run_with_another_task_balancing(finished_run, files, tmp_path, capsys):
     run = _copy_run(finished_run[0], tmp_path / "run")
     other = write_config(tmp_path / "equal.yaml", balancing="equal", epochs=3)
-    assert damt_main(_train_args(files, other, run)) == 2
+    assert damt_main(train_args(files, other, run)) == 2
     assert "balancing uncertainty in the checkpoint, equal now" in capsys.readouterr().err
 
 
@@ -242,7 +234,7 @@ def test_checkpoints_of_another_format_are_refused(finished_run, files, tmp_path
     path = run / "checkpoints" / "checkpoint.pt"
     state = torch.load(path, weights_only=True)
     torch.save({**state, "format": 1}, path)
-    assert damt_main(_train_args(files, finished_run[1], run)) == 2
+    assert damt_main(train_args(files, finished_run[1], run)) == 2
     assert "holds checkpoints of format 1" in capsys.readouterr().err
 
 
@@ -276,7 +268,7 @@ def test_export_rebuilds_the_trained_network_and_keeps_the_training_facts(
     tables, labels = _wider_inputs(files, tmp_path / "data")
     # Another batch size: other steps per epoch, global batch and peak lr, were it training.
     config = write_config(tmp_path / "c.yaml", batch_size_per_gpu=1)
-    args = _train_args(files, config, run)
+    args = train_args(files, config, run)
     args[args.index("--tables-dir") + 1] = str(tables)
     args[args.index("--label-table") + 1] = str(labels)
     capsys.readouterr()
@@ -382,7 +374,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(files, tmp_path):
 
     def train(out: Path) -> subprocess.Popen:
         return subprocess.Popen(
-            [*cmd, *_train_args(files, config, out)], env=env,
+            [*cmd, *train_args(files, config, out)], env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
 

@@ -31,7 +31,7 @@ from damt.training.launch import (
 )
 from damt.training.metrics import read_records
 from tests.conftest import run_snakemake, workflow_config
-from tests.training_data import write_config, write_training_set
+from tests.training_data import train_args, write_config, write_training_set
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 60  # pretrain.collective_timeout_s of these runs
@@ -70,24 +70,6 @@ def _wait_for(path: Path, procs: list[subprocess.Popen], timeout: float) -> None
         time.sleep(0.5)
 
 
-def _train_args(files, config: Path, run_dir: Path) -> list[str]:
-    return [
-        "train",
-        "--config",
-        str(config),
-        "--manifest",
-        str(files.manifest),
-        "--tables-dir",
-        str(files.tables_dir),
-        "--label-table",
-        str(files.label_table),
-        "--out",
-        str(run_dir),
-        "--cores",
-        "1",
-    ]
-
-
 def _rendezvous(run_id: str) -> Rendezvous:
     return Rendezvous(2, f"127.0.0.1:{free_port()}", run_id, TIMEOUT_S)
 
@@ -105,7 +87,8 @@ def test_two_nodes_train_get_killed_resume_and_export(tmp_path):
     )
     run_dir = tmp_path / "run"
     # Run 1, the real `damt train` on both nodes: killed (both nodes) after its first epoch.
-    cmd = torchrun_command(1, _train_args(files, config, run_dir), _rendezvous("nodes-a1"))
+    args = train_args(files, config, run_dir, "--cores", "1")
+    cmd = torchrun_command(1, args, _rendezvous("nodes-a1"))
     first = _start_nodes(cmd, tmp_path, "first")
     _wait_for(run_dir / "checkpoints" / "checkpoint_0001.pt", first, timeout=240)
     for proc in first:
@@ -157,7 +140,8 @@ def test_a_dead_node_stops_the_other_within_the_timeout(tmp_path):
         collective_timeout_s=TIMEOUT_S,
     )
     run_dir = tmp_path / "run"
-    cmd = torchrun_command(1, _train_args(files, config, run_dir), _rendezvous("nodes-b"))
+    args = train_args(files, config, run_dir, "--cores", "1")
+    cmd = torchrun_command(1, args, _rendezvous("nodes-b"))
     survivor, victim = _start_nodes(cmd, tmp_path, "run")
     _wait_for(run_dir / "checkpoints" / "checkpoint_0001.pt", [survivor, victim], timeout=240)
     _kill_node(victim)  # mid-epoch: the node's launcher and its trainer, SIGKILL

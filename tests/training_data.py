@@ -11,7 +11,7 @@ import yaml
 from damt.config import load_config
 from damt.demo.training_set import write_training_set
 
-__all__ = ["TEST_PRESET", "pretrain_config", "write_config", "write_training_set"]
+__all__ = ["TEST_PRESET", "pretrain_config", "train_args", "write_config", "write_training_set"]
 
 
 TEST_PRESET = {
@@ -61,3 +61,12 @@ def write_config(path: Path, **overrides) -> Path:
     path.write_text(yaml.safe_dump(config))
     load_config(path)  # fail here, not in a subprocess, when the test config is invalid
     return path
+
+
+def train_args(files, config: Path, out: Path, *extra: str) -> list[str]:
+    """``damt train`` arguments for a set written by :func:`write_training_set`."""
+    return [
+        "train", "--config", str(config), "--manifest", str(files.manifest),
+        "--tables-dir", str(files.tables_dir), "--label-table", str(files.label_table),
+        "--out", str(out), *extra,
+    ]  # fmt: skip
