@@ -292,7 +292,7 @@ def test_recon_facts_and_failed_recons_reach_the_manifest(inputs):
     report = pd.concat([report, pd.DataFrame([failed])], ignore_index=True)
     checks = build_checks(subjects, report, summaries, fs_qc, tables, QcSettings())
     final = add_outliers(checks, pd.Series(dtype="int64"), QcSettings())
-    rows = manifest_frame(final).set_index("subject_id")
+    rows = manifest_frame(final.assign(split="train")).set_index("subject_id")
     assert rows.loc["c", "fs_version"] == "7.2.0"  # no stats version: discovery's
     assert (rows.loc["a", "segmenter"], rows.loc["a", "recon_hours"]) == ("freesurfer", "2.950")
     assert rows.loc["a", "participant"] == "a"  # no participant known: the subject id
@@ -315,7 +315,8 @@ def test_mixed_segmenters_warn_and_split_the_qc_page(inputs, tmp_path: Path):
     one = build_checks(subjects.assign(segmenter="fastsurfer"), report, summaries, fs_qc, tables,
                        QcSettings())  # fmt: skip
     assert not any("qc:mixed_segmenters" in r for r in one["reasons"])
-    manifest = manifest_frame(add_outliers(checks, pd.Series(dtype="int64"), QcSettings()))
+    final = add_outliers(checks, pd.Series(dtype="int64"), QcSettings())
+    manifest = manifest_frame(final.assign(split="train"))
     measures = measure_frame(manifest, tables, ["etiv"])
     assert measures.set_index("subject_id").loc["d", "segmenter"] == "fastsurfer"
     plot_distributions(measures, tmp_path / "dist.png", outlier_z=3.0)
