@@ -59,7 +59,11 @@ def test_eval_set_holds_the_held_out_subjects_and_a_capped_stable_reference(file
         no_split = files.root / "nosplit.parquet"
         pd.read_parquet(files.manifest).drop(columns="split").to_parquet(no_split)
         assert build_eval_set(no_split, phenotypes, TARGETS, 100, 32) is None
+        assert build_eval_set(files.manifest, files.root / "absent.tsv", TARGETS, 100, 32) is None
+        (files.root / "noid.tsv").write_text("participant\tage\nx\t3\n")
+        assert build_eval_set(files.manifest, files.root / "noid.tsv", TARGETS, 100, 32) is None
     assert "no phenotype table" in caplog.text and "no held-out subject" in caplog.text
+    assert "cannot read" in caplog.text and "absent.tsv" in caplog.text
 
 
 def test_knn_scores_find_a_target_the_features_encode(files):

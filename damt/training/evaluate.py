@@ -70,7 +70,12 @@ def build_eval_set(
     if held.empty:
         log.info("evaluation during pretraining is off: the manifest holds no held-out subject")
         return None
-    pheno = read_phenotypes(phenotypes).drop_duplicates(KEY, keep=False).set_index(KEY)
+    try:
+        pheno = read_phenotypes(phenotypes).drop_duplicates(KEY, keep=False).set_index(KEY)
+    except (OSError, ValueError) as exc:
+        # An evaluation is a signal, not the training: a bad table never stops the run.
+        log.warning("evaluation during pretraining is off: cannot read %s (%s)", phenotypes, exc)
+        return None
     labelled = set(pheno.index)
     held_ids = _capped([s for s in held[KEY].astype(str) if s in labelled], cap)
     train_ids = _capped(
