@@ -74,21 +74,26 @@ def _rendezvous(run_id: str) -> Rendezvous:
     return Rendezvous(2, f"127.0.0.1:{free_port()}", run_id, TIMEOUT_S)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(400)
-def test_two_nodes_train_get_killed_resume_and_export(tmp_path):
+def _two_node_run(tmp_path: Path, epochs: int, run_id: str):
+    """A 4-subject training set, a two-node config and the torchrun command of one "node"."""
     files = write_training_set(tmp_path / "data", n_subjects=4, shape=(64, 64, 64))
     config = write_config(
         tmp_path / "c.yaml",
-        epochs=3,
+        epochs=epochs,
         batch_size_per_gpu=1,
         nodes=2,
         collective_timeout_s=TIMEOUT_S,
     )
     run_dir = tmp_path / "run"
-    # Run 1, the real `damt train` on both nodes: killed (both nodes) after its first epoch.
     args = train_args(files, config, run_dir, "--cores", "1")
-    cmd = torchrun_command(1, args, _rendezvous("nodes-a1"))
+    return files, config, run_dir, torchrun_command(1, args, _rendezvous(run_id))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_two_nodes_train_get_killed_resume_and_export(tmp_path):
+    # Run 1, the real `damt train` on both nodes: killed (both nodes) after its first epoch.
+    files, config, run_dir, cmd = _two_node_run(tmp_path, epochs=3, run_id="nodes-a1")
     first = _start_nodes(cmd, tmp_path, "first")
     _wait_for(run_dir / "checkpoints" / "checkpoint_0001.pt", first, timeout=240)
     for proc in first:
@@ -131,17 +136,7 @@ def test_two_nodes_train_get_killed_resume_and_export(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_a_dead_node_stops_the_other_within_the_timeout(tmp_path):
-    files = write_training_set(tmp_path / "data", n_subjects=4, shape=(64, 64, 64))
-    config = write_config(
-        tmp_path / "c.yaml",
-        epochs=50,
-        batch_size_per_gpu=1,
-        nodes=2,
-        collective_timeout_s=TIMEOUT_S,
-    )
-    run_dir = tmp_path / "run"
-    args = train_args(files, config, run_dir, "--cores", "1")
-    cmd = torchrun_command(1, args, _rendezvous("nodes-b"))
+    _, _, run_dir, cmd = _two_node_run(tmp_path, epochs=50, run_id="nodes-b")
     survivor, victim = _start_nodes(cmd, tmp_path, "run")
     _wait_for(run_dir / "checkpoints" / "checkpoint_0001.pt", [survivor, victim], timeout=240)
     _kill_node(victim)  # mid-epoch: the node's launcher and its trainer, SIGKILL
