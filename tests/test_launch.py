@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -329,7 +328,8 @@ def test_multinode_command_starts_one_torchrun_per_node(monkeypatch):
     monkeypatch.setattr(launch, "allocation_hosts", lambda environ: ["gpu07", "gpu08"])
     monkeypatch.setattr(launch, "node_address", lambda node: f"{node}.cluster")
     pretrain = {"nodes": 2, "gpus": 4, "collective_timeout_s": 900}
-    cmd = launch.multinode_command(pretrain, 4, 16, ["train", "--out", "x"], {"SLURM_JOB_ID": "42"})
+    job = {"SLURM_JOB_ID": "42"}
+    cmd = launch.multinode_command(pretrain, 4, 16, ["train", "--out", "x"], job, 29511)
     torchrun = cmd.index(sys.executable)
     assert cmd[:torchrun] == [
         "srun",
@@ -347,14 +347,14 @@ def test_multinode_command_starts_one_torchrun_per_node(monkeypatch):
     for option in ("--nnodes=2", "--nproc-per-node=4", "--rdzv-backend=c10d", "--rdzv-id=damt-42"):
         assert option in options
     endpoint = next(o for o in options if o.startswith("--rdzv-endpoint="))
-    assert re.fullmatch(r"--rdzv-endpoint=gpu07\.cluster:\d+", endpoint)
-    assert "--rdzv-conf=join_timeout=900" in options
+    assert endpoint == "--rdzv-endpoint=gpu07.cluster:29511"  # the store the launcher hosts
+    assert "--rdzv-conf=join_timeout=900,is_host=false" in options
     assert options[-5:] == ["-m", "damt", "train", "--out", "x"]
     # CPU nodes ask for no GPUs; an allocation of another size is refused.
-    cpu = launch.multinode_command({**pretrain, "gpus": 0}, 2, 8, [], {"SLURM_JOB_ID": "42"})
+    cpu = launch.multinode_command({**pretrain, "gpus": 0}, 2, 8, [], job, 29511)
     assert not [o for o in cpu if o.startswith("--gres")]
     with pytest.raises(LaunchError, match="allocation has 2 node"):
-        launch.multinode_command({**pretrain, "nodes": 3}, 4, 16, [], {"SLURM_JOB_ID": "42"})
+        launch.multinode_command({**pretrain, "nodes": 3}, 4, 16, [], job, 29511)
 
 
 def test_one_node_signatures_are_those_of_runs_before_nodes_existed():

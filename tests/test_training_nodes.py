@@ -2,9 +2,11 @@
 
 Each "node" is a launcher process running the command the pretrain job runs on every node of a
 SLURM allocation (:func:`damt.training.launch.torchrun_command` with a c10d rendezvous, here on
-127.0.0.1), one trainer process each, gloo. The SLURM side (the plugin's request for several
-nodes, srun in the job) is checked in tests/test_profile.py (the sbatch call for ``nodes: 2``)
-and tests/test_slurm.py (a real job over two slurmd on this machine).
+127.0.0.1), one trainer process each, gloo. The test process hosts the rendezvous store, as the
+job's launcher does (:func:`damt.training.launch.host_rendezvous_store`). The SLURM side (the
+plugin's request for several nodes, srun in the job) is checked in tests/test_profile.py (the
+sbatch call for ``nodes: 2``) and tests/test_slurm.py (a real job over two slurmd on this
+machine).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.distributed import TCPStore
 
 from damt.training.checkpoint import lock_holder
 from damt.training.launch import (
     Rendezvous,
-    free_port,
     granted_gpus,
+    host_rendezvous_store,
     pretrain_resources,
     torchrun_command,
 )
@@ -70,12 +73,16 @@ def _wait_for(path: Path, procs: list[subprocess.Popen], timeout: float) -> None
         time.sleep(0.5)
 
 
-def _rendezvous(run_id: str) -> Rendezvous:
-    return Rendezvous(2, f"127.0.0.1:{free_port()}", run_id, TIMEOUT_S)
+def _rendezvous(run_id: str) -> tuple[Rendezvous, TCPStore]:
+    """Two nodes' rendezvous and its store, hosted here (it serves while the store lives)."""
+    store = host_rendezvous_store(TIMEOUT_S)
+    return Rendezvous(2, f"127.0.0.1:{store.port}", run_id, TIMEOUT_S), store
 
 
 def _two_node_run(tmp_path: Path, epochs: int, run_id: str):
-    """A 4-subject training set, a two-node config and the torchrun command of one "node"."""
+    """A 4-subject training set, a two-node config, the torchrun command of one "node" and the
+    rendezvous store (keep it referenced while the nodes run).
+    """
     files = write_training_set(tmp_path / "data", n_subjects=4, shape=(64, 64, 64))
     config = write_config(
         tmp_path / "c.yaml",
@@ -86,14 +93,15 @@ def _two_node_run(tmp_path: Path, epochs: int, run_id: str):
     )
     run_dir = tmp_path / "run"
     args = train_args(files, config, run_dir, "--cores", "1")
-    return files, config, run_dir, torchrun_command(1, args, _rendezvous(run_id))
+    rendezvous, store = _rendezvous(run_id)
+    return files, config, run_dir, torchrun_command(1, args, rendezvous), store
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_two_nodes_train_get_killed_resume_and_export(tmp_path):
     # Run 1, the real `damt train` on both nodes: killed (both nodes) after its first epoch.
-    files, config, run_dir, cmd = _two_node_run(tmp_path, epochs=3, run_id="nodes-a1")
+    files, config, run_dir, cmd, _store = _two_node_run(tmp_path, epochs=3, run_id="nodes-a1")
     first = _start_nodes(cmd, tmp_path, "first")
     _wait_for(run_dir / "checkpoints" / "checkpoint_0001.pt", first, timeout=240)
     for proc in first:
@@ -109,7 +117,8 @@ def test_two_nodes_train_get_killed_resume_and_export(tmp_path):
 
     # Run 2: the same trainer (run_pretraining, what `damt train` runs) on two new launchers
     # resumes the killed run, finishes and exports; every rank then saves its parameters.
-    prefix = torchrun_command(1, [], _rendezvous("nodes-a2"))[:-2]
+    rendezvous, _store2 = _rendezvous("nodes-a2")
+    prefix = torchrun_command(1, [], rendezvous)[:-2]
     worker = [*prefix, str(REPO / "tests" / "ddp_worker.py"), str(config), str(files.root)]
     second = _start_nodes([*worker, str(tmp_path)], tmp_path, "second")
     for node, proc in enumerate(second):
@@ -135,24 +144,33 @@ def test_two_nodes_train_get_killed_resume_and_export(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_a_dead_node_stops_the_other_within_the_timeout(tmp_path):
-    _, _, run_dir, cmd = _two_node_run(tmp_path, epochs=50, run_id="nodes-b")
-    survivor, victim = _start_nodes(cmd, tmp_path, "run")
-    _wait_for(run_dir / "checkpoints" / "checkpoint_0001.pt", [survivor, victim], timeout=240)
-    _kill_node(victim)  # mid-epoch: the node's launcher and its trainer, SIGKILL
+@pytest.mark.parametrize("dead_rank", [0, 1])
+def test_a_dead_node_stops_the_other_within_the_timeout(tmp_path, dead_rank):
+    """Either node dies: rank 0's (its torchrun hosts the trainers' process-group store) or
+    the other. The survivor fails within the collective timeout and says why.
+    """
+    _, _, run_dir, cmd, _store = _two_node_run(tmp_path, epochs=50, run_id="nodes-b")
+    nodes = _start_nodes(cmd, tmp_path, "run")
+    _wait_for(run_dir / "checkpoints" / "checkpoint_0001.pt", nodes, timeout=240)
+    # The rendezvous numbers the nodes as they join; only rank 0 logs the training summary.
+    logs = [tmp_path / f"run-node{node}.log" for node in (0, 1)]
+    rank0 = next(n for n in (0, 1) if "training 4 subjects" in logs[n].read_text())
+    victim = rank0 if dead_rank == 0 else 1 - rank0
+    _kill_node(nodes[victim])  # mid-epoch: the node's launcher and its trainer, SIGKILL
     start = time.monotonic()
     try:
-        status = survivor.wait(timeout=TIMEOUT_S + 60)
+        status = nodes[1 - victim].wait(timeout=TIMEOUT_S + 60)
     except subprocess.TimeoutExpired:
-        _kill_node(survivor)
+        _kill_node(nodes[1 - victim])
         pytest.fail(f"the other node still ran {TIMEOUT_S + 60} s after the first one died")
     elapsed = time.monotonic() - start
-    log = (tmp_path / "run-node0.log").read_text()
+    log = logs[1 - victim].read_text()
     assert status != 0, log[-3000:]
     assert elapsed < TIMEOUT_S + 30, f"{elapsed:.0f} s"
     # The trainer's error names its rank and host (the other node's death broke its
     # collective), and torchrun's failure report names the rank that failed on this node.
-    assert re.search(r"damt train \(rank [01] of 2 on [^)]+\): error: ", log), log[-3000:]
+    survivor = 1 - dead_rank
+    assert re.search(rf"damt train \(rank {survivor} of 2 on [^)]+\): error: ", log), log[-3000:]
     assert "Root Cause" in log, log[-3000:]
 
 

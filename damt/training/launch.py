@@ -24,11 +24,12 @@ being deleted. Training runs as ``python -m torch.distributed.run --standalone -
 
 With ``pretrain.nodes`` > 1 the job runs in a SLURM allocation of that many nodes: this launcher
 (once, on the allocation's first node: it plans, moves and signs as above) starts one torchrun
-per node with ``srun``, all of them meeting in a c10d rendezvous on the first node
-(:func:`multinode_command`). The world size is nodes × processes per node. The node count is
-part of the run signature (a run interrupted on N nodes trains afresh on M under ``cohort``):
-the global batch, the learning rate and the sampler's split of every epoch follow the world
-size, so the checkpoint's optimizer state and position in the epoch belong to N.
+per node with ``srun``, all of them meeting in a c10d rendezvous whose store this launcher
+hosts (:func:`host_rendezvous_store`, :func:`multinode_command`). The world size is nodes ×
+processes per node. The node count is part of the run signature (a run interrupted on N nodes
+trains afresh on M under ``cohort``): the global batch, the learning rate and the sampler's
+split of every epoch follow the world size, so the checkpoint's optimizer state and position in
+the epoch belong to N.
 """
 
 from __future__ import annotations
@@ -40,12 +41,12 @@ import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -53,6 +54,9 @@ import yaml
 
 from damt.io import sha256_file, stable_hash, write_json_atomic
 from damt.qc.checks import trains
+
+if TYPE_CHECKING:
+    from torch.distributed import TCPStore
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +358,8 @@ def torchrun_command(
             "--rdzv-backend=c10d",
             f"--rdzv-endpoint={rendezvous.endpoint}",
             f"--rdzv-id={rendezvous.run_id}",
-            f"--rdzv-conf=join_timeout={rendezvous.timeout_s}",
+            # The launcher hosts the store (host_rendezvous_store), no agent.
+            f"--rdzv-conf=join_timeout={rendezvous.timeout_s},is_host=false",
             "--max-restarts=0",
         ]
     return [sys.executable, "-m", "torch.distributed.run", *placement, "-m", "damt", *train_args]
@@ -390,11 +395,20 @@ def node_address(node: str) -> str:
     return match.group(1) if match else node
 
 
-def free_port() -> int:
-    """A TCP port free on this host right now."""
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
+def host_rendezvous_store(timeout_s: int) -> TCPStore:
+    """Host the c10d rendezvous store of a several-node run in this process (any free port,
+    every interface); it serves as long as the returned store lives.
+
+    Left to torchrun, the store lives in the agent of the node whose address is the endpoint:
+    when that node dies, the other nodes' agents lose the rendezvous and crash with a
+    ``RendezvousConnectionError``, killing their trainers before these report the failed
+    collective and without torchrun's failure report. Hosted by the launcher, which lives as
+    long as the job, a dead node is a failure of the other nodes' trainers like any other.
+    """
+    from torch.distributed import TCPStore
+
+    timeout = dt.timedelta(seconds=timeout_s)
+    return TCPStore("localhost", 0, is_master=True, wait_for_workers=False, timeout=timeout)
 
 
 def multinode_command(
@@ -403,14 +417,15 @@ def multinode_command(
     cores: int,
     train_args: list[str],
     environ: Mapping[str, str],
+    store_port: int,
 ) -> list[str]:
     """``srun`` starting one torchrun per node of the allocation, ``n_processes`` each.
 
-    The rendezvous runs on the allocation's first node, where SLURM runs the batch script and
-    so this launcher: a port free here is free for it (from a shell of ``salloc`` on a login
-    node, only most likely). Its id is the SLURM job's, so a retry
-    (a new job) never meets a node of the previous one. ``--kill-on-bad-exit`` ends every node
-    when one fails; ``--label`` prefixes each line of the log with its node's task number.
+    The nodes meet at the rendezvous store this launcher hosts on ``store_port``
+    (:func:`host_rendezvous_store`) on the allocation's first node, where SLURM runs the batch
+    script and so this launcher. Its id is the SLURM job's, so a retry (a new job) never meets
+    a node of the previous one. ``--kill-on-bad-exit`` ends every node when one fails;
+    ``--label`` prefixes each line of the log with its node's task number.
     """
     nodes = pretrain["nodes"]
     hosts = allocation_hosts(environ)
@@ -421,7 +436,7 @@ def multinode_command(
         )
     rendezvous = Rendezvous(
         nnodes=nodes,
-        endpoint=f"{node_address(hosts[0])}:{free_port()}",
+        endpoint=f"{node_address(hosts[0])}:{store_port}",
         run_id=f"damt-{environ['SLURM_JOB_ID']}",
         timeout_s=pretrain["collective_timeout_s"],
     )
@@ -493,7 +508,9 @@ def launch(
         cmd = torchrun_command(1, train_args)
         n_processes = 1
     elif p["nodes"] > 1:
-        cmd = multinode_command(p, n_processes, cores, train_args, os.environ)
+        # Referenced until this function returns: the store serves for the whole srun.
+        store = host_rendezvous_store(p["collective_timeout_s"])
+        cmd = multinode_command(p, n_processes, cores, train_args, os.environ, store.port)
     else:
         cmd = torchrun_command(n_processes, train_args)
     log.info("running: %s", " ".join(cmd))
