@@ -23,7 +23,12 @@ from damt.model.spec import ViewSpec
 from damt.paths import ATLAS_FILE, IMAGE_FILE
 from damt.qc.checks import trains
 from damt.split import HOLDOUT
+from damt.training.augment import Augmenter, AugmentSpec
 from damt.training.views import make_views
+
+# Appended to (seed, epoch, index): the augmentation's random stream, apart from the crops', so
+# switching augmentation on leaves the crops, rotations and masks as they were.
+AUGMENT_STREAM = 1
 
 
 def read_feature_table(path: str | Path) -> pd.DataFrame:
@@ -133,11 +138,14 @@ class PretrainDataset(Dataset):
     whichever worker or rank draws it, and a resumed run sees the same views.
     """
 
-    def __init__(self, data: TrainingData, spec: ViewSpec, seed: int) -> None:
+    def __init__(
+        self, data: TrainingData, spec: ViewSpec, seed: int, augment: AugmentSpec | None = None
+    ) -> None:
         self.data = data
         self.spec = spec
         self.seed = seed
         self.epoch = 0
+        self.augmenter = Augmenter(augment or AugmentSpec())
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation stream of ``epoch`` (call before creating the iterator)."""
@@ -162,7 +170,14 @@ class PretrainDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, atlas = self._load(index)
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        item = make_views(image, atlas, rng, self.spec)
+        augment = None
+        if self.augmenter.names:
+            aug_rng = np.random.default_rng([self.seed, self.epoch, index, AUGMENT_STREAM])
+
+            def augment(block, block_atlas):
+                return self.augmenter(block, block_atlas, aug_rng)
+
+        item = make_views(image, atlas, rng, self.spec, augment)
         top = max(int(item["global_atlas"].max()), int(item["local_atlas"].max()))
         if top >= self.data.n_classes:
             raise ValueError(

@@ -123,6 +123,19 @@ def model_settings(pretrain: dict) -> dict:
     # signatures, so an upgrade neither retrains finished runs nor restarts interrupted ones.
     if settings.get("nodes") == 1:
         del settings["nodes"]
+    # Likewise the switches that are off by default (runs before them trained without): no
+    # accumulation, no curriculum, and no augmentation with a probability of 0 (its ranges
+    # then shape nothing).
+    if settings.get("accumulate_steps") == 1:
+        del settings["accumulate_steps"]
+    if settings.get("curriculum") == []:
+        del settings["curriculum"]
+    if isinstance(settings.get("augment"), dict):
+        used = {k: v for k, v in settings["augment"].items() if v.get("prob", 0) > 0}
+        if used:
+            settings["augment"] = used
+        else:
+            del settings["augment"]
     presets, preset = pretrain.get("presets"), pretrain.get("preset")
     if isinstance(presets, dict) and preset in presets:
         # Gradient checkpointing trades memory for time; the network and its steps are the same.

@@ -8,6 +8,7 @@ encoder at the end.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -40,7 +41,7 @@ from damt.training.objective import PretrainObjective
 from damt.training.schedules import apply_schedules, cosine_schedule
 from damt.training.settings import TrainSettings
 from damt.training.signals import card_summary, epoch_signals
-from damt.training.step import param_groups, resolve_precision, train_step
+from damt.training.step import accumulated_step, param_groups, resolve_precision
 from damt.training.views import ROTATIONS
 
 log = logging.getLogger("damt.train")
@@ -197,8 +198,9 @@ class Trainer:
     ) -> None:
         self.settings = settings
         self.objective, self.loader, self.env = objective, loader, env
-        self.iters = len(loader)
-        self.global_batch = settings.batch_size_per_gpu * env.world_size
+        # Optimizer steps per epoch: the last one may accumulate fewer micro-batches.
+        self.iters = math.ceil(len(loader) / settings.accumulate_steps)
+        self.global_batch = settings.batch_size_per_gpu * env.world_size * settings.accumulate_steps
         self.peak_lr = settings.base_lr * self.global_batch / 256
         self.lr = cosine_schedule(
             self.peak_lr,
@@ -223,14 +225,34 @@ class Trainer:
         if state is not None:
             self._restore(state)
         self.model: torch.nn.Module = objective
-        if env.world_size > 1:
-            # Switched-off tasks build no head, so every parameter is used at every step.
-            self.model = DistributedDataParallel(
-                objective,
-                device_ids=[env.device.index] if env.device.type == "cuda" else None,
+        self.ddp: DistributedDataParallel | None = None
+        self.phase: tuple[str, ...] | None = None  # the tasks the wrapper was built for
+        self.begin_epoch(self.start_epoch)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Select the curriculum phase of ``epoch``; wrap the module (again) when it changed."""
+        active = self.settings.curriculum.active(epoch)
+        if active == self.phase:
+            return
+        if self.settings.curriculum.phases and self.env.is_main:
+            log.info("epoch %d: curriculum phase, tasks %s", epoch + 1, ",".join(active))
+        self.phase = active
+        self.objective.set_active(active)
+        self.model, self.ddp = self.objective, None
+        if self.env.world_size > 1:
+            # Switched-off tasks build no head, and the frozen tasks of a curriculum phase
+            # do not require gradients, so every parameter DDP registers gets a gradient at
+            # every step: no find_unused_parameters (an extra graph traversal per step).
+            # DDP registers the parameters that require gradients when it is built, so a phase
+            # change builds a new wrapper (once per phase: a broadcast of the weights, which
+            # are equal on all ranks anyway).
+            self.ddp = DistributedDataParallel(
+                self.objective,
+                device_ids=[self.env.device.index] if self.env.device.type == "cuda" else None,
                 find_unused_parameters=False,
             )
-        if settings.compile:
+            self.model = self.ddp
+        if self.settings.compile:
             # After the DDP wrapper, so DDP's optimiser splits the graph at its buckets.
             self.model = torch.compile(self.model)
 
@@ -278,8 +300,10 @@ class Trainer:
         meter = EpochMeter(env.device)
         skipped = 0
         start = time.perf_counter()
+        micro_batches = iter(self.loader)
+        steps = iter(lambda: list(itertools.islice(micro_batches, settings.accumulate_steps)), [])
         progress = tqdm(
-            self.loader,
+            steps,
             total=iters,
             disable=not env.is_main,
             desc=f"epoch {epoch + 1}/{settings.epochs}",
@@ -288,14 +312,15 @@ class Trainer:
             # Sparse updates when stderr is a log file rather than a terminal.
             mininterval=0.5 if sys.stderr.isatty() else 60.0,
         )
-        for it, batch in enumerate(progress):
+        for it, batches in enumerate(progress):
             # ============ one optimisation step ... ============
             step = epoch * iters + it
             apply_schedules(self.optimizer, self.lr[step], self.wd[step])
-            batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
-            out = train_step(
-                self.model, self.optimizer, self.scaler, batch, self.precision, settings.clip_grad
-            )
+            out = accumulated_step(
+                self.model, self.optimizer, self.scaler, batches, self.precision,
+                settings.clip_grad, self.ddp.no_sync if self.ddp is not None else None,
+                env.device,
+            )  # fmt: skip
             if not out.applied:
                 skipped += 1
                 self._count_skipped(epoch, step)
@@ -303,8 +328,9 @@ class Trainer:
             self.consecutive = 0
 
             # ============ logging ... ============
-            # Per task: the loss summed over the steps where it was defined, and their count.
-            for task in tasks:
+            # Per task: the loss summed over the steps where it was defined, and their count
+            # (tasks outside the curriculum phase have none).
+            for task in out.losses:
                 meter.add(f"loss/{task}", out.losses[task] * out.valid[task])
                 meter.add(f"valid/{task}", out.valid[task])
             meter.add("loss", out.total)
@@ -409,7 +435,7 @@ def _train(
     spec = network_spec(settings, data)
     if state is not None:
         _check_resumable(state, spec, settings, run_dir)
-    dataset = PretrainDataset(data, settings.views, settings.seed)
+    dataset = PretrainDataset(data, settings.views, settings.seed, settings.augment)
     # The sampler pads the epoch to a multiple of the world size, so every rank runs the same
     # number of steps; the last batch may be short.
     sampler = DistributedSampler(
@@ -443,18 +469,21 @@ def _train(
             "device": env.device.type,
             "precision": trainer.precision,
             "global_batch": trainer.global_batch,
+            "accumulate_steps": settings.accumulate_steps,
             "peak_lr": trainer.peak_lr,
             "tasks": list(settings.tasks),
+            "curriculum": settings.curriculum.to_dict(),
+            "augment": list(settings.augment.enabled),
             "config": config["pretrain"],
             "data": data.summary,
         }
     )
     if env.is_main:
         log.info(
-            "training %d subjects on %d %s process(es): %d steps/epoch, global batch %d, "
-            "peak lr %.3g, %s, tasks %s, %.1fM parameters",
+            "training %d subjects on %d %s process(es): %d steps/epoch, global batch %d "
+            "(%d micro-batch(es) per step), peak lr %.3g, %s, tasks %s, %.1fM parameters",
             len(dataset), env.world_size, env.device.type, trainer.iters, trainer.global_batch,
-            trainer.peak_lr, trainer.precision, ",".join(settings.tasks),
+            settings.accumulate_steps, trainer.peak_lr, trainer.precision, ",".join(settings.tasks),
             sum(p.numel() for p in objective.parameters()) / 1e6,
         )  # fmt: skip
 
@@ -478,6 +507,7 @@ def _train(
     for epoch in range(trainer.start_epoch, settings.epochs):
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
+        trainer.begin_epoch(epoch)
         # Seeded per epoch and rank so a resumed run draws what an uninterrupted one would.
         torch.manual_seed(_seed_for(settings.seed, epoch, env.rank))
         record = trainer.run_epoch(epoch, metrics)
@@ -572,9 +602,13 @@ def _finish(
                 "device": facts["device"],
                 "precision": facts["precision"],
                 "global_batch": facts["global_batch"],
+                # Checkpoints before these settings: no accumulation, curriculum, augmentation.
+                "accumulate_steps": facts.get("accumulate_steps", 1),
                 "peak_lr": facts["peak_lr"],
                 "skipped_steps": skipped_steps,
                 "tasks": facts["tasks"],
+                "curriculum": facts.get("curriculum", []),
+                "augment": facts.get("augment", []),
                 "config": facts["config"],
                 "final_epoch": last_record,
                 "learning_signals": card_summary(last_record),

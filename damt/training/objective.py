@@ -21,7 +21,8 @@ _LOCAL_PLAIN = {"rotation", "location", "atlas"}
 
 class PretrainObjective(nn.Module):
     """Network + task weighting; ``forward(batch)`` returns the total loss, the per-task terms
-    and the per-step sums of the learning signals (``damt.training.signals``).
+    and the per-step sums of the learning signals (``damt.training.signals``) of the active
+    tasks (all of the network's, unless a curriculum phase chose some: :meth:`set_active`).
     """
 
     def __init__(self, network: DAMTNetwork, balancing: str, temperature: float) -> None:
@@ -29,6 +30,30 @@ class PretrainObjective(nn.Module):
         self.network = network
         self.temperature = temperature
         self.balancer: nn.Module = make_balancer(balancing, network.spec.tasks)
+        self.active: tuple[str, ...] = network.spec.tasks
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """Parameters only ``task`` uses: its head, its uncertainty weight and, for mim, the
+        encoder's mask token (every task runs the whole encoder)."""
+        params = list(self.network.heads[task].parameters())
+        log_vars = getattr(self.balancer, "log_vars", None)
+        if log_vars is not None:
+            params.append(log_vars[task])
+        if task == "mim":
+            params.append(self.network.encoder.mask_token)
+        return params
+
+    def set_active(self, tasks: tuple[str, ...]) -> None:
+        """Train only ``tasks`` (a curriculum phase): the others add no loss, and their own
+        parameters stop requiring gradients, so they get none (AdamW then leaves them alone,
+        weight decay included) and a DDP wrapper built afterwards does not expect them."""
+        unknown = set(tasks) - set(self.network.spec.tasks)
+        if unknown:
+            raise ValueError(f"tasks {sorted(unknown)} have no head in this network")
+        self.active = tuple(t for t in self.network.spec.tasks if t in tasks)
+        for task in self.network.spec.tasks:
+            for p in self.task_parameters(task):
+                p.requires_grad_(task in self.active)
 
     def forward(
         self, batch: dict[str, torch.Tensor]
@@ -37,7 +62,7 @@ class PretrainObjective(nn.Module):
     ]:
         """Total loss, per-task losses and validity flags (0-d tensors), signal sums."""
         net, spec = self.network, self.network.spec
-        tasks = set(spec.tasks)
+        tasks = set(self.active)
         views = batch["global_image"]  # (B, 2, 1, G, G, G)
         local = batch["local_image"]  # (B, 1, L, L, L)
         one = torch.ones((), device=views.device)

@@ -11,6 +11,8 @@ from damt.model.spec import (
     encoder_spec_from_config,
     view_spec_from_config,
 )
+from damt.training.augment import AugmentSpec
+from damt.training.curriculum import Curriculum
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,17 @@ class TrainSettings:
     keep_best: bool
     nodes: int
     collective_timeout_s: int
+    accumulate_steps: int
+    curriculum: Curriculum
+    augment: AugmentSpec
 
     @classmethod
     def from_config(cls, config: dict) -> TrainSettings:
         """Build from the whole validated workflow config; checks cross-key constraints."""
         p = config["pretrain"]
         tasks = tuple(t for t in TASKS if p["tasks"][t])
+        if not tasks:
+            raise ValueError("pretrain.tasks: every task is switched off")
         settings = cls(
             encoder=encoder_spec_from_config(p),
             views=view_spec_from_config(p),
@@ -86,9 +93,10 @@ class TrainSettings:
             keep_best=p["keep_best"],
             nodes=p["nodes"],
             collective_timeout_s=p["collective_timeout_s"],
+            accumulate_steps=p["accumulate_steps"],
+            curriculum=Curriculum.from_config(p["curriculum"], tasks, p["epochs"]),
+            augment=AugmentSpec.from_config(p["augment"]),
         )
-        if not tasks:
-            raise ValueError("pretrain.tasks: every task is switched off")
         if settings.warmup_epochs >= settings.epochs:
             raise ValueError(
                 f"pretrain.warmup_epochs ({settings.warmup_epochs}) must be smaller than "

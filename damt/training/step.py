@@ -6,6 +6,8 @@ Shared by the training loop and ``bench/train.py``, so the benchmark times the t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -105,20 +107,60 @@ def train_step(
     precision: str,
     clip_grad: float,
 ) -> StepResult:
-    """Forward under autocast, backward, clip, step; skip the update when anything is non-finite.
+    """One optimizer step on one batch (:func:`accumulated_step` with a single micro-batch)."""
+    return accumulated_step(model, optimizer, scaler, [batch], precision, clip_grad)
+
+
+def accumulated_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    batches: Sequence[dict[str, torch.Tensor]],
+    precision: str,
+    clip_grad: float,
+    no_sync: Callable[[], AbstractContextManager] | None = None,
+    device: torch.device | None = None,
+) -> StepResult:
+    """One optimizer step over ``batches`` (micro-batches, ``pretrain.accumulate_steps``):
+    forward under autocast and backward of each, clip, step; skip the update when anything is
+    non-finite.
+
+    Each micro-batch's total is divided by their number, so the accumulated gradient is that of
+    the mean of the micro-batches' losses: for equal micro-batches, the gradient of the large
+    batch for every loss that is a mean over samples (all but the contrastive one, whose
+    negatives are those of its micro-batch). ``no_sync`` (DDP's) wraps every micro-batch but
+    the last, so the gradients are all-reduced once. ``device``: where the batches go (each
+    just before its forward pass); None leaves them where they are.
 
     Under DDP every rank takes the same branch: the loss check is all-reduced, and the gradient
-    norm is computed from gradients DDP has already averaged.
+    norm is computed from gradients DDP has already averaged. The returned losses are the means
+    over the micro-batches where each task was defined; the signal sums are summed.
     """
     dtype = AUTOCAST_DTYPES[precision]
-    device = next(iter(batch.values())).device
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        total, losses, valid, stats = model(batch)
+    n = len(batches)
     optimizer.zero_grad(set_to_none=True)
-    finite = all_reduce(torch.isfinite(total.detach()).float().reshape(1), "min")
-    if finite.item() != 1.0:
-        return StepResult(False, total.detach(), losses, valid, None, stats)
-    scaler.scale(total).backward()
+    total_sum: torch.Tensor | None = None
+    loss_sums: dict[str, torch.Tensor] = {}
+    valid_counts: dict[str, torch.Tensor] = {}
+    stats: dict[str, torch.Tensor] = {}
+    for i, batch in enumerate(batches):
+        if device is not None:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        last = i == n - 1
+        with nullcontext() if last or no_sync is None else no_sync():
+            with torch.autocast(_device(batch).type, dtype=dtype, enabled=dtype is not None):
+                total, losses, valid, step_stats = model(batch)
+            finite = all_reduce(torch.isfinite(total.detach()).float().reshape(1), "min")
+            if finite.item() != 1.0:
+                return StepResult(False, total.detach(), losses, valid, None, step_stats)
+            scaler.scale(total / n).backward()
+        total_sum = total.detach() if total_sum is None else total_sum + total.detach()
+        for task, loss in losses.items():
+            v = valid[task].float()
+            loss_sums[task] = loss_sums.get(task, 0.0) + loss * v
+            valid_counts[task] = valid_counts.get(task, 0.0) + v
+        for key, value in step_stats.items():
+            stats[key] = stats[key] + value if key in stats else value
     scaler.unscale_(optimizer)
     # The network's gradients only: a balancer parameter's gradient, c - w·L (c = 1/2 or 1), is
     # about as large as its task's loss and would dominate the norm, so clipping would scale the
@@ -131,4 +173,10 @@ def train_step(
     if applied:
         scaler.step(optimizer)
     scaler.update()
-    return StepResult(applied, total.detach(), losses, valid, norm.detach(), stats)
+    losses = {t: loss_sums[t] / valid_counts[t].clamp_min(1) for t in loss_sums}
+    valid = {t: valid_counts[t] > 0 for t in valid_counts}
+    return StepResult(applied, total_sum / n, losses, valid, norm.detach(), stats)
+
+
+def _device(batch: dict[str, torch.Tensor]) -> torch.device:
+    return next(iter(batch.values())).device

@@ -7,6 +7,8 @@ MONAI ``MetaTensor`` s would follow the batch into the model and break ``torch.c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -95,7 +97,13 @@ def _as_volume(x) -> np.ndarray:
     return x
 
 
-def make_views(image, atlas, rng: np.random.Generator, spec: ViewSpec) -> dict[str, torch.Tensor]:
+# One view's (image, atlas or None) blocks -> the same, augmented (damt.training.augment).
+ViewAugment = Callable[[np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray | None]]
+
+
+def make_views(
+    image, atlas, rng: np.random.Generator, spec: ViewSpec, augment: ViewAugment | None = None
+) -> dict[str, torch.Tensor]:
     """Two rotated global crops, one rotated local crop (resized), their labels and MIM masks.
 
     ``image`` float (D, H, W) in [0, 1] and ``atlas`` integer class indices on the same grid
@@ -109,6 +117,10 @@ def make_views(image, atlas, rng: np.random.Generator, spec: ViewSpec) -> dict[s
     - ``local_image`` (1, L, L, L): a ``local_crop_source``³ crop resized to ``local_crop``³ and
       rotated; ``local_atlas``, ``local_rotation``, ``local_mask`` likewise; ``location``: the
       grid cell of the local crop's position (before rotation; see ``location_label``).
+
+    ``augment`` (optional) transforms each crop, with its atlas where the view has one, before
+    its rotation (and, for the local crop, before its resize). It draws its own randomness, so
+    the crops, rotations and masks are those of the same ``rng`` without augmentation.
     """
     image, atlas = _as_volume(image), _as_volume(atlas)
     if image.shape != atlas.shape:
@@ -119,16 +131,26 @@ def make_views(image, atlas, rng: np.random.Generator, spec: ViewSpec) -> dict[s
     # Each rotated crop is written once, straight into the float32 batch slot; atlases keep
     # their compact class dtype (the objective casts them to long on the device).
     global_image = torch.empty((2, 1, g, g, g), dtype=torch.float32)
+    first_atlas = crop(atlas, corners[0], g)
     for i, (c, r) in enumerate(zip(corners, rotations, strict=True)):
-        global_image[i, 0] = rotate(torch.from_numpy(crop(image, c, g)), r)
-    global_atlas = rotate(_classes(crop(atlas, corners[0], g)), rotations[0])
+        block = crop(image, c, g)
+        if augment is not None:
+            # Only the first global view has an atlas target.
+            block, moved = augment(block, first_atlas if i == 0 else None)
+            first_atlas = moved if i == 0 else first_atlas
+        global_image[i, 0] = rotate(torch.from_numpy(block), r)
+    global_atlas = rotate(_classes(first_atlas), rotations[0])
 
     start = random_start(image.shape, spec.local_crop_source, rng)
     rot = int(rng.integers(len(ROTATIONS)))
     size = (spec.local_crop,) * 3
-    img = torch.from_numpy(crop(image, start, spec.local_crop_source).astype(np.float32))
+    block = crop(image, start, spec.local_crop_source)
+    block_atlas = crop(atlas, start, spec.local_crop_source)
+    if augment is not None:
+        block, block_atlas = augment(block, block_atlas)
+    img = torch.from_numpy(block.astype(np.float32))
     img = F.interpolate(img[None, None], size=size, mode="trilinear", align_corners=False)[0]
-    lab = _classes(crop(atlas, start, spec.local_crop_source))
+    lab = _classes(block_atlas)
     # nearest-exact samples voxel centres, as trilinear with align_corners=False does.
     lab = F.interpolate(lab[None, None].float(), size=size, mode="nearest-exact")[0, 0]
     lab = lab.to(global_atlas.dtype)
