@@ -3,20 +3,30 @@ settings, checks and run signature (pretrain.contrastive, pretrain.ema)."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from monai.networks.nets import SwinUNETR
+from safetensors.torch import load_file
 from torch import nn
 
 from damt.config import load_config
+from damt.training.checkpoint import load_latest
 from damt.training.launch import LaunchError, check_run_settings, model_settings
 from damt.training.losses import contrastive_logits, dino_loss, vicreg_terms
 from damt.training.schedules import momentum_schedule
 from damt.training.settings import TrainSettings
 from damt.training.teacher import Center, EmaTeacher, NegativeQueue, Prototypes
-from tests.training_data import write_config
+from tests.training_data import train_args, write_config, write_training_set
 
 
 def test_vicreg_terms_match_a_hand_computation():
@@ -263,3 +273,151 @@ def test_a_method_signature_follows_its_own_settings_only(tmp_path):
     assert model_settings(_pretrain(tmp_path, ema={"enabled": True, "momentum": 0.99})) != (
         model_settings(ema)
     )
+
+
+# ---- whole runs: each method trains, resumes after a kill, and exports loadable weights ----
+
+REPO = Path(__file__).resolve().parents[1]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
+RUNS = {
+    "vicreg": {"contrastive": {"method": "vicreg"}},
+    "dino": {"contrastive": {"method": "dino", "export": "teacher"}, "ema": {"enabled": True}},
+    "ntxent_queue_ema": {"contrastive": {"queue_size": 6}, "ema": {"enabled": True}},
+}
+# The state each variant keeps beside the network (checkpointed, equal on every rank).
+STATE = {
+    "vicreg": (),
+    "dino": (
+        "teacher.encoder.",
+        "teacher.projection.",
+        "teacher.prototypes.",
+        "center.center",
+        "prototypes.weight",
+    ),
+    "ntxent_queue_ema": ("teacher.encoder.", "queue.keys", "queue.ids", "queue.pointer"),
+}
+
+
+def _env() -> dict:
+    path = os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH")] if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return write_training_set(tmp_path_factory.mktemp("methods"), n_subjects=4)
+
+
+def _train(files, config: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "damt", *train_args(files, config, out)], env=_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _load_strictly(path: Path, card: dict) -> None:
+    net = SwinUNETR(out_channels=3, **card["architecture"]["swin_unetr_kwargs"])
+    net.swinViT.load_state_dict(load_file(str(path)), strict=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", sorted(RUNS))
+def test_each_method_trains_resumes_after_a_kill_and_exports(files, tmp_path, variant):
+    config = write_config(tmp_path / "c.yaml", epochs=2, save_every=0, **RUNS[variant])
+    full = _train(files, config, tmp_path / "full")
+    _, err = full.communicate(timeout=600)
+    assert full.returncode == 0, err
+
+    interrupted = tmp_path / "interrupted"
+    proc = _train(files, config, interrupted)
+    deadline = time.monotonic() + 600
+    while not (interrupted / "checkpoints" / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert load_latest(interrupted / "checkpoints")["epoch"] == 1
+    # Another method's settings do not resume this checkpoint.
+    other = sorted(RUNS)[(sorted(RUNS).index(variant) + 1) % len(RUNS)]
+    wrong = _train(files, write_config(tmp_path / "o.yaml", epochs=2, **RUNS[other]), interrupted)
+    _, err = wrong.communicate(timeout=600)
+    assert wrong.returncode != 0 and "cannot resume" in err and "contrastive.method" in err, err
+    resumed = _train(files, config, interrupted)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert "resuming" in err
+
+    # The resumed run continued the method's state: it ends where the uninterrupted one does.
+    a = load_latest(tmp_path / "full" / "checkpoints")["model"]
+    b = load_latest(interrupted / "checkpoints")["model"]
+    assert a.keys() == b.keys()
+    for prefix in STATE[variant]:
+        assert any(k.startswith(prefix) for k in a), prefix
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+    if variant == "ntxent_queue_ema":
+        assert (a["queue.ids"] >= 0).all()  # 8 keys pushed per epoch: the queue is full
+    if "teacher.encoder.swinViT.patch_embed.proj.weight" in a:
+        key = "swinViT.patch_embed.proj.weight"
+        assert not torch.equal(a[f"teacher.encoder.{key}"], a[f"network.encoder.{key}"])
+
+    card = json.loads((interrupted / "model_card.json").read_text())
+    p = card["pretraining"]
+    assert p["contrastive_method"] == RUNS[variant].get("contrastive", {}).get("method", "ntxent")
+    records = [json.loads(x) for x in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert all(math.isfinite(r["loss/contrastive"]) for r in records)
+    assert "signal/contrastive_top1" in records[-1]
+    _load_strictly(interrupted / "encoder.safetensors", card)
+    weights = load_file(str(interrupted / "encoder.safetensors"))
+    exported = "teacher" if variant == "dino" else "student"
+    assert p["exported_encoder"] == exported
+    source = "teacher.encoder" if exported == "teacher" else "network.encoder"
+    for key, value in weights.items():
+        assert torch.equal(value, b[f"{source}.swinViT.{key}"]), key
+    if RUNS[variant].get("ema"):
+        assert card["weights_ema"] == p["ema"]["file"] == "encoder_ema.safetensors"
+        _load_strictly(interrupted / "encoder_ema.safetensors", card)
+        for key, value in load_file(str(interrupted / "encoder_ema.safetensors")).items():
+            assert torch.equal(value, b[f"teacher.encoder.swinViT.{key}"]), key
+    else:
+        assert card["weights_ema"] is None
+        assert not (interrupted / "encoder_ema.safetensors").exists()
+
+    # A finished run is exported again from its checkpoint alone, to the same files.
+    exported_files = sorted(interrupted.glob("encoder*.safetensors"))
+    before = {f.name: load_file(str(f)) for f in exported_files}
+    again = _train(files, config, interrupted)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0 and "no training" in err, err
+    for f in exported_files:
+        after = load_file(str(f))
+        assert all(torch.equal(after[k], v) for k, v in before[f.name].items()), f.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", sorted(RUNS))
+def test_each_method_runs_on_two_gloo_ranks_with_identical_state(tmp_path, variant):
+    data = write_training_set(tmp_path / "data", n_subjects=5)
+    config = write_config(
+        tmp_path / "c.yaml", epochs=1, warmup_epochs=0, batch_size_per_gpu=1, **RUNS[variant]
+    )
+    cmd = [*TORCHRUN, "--nproc_per_node=2", str(REPO / "tests" / "ddp_worker.py")]
+    proc = subprocess.run(
+        [*cmd, str(config), str(data.root), str(tmp_path)],
+        env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys()
+    for prefix in STATE[variant]:
+        assert any(k.startswith(prefix) for k in ranks[0]), prefix
+    for key in ranks[0]:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    record = torch.load(tmp_path / "record0.pt")
+    assert record["step"] == 3 and record["skipped_steps"] == 0
+    assert math.isfinite(record["loss/contrastive"])
+    if variant == "dino":
+        assert float(ranks[0]["center.center"].abs().sum()) > 0  # moved, identically
