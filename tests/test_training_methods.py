@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from monai.networks.nets import SwinUNETR
 from safetensors.torch import load_file
 from torch import nn
@@ -273,6 +275,50 @@ def test_a_method_signature_follows_its_own_settings_only(tmp_path):
     assert model_settings(_pretrain(tmp_path, ema={"enabled": True, "momentum": 0.99})) != (
         model_settings(ema)
     )
+
+
+def _vicreg_and_centre_rank(rank: int, store: str, z1, z2, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    lo, hi = (0, 3) if rank == 0 else (3, 6)
+    a = z1[lo:hi].clone().requires_grad_(True)
+    b = z2[lo:hi].clone().requires_grad_(True)
+    t = vicreg_terms(a, b)
+    t.loss.backward()
+    center = Center(z1.shape[1], momentum=0.9)
+    center.update(z1[:4] if rank == 0 else z1[4:])  # uneven rows: 4 and 2
+    torch.save(
+        {"t": [float(x) for x in (t.invariance, t.variance, t.covariance, t.loss.detach())],
+         "ga": a.grad, "gb": b.grad, "center": center.center},
+        f"{out}/vicreg{rank}.pt",
+    )  # fmt: skip
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_vicreg_and_dino_centre_see_the_global_batch_across_ranks(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    mp.spawn(_vicreg_and_centre_rank, args=(str(tmp_path / "s"), z1, z2, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"vicreg{r}.pt") for r in (0, 1)]
+    a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+    full = vicreg_terms(a, b)
+    full.loss.backward()
+    # Variance and covariance: the global batch's on both ranks; invariance: each rank's half.
+    for i in (1, 2):
+        assert ranks[0]["t"][i] == pytest.approx(ranks[1]["t"][i])
+        assert ranks[0]["t"][i] == pytest.approx(
+            float((full.variance, full.covariance)[i - 1].detach())
+        )
+    assert (ranks[0]["t"][3] + ranks[1]["t"][3]) / 2 == pytest.approx(
+        float(full.loss.detach()), rel=1e-5
+    )
+    # The ranks' gradients averaged as DDP does are the single-process gradients.
+    torch.testing.assert_close(torch.cat([ranks[0]["ga"], ranks[1]["ga"]]) / 2, a.grad)
+    torch.testing.assert_close(torch.cat([ranks[0]["gb"], ranks[1]["gb"]]) / 2, b.grad)
+    # The centre moves by the mean over both ranks' rows, the same on each.
+    expected = 0.1 * z1.mean(0, keepdim=True)
+    for rank in ranks:
+        torch.testing.assert_close(rank["center"], expected)
 
 
 # ---- whole runs: each method trains, resumes after a kill, and exports loadable weights ----
