@@ -11,6 +11,11 @@ Head widths default to the original DAMT data (566 morphometry, 72 radiomics, 10
     python bench/train.py --preset full --no-checkpointing
     python bench/train.py --preset full --window 8
     python bench/train.py --padding-table                                     # shapes only
+    python bench/train.py --preset tiny --methods     # ntxent vs vicreg vs dino, one process
+
+With ``--methods`` the step of each contrastive method (``pretrain.contrastive.method``) is
+timed in turn, in one process, and the ratios to ``ntxent`` are printed; dino's step includes
+the teacher's forward and its EMA update.
 
 The last line printed is ``samples_per_s=X`` (per process, i.e. per GPU).
 """
@@ -40,9 +45,14 @@ PEAK_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12
 
 
 def settings_for(
-    preset: str, batch_size: int = 2, precision: str = "auto", **overrides
+    preset: str,
+    batch_size: int = 2,
+    precision: str = "auto",
+    contrastive: dict | None = None,
+    **overrides,
 ) -> TrainSettings:
-    """The trainer's settings for ``preset`` with some of its entries overridden."""
+    """The trainer's settings for ``preset`` with some of its entries overridden
+    (``contrastive``: the ``pretrain.contrastive`` section)."""
     pretrain = {
         "preset": preset,
         "presets": {preset: overrides},
@@ -50,6 +60,7 @@ def settings_for(
         "precision": precision,
         "epochs": 2,
         "warmup_epochs": 0,
+        "contrastive": contrastive or {},
     }
     config = validate_config({"subjects": {"dirs": [{"path": "."}]}, "pretrain": pretrain})
     return TrainSettings.from_config(config)
@@ -99,7 +110,8 @@ def synthetic_batch(
 def build_objective(
     settings: TrainSettings, widths: Widths, attention: str, device: torch.device
 ) -> PretrainObjective:
-    """The trainer's objective (network + balancer) for ``settings``, seeded, on ``device``."""
+    """The trainer's objective (network + balancer + the contrastive method's state) for
+    ``settings``, seeded, on ``device``."""
     spec = NetworkSpec(
         encoder=settings.encoder, tasks=settings.tasks, n_rotations=len(ROTATIONS),
         n_locations=settings.views.n_locations, contrastive_dim=settings.contrastive_dim,
@@ -108,7 +120,13 @@ def build_objective(
     )  # fmt: skip
     torch.manual_seed(0)
     network = DAMTNetwork(spec, attention)
-    return PretrainObjective(network, settings.balancing, 0.5).to(device)
+    return PretrainObjective(
+        network, settings.balancing, 0.5, settings.contrastive, settings.ema
+    ).to(device)
+
+
+# The teacher's momentum in the timed steps (its value does not change the cost).
+TEACHER_MOMENTUM = 0.996
 
 
 @dataclass
@@ -123,8 +141,9 @@ class Harness:
     precision: str
 
     def step(self, i: int = 0, model: torch.nn.Module | None = None):
-        """One ``train_step`` on batch ``i`` (mod the batches held)."""
-        return train_step(
+        """One ``train_step`` on batch ``i`` (mod the batches held), then the EMA teacher's
+        update where there is one (as the trainer does after an applied step)."""
+        out = train_step(
             model or self.model,
             self.optimizer,
             self.scaler,
@@ -132,6 +151,9 @@ class Harness:
             self.precision,
             1.0,
         )
+        if out.applied:
+            self.objective.update_teacher(TEACHER_MOMENTUM)
+        return out
 
     def flops(self) -> int:
         """Model FLOPs of one step (forward + backward, eager), counted by ``FlopCounterMode``."""
@@ -250,6 +272,42 @@ def window_padding_table(depths, embed_dim, patch) -> list[str]:
     return rows
 
 
+def compare_methods(args: argparse.Namespace, device: torch.device, widths: Widths) -> None:
+    """Median step time of each contrastive method and its ratio to ``ntxent``'s: the three
+    objectives are built (and warmed up) first, then timed in interleaved rounds, so a change
+    of the machine's load falls on all three alike."""
+    harnesses = {}
+    for method in ("ntxent", "vicreg", "dino"):
+        settings = settings_for(
+            args.preset, args.batch_size, args.precision, {"method": method},
+            **overrides_from(args),
+        )  # fmt: skip
+        r, harnesses[method] = measure_step(
+            settings, device, batch_size=args.batch_size, attention=args.attention,
+            compile=args.compile, steps=1, warmup=args.warmup, widths=widths, log=lambda _: None,
+        )  # fmt: skip
+        print(f"method={method} params={r['params_m']:.2f}M")
+    times: dict[str, list[float]] = {m: [] for m in harnesses}
+    for i in range(args.steps):
+        for method, h in harnesses.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            out = h.step(i)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[method].append(time.perf_counter() - start)
+            if not out.applied:
+                print(f"  {method} step {i}: not applied (non-finite)")
+    base = statistics.median(times["ntxent"])
+    for method, seconds in times.items():
+        median = statistics.median(seconds)
+        print(
+            f"{method}: median {median:.3f} s/step (min {min(seconds):.3f}, "
+            f"{len(seconds)} steps), {median / base:.3f} x ntxent"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", choices=["tiny", "full", "full_w8"], default="tiny")
@@ -271,6 +329,9 @@ def main() -> None:
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     p.add_argument("--peak-tflops", type=float, help="device peak for MFU (TFLOP/s)")
     p.add_argument("--padding-table", action="store_true", help="print the window-padding table")
+    p.add_argument(
+        "--methods", action="store_true", help="time ntxent, vicreg and dino; print the ratios"
+    )
     args = p.parse_args()
 
     settings = settings_for(args.preset, args.batch_size, args.precision, **overrides_from(args))
@@ -284,6 +345,9 @@ def main() -> None:
     device = torch.device("cuda" if use_cuda else "cpu")
     torch.backends.cudnn.benchmark = True
     widths = Widths(args.morphometry, args.radiomics, args.classes)
+    if args.methods:
+        compare_methods(args, device, widths)
+        return
     v = settings.views
     print(
         f"device={device} ({torch.cuda.get_device_name() if use_cuda else 'CPU'}, "

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 # Files inside a pretraining run folder that the rules name as outputs.
 ENCODER_FILE = "encoder.safetensors"
+# pretrain.ema: the EMA encoder, beside the plain one.
+ENCODER_EMA_FILE = "encoder_ema.safetensors"
 MODEL_CARD_FILE = "model_card.json"
 # Files of a subject's training cache (written by damt.stages.cache, read by the trainer, the
 # probe and the QC report).

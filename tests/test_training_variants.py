@@ -31,7 +31,7 @@ from damt.training.launch import model_settings
 from damt.training.loop import TrainInputs, network_spec
 from damt.training.objective import PretrainObjective
 from damt.training.schedules import apply_schedules
-from damt.training.settings import TrainSettings
+from damt.training.settings import ContrastiveSettings, DINOSettings, TrainSettings
 from damt.training.step import accumulated_step, param_groups
 from tests.training_data import train_args, write_config, write_training_set
 
@@ -184,6 +184,20 @@ def test_a_phase_freezes_the_other_tasks_heads_and_weights(files):
     # The next phase thaws them.
     objective.set_active(settings.tasks)
     assert all(p.requires_grad for p in objective.parameters())
+
+
+@pytest.mark.slow
+def test_a_phase_without_the_contrastive_task_freezes_dinos_prototypes(files):
+    settings, _ = _settings(files, "freeze-dino")
+    data = _inputs(files).load(settings.tasks)
+    method = ContrastiveSettings(method="dino", dino=DINOSettings(out_dim=64))
+    network = DAMTNetwork(network_spec(settings, data))
+    objective = PretrainObjective(network, "uncertainty", 0.5, contrastive=method)
+    objective.set_active(("rotation", "mim"))
+    assert not any(p.requires_grad for p in objective.prototypes.parameters())
+    assert not any(p.requires_grad for p in objective.teacher.parameters())
+    objective.set_active(settings.tasks)
+    assert all(p.requires_grad for p in objective.prototypes.parameters())
 
 
 @pytest.mark.slow

@@ -45,13 +45,19 @@ def code_version() -> dict:
     }
 
 
-def write_model_card(path: str | Path, encoder: SwinEncoder, **sections) -> None:
-    """A small JSON description of the weights: how to load them, what trained them, on what."""
+def write_model_card(
+    path: str | Path, encoder: SwinEncoder, ema_weights: str | None = None, **sections
+) -> None:
+    """A small JSON description of the weights: how to load them, what trained them, on what.
+
+    ``ema_weights``: the file of the EMA encoder (same architecture and keys), if written.
+    """
     spec = encoder.spec
     card = {
         "format": "damt-model-card/1",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "weights": ENCODER_FILE,
+        "weights_ema": ema_weights,
         "architecture": {
             "module": "monai.networks.nets.SwinUNETR(...).swinViT",
             "swin_unetr_kwargs": spec.swin_unetr_kwargs(),

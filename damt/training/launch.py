@@ -136,12 +136,33 @@ def model_settings(pretrain: dict) -> dict:
             settings["augment"] = used
         else:
             del settings["augment"]
+    # Likewise today's NT-Xent without a queue and a switched-off EMA (what every run was before
+    # these sections existed); otherwise only the settings the method uses enter.
+    contrastive = _contrastive_signature(settings.pop("contrastive", None) or {})
+    if contrastive:
+        settings["contrastive"] = contrastive
+    ema = settings.pop("ema", None) or {}
+    if ema.get("enabled"):
+        settings["ema"] = ema
     presets, preset = pretrain.get("presets"), pretrain.get("preset")
     if isinstance(presets, dict) and preset in presets:
         # Gradient checkpointing trades memory for time; the network and its steps are the same.
         in_use = {k: v for k, v in presets[preset].items() if k != "checkpointing"}
         settings["presets"] = {preset: in_use}
     return settings
+
+
+def _contrastive_signature(section: dict) -> dict | None:
+    """The part of ``pretrain.contrastive`` the trained model depends on: None for NT-Xent
+    without a queue (the original), else the method, its own settings and what is exported."""
+    method = section.get("method", "ntxent")
+    if method == "ntxent":
+        queue = section.get("queue_size", 0)
+        return {"method": method, "queue_size": queue} if queue else None
+    kept = {"method": method, method: section.get(method, {})}
+    if method == "dino":
+        kept["export"] = section.get("export", "student")
+    return kept
 
 
 def signature(

@@ -30,7 +30,7 @@ from damt.features import FEATURE_GROUPS, TASK_FEATURE_GROUPS
 from damt.io import atomic_path
 from damt.model.network import DAMTNetwork
 from damt.model.spec import NetworkSpec
-from damt.paths import ENCODER_FILE, MODEL_CARD_FILE, normalized_table_file
+from damt.paths import ENCODER_EMA_FILE, ENCODER_FILE, MODEL_CARD_FILE, normalized_table_file
 from damt.training.checkpoint import BEST, load_latest, run_lock, save_checkpoint
 from damt.training.data import PretrainDataset, TrainingData, load_training_data
 from damt.training.distributed import DistEnv, all_reduce, barrier, init_distributed, shutdown
@@ -38,8 +38,8 @@ from damt.training.evaluate import build_eval_set, evaluate, primary
 from damt.training.export import export_encoder, write_model_card
 from damt.training.metrics import MetricsLog, read_records
 from damt.training.objective import PretrainObjective
-from damt.training.schedules import apply_schedules, cosine_schedule
-from damt.training.settings import TrainSettings
+from damt.training.schedules import apply_schedules, cosine_schedule, momentum_schedule
+from damt.training.settings import ContrastiveSettings, EmaSettings, TrainSettings
 from damt.training.signals import card_summary, epoch_signals
 from damt.training.step import accumulated_step, param_groups, resolve_precision
 from damt.training.views import ROTATIONS
@@ -213,6 +213,18 @@ class Trainer:
         self.wd = cosine_schedule(
             settings.weight_decay, settings.weight_decay_end, settings.epochs, self.iters
         )
+        # The EMA teacher's momentum per step (pretrain.ema; dino: DINO's cosine to 1).
+        dino = objective.method == "dino"
+        self.momentum = (
+            momentum_schedule(
+                settings.contrastive.dino.teacher_momentum if dino else settings.ema.momentum,
+                settings.epochs,
+                self.iters,
+                cosine=dino,
+            )
+            if objective.teacher is not None
+            else None
+        )
         # fused: one kernel for the whole update on GPUs (bench/RESULTS.md, "GPU path").
         self.optimizer = torch.optim.AdamW(
             param_groups(objective, settings.balancer_lr),
@@ -326,6 +338,8 @@ class Trainer:
                 self._count_skipped(epoch, step)
                 continue
             self.consecutive = 0
+            if self.momentum is not None:
+                self.objective.update_teacher(float(self.momentum[step]))
 
             # ============ logging ... ============
             # Per task: the loss summed over the steps where it was defined, and their count
@@ -407,9 +421,18 @@ def _check_format(state: dict | None, ckpt_dir: Path) -> None:
 def _check_resumable(state: dict, spec: NetworkSpec, settings: TrainSettings, run_dir: Path):
     """Refuse to resume a checkpoint of another network or another task balancing."""
     changed = NetworkSpec.from_dict(state["network"]).differences(spec)
-    trained_balancing = state["run"]["config"]["balancing"]
-    if trained_balancing != settings.balancing:
-        changed.append(("balancing", trained_balancing, settings.balancing))
+    trained = state["run"]["config"]
+    if trained["balancing"] != settings.balancing:
+        changed.append(("balancing", trained["balancing"], settings.balancing))
+    old_c, old_ema = ContrastiveSettings.from_pretrain(trained), EmaSettings.from_pretrain(trained)
+    for name, old, new in (
+        ("contrastive.method", old_c.method, settings.contrastive.method),
+        ("contrastive.queue_size", old_c.queue_size, settings.contrastive.queue_size),
+        ("contrastive.dino.out_dim", old_c.dino.out_dim, settings.contrastive.dino.out_dim),
+        ("ema.enabled", old_ema.enabled, settings.ema.enabled),
+    ):
+        if old != new:
+            changed.append((name, old, new))
     if changed:
         raise ValueError(
             f"cannot resume {run_dir}: the checkpoint was written by a run with another "
@@ -455,6 +478,8 @@ def _train(
         DAMTNetwork(spec, settings.attention),
         settings.balancing,
         settings.contrastive_temperature,
+        settings.contrastive,
+        settings.ema,
     )
     objective.to(env.device)
     trainer = Trainer(settings, objective, loader, env, state)
@@ -514,7 +539,7 @@ def _train(
         improved = False
         due = (epoch + 1) % max(settings.eval_every, 1) == 0 or epoch + 1 == settings.epochs
         if eval_set is not None and due:
-            encoder = objective.network.encoder.swinViT
+            encoder = objective.exported_encoder().swinViT
             record |= evaluate(encoder, eval_set, env.rank, env.world_size, settings.seed)
             score = primary(record, eval_set)
             if score is not None and (best is None or score[1] > best["score"]):
@@ -564,6 +589,8 @@ def _export(state: dict, run_dir: Path, env: DistEnv) -> TrainResult:
         DAMTNetwork(NetworkSpec.from_dict(state["network"])),
         trained["balancing"],
         trained["contrastive_temperature"],
+        ContrastiveSettings.from_pretrain(trained),
+        EmaSettings.from_pretrain(trained),
     )
     objective.load_state_dict(state["model"])
     log.info(
@@ -572,6 +599,14 @@ def _export(state: dict, run_dir: Path, env: DistEnv) -> TrainResult:
     return _finish(
         run_dir, objective, facts, state["epoch"], state["step"], state["skipped_steps"], env
     )
+
+
+def _ema_momentum(objective: PretrainObjective) -> str | float:
+    """The EMA's momentum as the model card states it."""
+    if objective.method == "dino":
+        start = objective.contrastive.dino.teacher_momentum
+        return f"dino teacher: cosine {start} -> 1"
+    return objective.ema.momentum
 
 
 def _finish(
@@ -583,17 +618,24 @@ def _finish(
     skipped_steps: int,
     env: DistEnv,
 ) -> TrainResult:
-    """The end of a run, trained or exported: rank 0 writes ``encoder.safetensors`` and
-    ``model_card.json`` (``facts``: see ``_train``) with the last epoch's metrics record.
+    """The end of a run, trained or exported: rank 0 writes ``encoder.safetensors`` (the student,
+    or dino's teacher with ``contrastive.export: teacher``), ``encoder_ema.safetensors`` with
+    ``pretrain.ema``, and ``model_card.json`` (``facts``: see ``_train``) with the last epoch's
+    metrics record.
     """
     records = read_records(run_dir)
     last_record = records[-1] if records else None
     if env.is_main:
-        encoder = objective.network.encoder
+        encoder = objective.exported_encoder()
         export_encoder(encoder, run_dir / ENCODER_FILE)
+        ema = objective.ema_encoder()
+        if ema is not None:
+            export_encoder(ema, run_dir / ENCODER_EMA_FILE)
+        contrastive = objective.contrastive
         write_model_card(
             run_dir / MODEL_CARD_FILE,
             encoder,
+            ema_weights=ENCODER_EMA_FILE if ema is not None else None,
             pretraining={
                 "epochs": epochs,
                 "steps": steps,
@@ -609,6 +651,16 @@ def _finish(
                 "tasks": facts["tasks"],
                 "curriculum": facts.get("curriculum", []),
                 "augment": facts.get("augment", []),
+                "contrastive_method": objective.method,
+                "exported_encoder": (
+                    "teacher" if encoder is not objective.network.encoder else "student"
+                ),
+                "queue_size": contrastive.queue_size if objective.queue is not None else 0,
+                "ema": (
+                    {"file": ENCODER_EMA_FILE, "momentum": _ema_momentum(objective)}
+                    if ema is not None
+                    else None
+                ),
                 "config": facts["config"],
                 "final_epoch": last_record,
                 "learning_signals": card_summary(last_record),
@@ -621,6 +673,11 @@ def _finish(
             },
             data=facts["data"],
         )
-        log.info("wrote %s and %s", run_dir / ENCODER_FILE, run_dir / MODEL_CARD_FILE)
+        log.info(
+            "wrote %s%s and %s",
+            run_dir / ENCODER_FILE,
+            f", {run_dir / ENCODER_EMA_FILE}" if ema is not None else "",
+            run_dir / MODEL_CARD_FILE,
+        )
     barrier()
     return TrainResult(objective, last_record)

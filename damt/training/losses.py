@@ -42,24 +42,34 @@ def mim_l1(recon: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torc
 
 @dataclass
 class ContrastiveLogits:
-    """NT-Xent's logits of this rank's anchors against the global batch, masked."""
+    """NT-Xent's logits of this rank's anchors against the global batch (and queue), masked."""
 
-    logits: torch.Tensor  # (2 N_r, 2 N): -inf at the anchor itself and at its duplicates
+    logits: torch.Tensor  # (2 N_r, 2 N + Q): -inf at the anchor itself and at its duplicates
     positive: torch.Tensor  # (2 N_r,) column of each anchor's positive
-    defined: torch.Tensor  # 0-d bool: the global batch holds at least two subjects
+    defined: torch.Tensor  # 0-d bool: at least two subjects among the candidates
+    keys: torch.Tensor  # (2 N, D) the global batch's normalised embeddings, detached
+    key_ids: torch.Tensor  # (2 N,) their subjects
 
 
 def contrastive_logits(
-    z1: torch.Tensor, z2: torch.Tensor, temperature: float, ids: torch.Tensor | None = None
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float,
+    ids: torch.Tensor | None = None,
+    queue: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> ContrastiveLogits:
     """Cosine similarities / temperature of this rank's 2N_r embeddings against all 2N of all
-    DDP ranks (gathered differentiably).
+    DDP ranks (gathered differentiably), and against a queue of earlier embeddings.
 
     ``ids`` (N_r,): the subject of each pair. ``DistributedSampler`` pads an epoch with repeated
     subjects, and views are seeded by (seed, epoch, index), so a repeated subject gives the same
     embeddings on another rank: with the ids gathered along with the embeddings, every
     candidate of the anchor's own subject other than its positive is masked out of the
     negatives. Without ids every pair is its own subject.
+
+    ``queue``: (Q, D) normalised embeddings and (Q,) their subjects (-1: an empty slot), appended
+    as further negatives (``pretrain.contrastive.queue_size``); entries of the anchor's own
+    subject (its views of an earlier epoch) and empty slots are masked like duplicates.
     """
     z1 = F.normalize(z1.float(), dim=1)  # (N_r, D)
     z2 = F.normalize(z2.float(), dim=1)
@@ -71,16 +81,106 @@ def contrastive_logits(
         all_ids = torch.arange(n, device=z1.device)
     else:
         all_ids, _ = gather_with_grad(ids)  # (N,)
-    logits = torch.cat([z1, z2]) @ torch.cat([all1, all2]).T / temperature  # (2 N_r, 2 N)
+    candidates = torch.cat([all1, all2])
+    candidate_ids = torch.cat([all_ids, all_ids])
+    if queue is not None:
+        candidates = torch.cat([candidates, queue[0]])
+        candidate_ids = torch.cat([candidate_ids, queue[1]])
+    logits = torch.cat([z1, z2]) @ candidates.T / temperature  # (2 N_r, 2 N + Q)
     own = torch.arange(n_local, device=z1.device) + offset
     positive = torch.cat([own + n, own])  # (2 N_r,)
     # Same subject as the anchor (itself, its duplicates' two views, its positive) ...
-    same = torch.cat([ids, ids])[:, None] == torch.cat([all_ids, all_ids])[None, :]
-    # ... all masked except the positive.
+    same = torch.cat([ids, ids])[:, None] == candidate_ids[None, :]
+    # ... all masked except the positive; empty queue slots are masked too.
+    same |= (candidate_ids < 0)[None, :]
     same[torch.arange(2 * n_local, device=z1.device), positive] = False
     logits = logits.masked_fill(same, float("-inf"))
-    defined = (all_ids != all_ids[0]).any()  # two subjects or more (no host sync)
-    return ContrastiveLogits(logits, positive, defined)
+    # Two subjects or more among the candidates (no host sync).
+    defined = ((candidate_ids >= 0) & (candidate_ids != all_ids[0])).any()
+    return ContrastiveLogits(
+        logits, positive, defined, torch.cat([all1, all2]).detach(), torch.cat([all_ids, all_ids])
+    )
+
+
+@dataclass
+class VICRegTerms:
+    """VICReg's three terms, the weighted loss, and whether variance and covariance are defined."""
+
+    invariance: torch.Tensor
+    variance: torch.Tensor
+    covariance: torch.Tensor
+    loss: torch.Tensor
+    defined: torch.Tensor  # 0-d bool: the global batch holds at least two samples
+
+
+def vicreg_terms(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    invariance: float = 25.0,
+    variance: float = 25.0,
+    covariance: float = 1.0,
+    target: float = 1.0,
+    eps: float = 1e-4,
+) -> VICRegTerms:
+    """VICReg (Bardes et al. 2022, ICLR) between the projections ``z1``, ``z2`` (N_r, D) of the
+    two views, as the official implementation computes it:
+
+    - invariance: mean squared error between the pairs of this rank (DDP averages it);
+    - variance: mean over dimensions of relu(γ - sqrt(Var + ε)), per view, halved and summed;
+    - covariance: the squared off-diagonal entries of each view's covariance, summed / D.
+
+    Variance and covariance are taken over the global batch: the projections are gathered over
+    DDP ranks differentiably (the official ``FullGatherLayer``; ``gather_with_grad`` sums each
+    rank's gradient for the rows, so with DDP's averaging the gradient is that of the global
+    batch's term). Unbiased (N - 1) estimates; a global batch of one sample gives 0 for both
+    (instead of NaN) and ``defined`` False.
+    """
+    z1, z2 = z1.float(), z2.float()
+    inv = F.mse_loss(z1, z2)
+    x, _ = gather_with_grad(z1)
+    y, _ = gather_with_grad(z2)
+    n, d = x.shape
+    x = x - x.mean(dim=0)
+    y = y - y.mean(dim=0)
+    denom = max(n - 1, 1)
+    std_x = torch.sqrt(x.pow(2).sum(0) / denom + eps)
+    std_y = torch.sqrt(y.pow(2).sum(0) / denom + eps)
+    var = F.relu(target - std_x).mean() / 2 + F.relu(target - std_y).mean() / 2
+    off = ~torch.eye(d, dtype=torch.bool, device=x.device)
+    cov_x = (x.T @ x) / denom
+    cov_y = (y.T @ y) / denom
+    cov = cov_x[off].pow(2).sum() / d + cov_y[off].pow(2).sum() / d
+    loss = invariance * inv + variance * var + covariance * cov
+    return VICRegTerms(inv, var, cov, loss, torch.tensor(n > 1, device=x.device))
+
+
+def dino_loss(
+    student: list[torch.Tensor],
+    teacher: list[torch.Tensor],
+    center: torch.Tensor,
+    student_temperature: float,
+    teacher_temperature: float,
+) -> torch.Tensor:
+    """DINO's loss (Caron et al. 2021, ICCV): the cross-entropy H(P_t, P_s) averaged over the
+    pairs of a teacher view and a different student view.
+
+    ``student``: the student's prototype scores of each view (B, K): the global views first,
+    then the local views; ``teacher``: the teacher's of the global views, in the same order.
+    The teacher is centred (``center`` (1, K) subtracted) and sharpened by its lower
+    temperature; the student is divided by its own. The teacher gets no gradient.
+    """
+    targets = [
+        F.softmax((t.float() - center) / teacher_temperature, dim=-1).detach() for t in teacher
+    ]
+    logps = [F.log_softmax(s.float() / student_temperature, dim=-1) for s in student]
+    total, pairs = 0.0, 0
+    for i, target in enumerate(targets):
+        for j, logp in enumerate(logps):
+            if i == j:  # the same view
+                continue
+            total = total + (-target * logp).sum(dim=-1).mean()
+            pairs += 1
+    return total / pairs
 
 
 def nt_xent(

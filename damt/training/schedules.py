@@ -29,6 +29,14 @@ def cosine_schedule(
     return np.concatenate([warm, cosine])
 
 
+def momentum_schedule(start: float, epochs: int, iters_per_epoch: int, cosine: bool) -> np.ndarray:
+    """The EMA teacher's momentum at each iteration: DINO's half cosine from ``start`` to 1
+    (``cosine``, Caron et al. 2021), or ``start`` throughout (``pretrain.ema`` alone)."""
+    if cosine:
+        return cosine_schedule(start, 1.0, epochs, iters_per_epoch)
+    return np.full(epochs * iters_per_epoch, start)
+
+
 def apply_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
     """Set one step's learning rate and weight decay on the network's parameter groups.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from damt.model.spec import (
     TASKS,
@@ -13,6 +13,67 @@ from damt.model.spec import (
 )
 from damt.training.augment import AugmentSpec
 from damt.training.curriculum import Curriculum
+
+
+@dataclass(frozen=True)
+class VICRegSettings:
+    """VICReg's coefficients (Bardes et al. 2022, the paper's defaults): λ invariance, μ
+    variance, ν covariance; the variance hinge's target γ and the ε under its square root."""
+
+    invariance: float = 25.0
+    variance: float = 25.0
+    covariance: float = 1.0
+    variance_target: float = 1.0
+    eps: float = 1e-4
+
+
+@dataclass(frozen=True)
+class DINOSettings:
+    """DINO's self-distillation (Caron et al. 2021): prototypes, temperatures, centre and teacher
+    momentum (the paper's defaults except ``out_dim``, 65536 there)."""
+
+    out_dim: int = 4096
+    teacher_temperature: float = 0.04
+    student_temperature: float = 0.1
+    center_momentum: float = 0.9
+    teacher_momentum: float = 0.996  # start of the cosine schedule to 1
+
+
+@dataclass(frozen=True)
+class ContrastiveSettings:
+    """``pretrain.contrastive``: which loss the contrastive task uses and its settings."""
+
+    method: str = "ntxent"
+    queue_size: int = 0
+    export: str = "student"
+    vicreg: VICRegSettings = field(default_factory=VICRegSettings)
+    dino: DINOSettings = field(default_factory=DINOSettings)
+
+    @classmethod
+    def from_pretrain(cls, pretrain: dict) -> ContrastiveSettings:
+        """From a ``pretrain`` section; a section without ``contrastive`` (a checkpoint's config
+        from before it existed) gives the defaults, today's NT-Xent."""
+        c = pretrain.get("contrastive") or {}
+        return cls(
+            method=c.get("method", "ntxent"),
+            queue_size=c.get("queue_size", 0),
+            export=c.get("export", "student"),
+            vicreg=VICRegSettings(**(c.get("vicreg") or {})),
+            dino=DINOSettings(**(c.get("dino") or {})),
+        )
+
+
+@dataclass(frozen=True)
+class EmaSettings:
+    """``pretrain.ema``: an exponential moving average of the encoder, exported as well."""
+
+    enabled: bool = False
+    momentum: float = 0.999
+
+    @classmethod
+    def from_pretrain(cls, pretrain: dict) -> EmaSettings:
+        """From a ``pretrain`` section (defaults where it has no ``ema``)."""
+        return cls(**(pretrain.get("ema") or {}))
 
 
 @dataclass(frozen=True)
@@ -28,6 +89,8 @@ class TrainSettings:
     balancer_lr: float
     contrastive_temperature: float
     contrastive_dim: int
+    contrastive: ContrastiveSettings
+    ema: EmaSettings
     epochs: int
     batch_size_per_gpu: int
     base_lr: float
@@ -71,6 +134,8 @@ class TrainSettings:
             balancer_lr=p["balancer_lr"],
             contrastive_temperature=p["contrastive_temperature"],
             contrastive_dim=p["contrastive_dim"],
+            contrastive=ContrastiveSettings.from_pretrain(p),
+            ema=EmaSettings.from_pretrain(p),
             epochs=p["epochs"],
             batch_size_per_gpu=p["batch_size_per_gpu"],
             base_lr=p["base_lr"],
@@ -103,4 +168,29 @@ class TrainSettings:
                 f"pretrain.epochs ({settings.epochs})"
             )
         settings.views.check(settings.encoder, atlas_task="atlas" in tasks)
+        check_contrastive(settings.contrastive, "contrastive" in tasks)
         return settings
+
+
+def check_contrastive(c: ContrastiveSettings, task_on: bool) -> None:
+    """Refuse combinations of ``pretrain.contrastive`` that cannot train as configured."""
+    if c.method != "ntxent" and not task_on:
+        raise ValueError(
+            f"pretrain.contrastive.method is {c.method} but the contrastive task is off "
+            "(pretrain.tasks.contrastive: false); switch the task on or use method ntxent"
+        )
+    if c.queue_size and not task_on:
+        raise ValueError(
+            f"pretrain.contrastive.queue_size is {c.queue_size} but the contrastive task is off "
+            "(pretrain.tasks.contrastive: false); switch the task on or set queue_size: 0"
+        )
+    if c.queue_size and c.method != "ntxent":
+        raise ValueError(
+            f"pretrain.contrastive.queue_size ({c.queue_size}) is a queue of NT-Xent negatives, "
+            f"but the method is {c.method}, which uses no negatives; set queue_size: 0"
+        )
+    if c.export == "teacher" and c.method != "dino":
+        raise ValueError(
+            f"pretrain.contrastive.export is teacher but method {c.method} has no teacher (only "
+            "dino does); use export: student (pretrain.ema exports an EMA encoder beside it)"
+        )

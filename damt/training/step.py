@@ -76,6 +76,8 @@ def param_groups(objective: PretrainObjective, balancer_lr: float = BALANCER_LR)
     """
     decay, no_decay, balancer = [], [], []
     for name, p in objective.named_parameters():
+        if not p.requires_grad:  # the EMA teacher: moved by update_teacher, not the optimiser
+            continue
         if name.startswith("balancer."):
             balancer.append(p)
         elif p.ndim <= 1 or "relative_position_bias_table" in name:
