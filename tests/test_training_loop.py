@@ -6,10 +6,8 @@ import json
 import os
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,12 @@ from damt.training.objective import PretrainObjective
 from damt.training.settings import TrainSettings
 from damt.training.signals import SIGNALS
 from damt.training.step import param_groups, resolve_precision, train_step
-from tests.training_data import train_args, write_config, write_training_set
+from tests.training_data import (
+    kill_at_first_checkpoint,
+    train_args,
+    write_config,
+    write_training_set,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = FEATURE_GROUPS
@@ -384,14 +387,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(files, tmp_path):
 
     interrupted = tmp_path / "interrupted"
     proc = train(interrupted)
-    deadline = time.monotonic() + 600
-    while not (interrupted / "checkpoints" / "checkpoint.pt").exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    kill_at_first_checkpoint(proc, interrupted)
     assert load_latest(interrupted / "checkpoints")["epoch"] < 3
     assert not (interrupted / "encoder.safetensors").exists()
 

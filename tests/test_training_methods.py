@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,12 @@ from damt.training.losses import contrastive_logits, dino_loss, vicreg_terms
 from damt.training.schedules import momentum_schedule
 from damt.training.settings import TrainSettings
 from damt.training.teacher import Center, EmaTeacher, NegativeQueue, Prototypes
-from tests.training_data import train_args, write_config, write_training_set
+from tests.training_data import (
+    kill_at_first_checkpoint,
+    train_args,
+    write_config,
+    write_training_set,
+)
 
 
 def test_vicreg_terms_match_a_hand_computation():
@@ -376,14 +379,7 @@ def test_each_method_trains_resumes_after_a_kill_and_exports(files, tmp_path, va
 
     interrupted = tmp_path / "interrupted"
     proc = _train(files, config, interrupted)
-    deadline = time.monotonic() + 600
-    while not (interrupted / "checkpoints" / "checkpoint.pt").exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    kill_at_first_checkpoint(proc, interrupted)
     assert load_latest(interrupted / "checkpoints")["epoch"] == 1
     # Another method's settings do not resume this checkpoint.
     other = sorted(RUNS)[(sorted(RUNS).index(variant) + 1) % len(RUNS)]

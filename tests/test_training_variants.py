@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,12 @@ from damt.training.objective import PretrainObjective
 from damt.training.schedules import apply_schedules
 from damt.training.settings import ContrastiveSettings, DINOSettings, TrainSettings
 from damt.training.step import accumulated_step, param_groups
-from tests.training_data import train_args, write_config, write_training_set
+from tests.training_data import (
+    kill_at_first_checkpoint,
+    train_args,
+    write_config,
+    write_training_set,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NON_CONTRASTIVE = ("rotation", "location", "atlas", "morphometry", "radiomics", "mim")
@@ -363,14 +366,7 @@ def test_a_run_with_every_variant_resumes_after_a_kill_and_exports(tmp_path):
         )  # fmt: skip
 
     proc = train()
-    deadline = time.monotonic() + 600
-    while not (out / "checkpoints" / "checkpoint.pt").exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    kill_at_first_checkpoint(proc, out)
     assert load_latest(out / "checkpoints")["epoch"] < 3
 
     resumed = train()

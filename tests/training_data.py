@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import yaml
@@ -70,3 +73,16 @@ def train_args(files, config: Path, out: Path, *extra: str) -> list[str]:
         "--tables-dir", str(files.tables_dir), "--label-table", str(files.label_table),
         "--out", str(out), *extra,
     ]  # fmt: skip
+
+
+def kill_at_first_checkpoint(proc: subprocess.Popen, run_dir: Path, timeout: float = 600) -> None:
+    """SIGKILL a ``damt train`` process as soon as it has written its first checkpoint (it
+    must still be running then: a run that finishes first cannot test a resume)."""
+    deadline = time.monotonic() + timeout
+    while not (run_dir / "checkpoints" / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, f"no checkpoint after {timeout} s"
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
