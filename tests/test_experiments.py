@@ -57,3 +57,18 @@ def test_subsets_nested_and_stable_when_subjects_are_added():
 def test_subset_above_training_count_is_an_error():
     with pytest.raises(ExperimentError, match="above the 3 training subjects"):
         scaling_subset(["a", "b", "c"], 4)
+
+
+def test_schema_fills_experiment_defaults_and_leaves_a_plain_config_alone():
+    from pathlib import Path
+
+    import yaml
+
+    from damt.config import validate_config
+
+    config = yaml.safe_load(Path("config/config.yaml").read_text())
+    assert "experiments" not in validate_config(dict(config))
+    config["experiments"] = {"ablation": "leave_one_task_out"}
+    plan = validate_config(config)["experiments"]
+    assert plan["seeds"] == [0] and plan["data_scaling"] == []
+    assert len(expand_runs(plan, PRETRAIN)) == 8
