@@ -2,7 +2,7 @@
 
 import pytest
 
-from damt.experiments import ExperimentError, expand_runs, scaling_subset
+from damt.experiments.plan import ExperimentError, expand_runs, scaling_subset
 from damt.model.spec import TASKS
 
 PRETRAIN = {"preset": "tiny", "seed": 0, "tasks": {}, "epochs": 1}
@@ -72,3 +72,21 @@ def test_schema_fills_experiment_defaults_and_leaves_a_plain_config_alone():
     plan = validate_config(config)["experiments"]
     assert plan["seeds"] == [0] and plan["data_scaling"] == []
     assert len(expand_runs(plan, PRETRAIN)) == 8
+
+
+def test_training_cost_sums_every_recorded_epoch():
+    import torch
+
+    from damt.training.loop import training_cost
+
+    records = [
+        {"epoch": 0, "epoch_time_s": 10.0, "samples_per_s": 2.0},
+        {"epoch": 1, "epoch_time_s": 30.0, "samples_per_s": 4.0},
+    ]
+    cost = training_cost(records, torch.nn.Linear(3, 2), world_size=4, device="cuda")
+    assert cost["encoder_parameters"] == 8
+    assert cost["train_seconds"] == 40.0
+    assert cost["samples_per_s"] == pytest.approx((20 + 120) / 40)
+    assert cost["device_hours"] == pytest.approx(40 * 4 / 3600)
+    assert cost["epochs_recorded"] == 2
+    assert training_cost([], torch.nn.Linear(1, 1), 1, "cpu")["samples_per_s"] is None

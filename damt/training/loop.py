@@ -601,6 +601,26 @@ def _export(state: dict, run_dir: Path, env: DistEnv) -> TrainResult:
     )
 
 
+def training_cost(
+    records: list[dict], encoder: torch.nn.Module, world_size: int, device: str
+) -> dict:
+    """What the run cost, from its epoch records (every epoch, resumed ones included): encoder
+    parameters, training seconds, samples per second, and device-hours (GPU-hours on ``cuda``,
+    process-hours on the CPU) = seconds × processes / 3600."""
+    seconds = sum(float(r.get("epoch_time_s") or 0.0) for r in records)
+    samples = sum(
+        float(r.get("samples_per_s") or 0.0) * float(r.get("epoch_time_s") or 0.0) for r in records
+    )
+    return {
+        "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
+        "train_seconds": seconds,
+        "samples_per_s": samples / seconds if seconds > 0 else None,
+        "device_hours": seconds * world_size / 3600.0,
+        "device": device,
+        "epochs_recorded": len(records),
+    }
+
+
 def _ema_momentum(objective: PretrainObjective) -> str | float:
     """The EMA's momentum as the model card states it."""
     if objective.method == "dino":
@@ -662,6 +682,7 @@ def _finish(
                     else None
                 ),
                 "config": facts["config"],
+                "cost": training_cost(records, encoder, facts["world_size"], facts["device"]),
                 "final_epoch": last_record,
                 "learning_signals": card_summary(last_record),
                 # pretrain.keep_best: the checkpoint of the best held-out k-NN score.
