@@ -6,6 +6,9 @@ subject id. The hash maps the key to a number in [0, 1); keys below ``holdout_fr
 held out. Nothing about the rest of the cohort enters, so adding or removing subjects never moves
 anyone (an incremental run keeps its split). An explicit list (``evaluation.holdout``, subject or
 participant ids) replaces the hashed choice.
+
+Data-scaling runs (``pretrain.subjects``) train on a subset of the training subjects picked the
+same way: by a hash of the subject id, so subsets are nested across sizes and stable.
 """
 
 from __future__ import annotations
@@ -77,3 +80,24 @@ def split_from_config(frame: pd.DataFrame, evaluation: Mapping) -> pd.Series:
         counts.get(HOLDOUT, 0),
     )
     return split
+
+
+def scaling_subset(training_ids: Sequence[str], size: int | None) -> list[str]:
+    """The ``size`` training subjects with the smallest (salted) subject-id hash, sorted; all of
+    them when ``size`` is None.
+
+    A smaller subset lies inside every larger one, and adding subjects changes a subset only by
+    the newcomers that hash into it. The hash is salted so that the subset is independent of the
+    held-out split, which hashes the same ids.
+    """
+    ids = sorted(set(map(str, training_ids)))
+    if size is None:
+        return ids
+    if size < 1:
+        raise ValueError(f"pretrain.subjects is {size}: a data-scaling subset needs at least 1")
+    if size > len(ids):
+        raise ValueError(
+            f"pretrain.subjects is {size} but only {len(ids)} subjects train (pass/warn, with a "
+            "cache, not held out): lower it or remove the run"
+        )
+    return sorted(sorted(ids, key=lambda s: unit_hash(f"data-scaling:{s}"))[:size])

@@ -22,7 +22,7 @@ from damt.freesurfer.labels import read_label_table
 from damt.model.spec import ViewSpec
 from damt.paths import ATLAS_FILE, IMAGE_FILE
 from damt.qc.checks import trains
-from damt.split import HOLDOUT
+from damt.split import HOLDOUT, scaling_subset
 from damt.training.augment import Augmenter, AugmentSpec
 from damt.training.views import make_views
 
@@ -84,8 +84,10 @@ def load_training_data(
     manifest: str | Path,
     label_table: str | Path,
     tables: dict[str, str | Path | None],
+    subjects: int | None = None,
 ) -> TrainingData:
-    """Read the manifest and the tables named in ``tables`` (keys: feature groups).
+    """Read the manifest and the tables named in ``tables`` (keys: feature groups); with
+    ``subjects``, train on that many (:func:`damt.split.scaling_subset`, data scaling).
 
     A task's target is its feature groups (:data:`damt.features.TASK_FEATURE_GROUPS`) side by
     side, built when all of them are given (morphometry: global and local). A relative
@@ -102,6 +104,9 @@ def load_training_data(
             f"manifest {manifest}: no subject has status pass/warn and a cache "
             f"({len(df)} rows, statuses {df['status'].value_counts().to_dict()})"
         )
+    size = subjects
+    chosen = set(scaling_subset(used["subject_id"].astype(str), size))
+    used = used[used["subject_id"].astype(str).isin(chosen)]
     subjects = used["subject_id"].astype(str).tolist()
     cache_dirs = [
         p if p.is_absolute() else manifest.parent / p for p in map(Path, used["cache_dir"])
@@ -110,6 +115,7 @@ def load_training_data(
     data.summary = {
         "manifest": str(manifest),
         "subjects": len(subjects),
+        "data_scaling_subset": size,  # pretrain.subjects (None: every training subject)
         "subjects_by_status": used["status"].value_counts().sort_index().to_dict(),
         "manifest_rows": len(df),
         "atlas_classes": data.n_classes,

@@ -54,6 +54,7 @@ import yaml
 
 from damt.io import sha256_file, stable_hash, write_json_atomic
 from damt.qc.checks import trains
+from damt.split import scaling_subset
 
 if TYPE_CHECKING:
     from torch.distributed import TCPStore
@@ -105,13 +106,14 @@ class Plan:
     sign: bool = True
 
 
-def training_subjects(manifest: str | Path) -> list[str]:
-    """Subjects the trainer uses: status pass/warn with a training cache, not held out (sorted)."""
+def training_subjects(manifest: str | Path, size: int | None = None) -> list[str]:
+    """Subjects the trainer uses: status pass/warn with a training cache, not held out (sorted);
+    of those, the data-scaling subset of ``size`` (``pretrain.subjects``)."""
     wanted = ["subject_id", "status", "has_cache", "split"]
     frame = pd.read_parquet(
         manifest, columns=[c for c in wanted if c in pq.read_schema(manifest).names]
     )
-    return sorted(frame.loc[trains(frame), "subject_id"].astype(str))
+    return scaling_subset(frame.loc[trains(frame), "subject_id"].astype(str), size)
 
 
 def model_settings(pretrain: dict) -> dict:
@@ -128,6 +130,9 @@ def model_settings(pretrain: dict) -> dict:
     # then shape nothing).
     if settings.get("accumulate_steps") == 1:
         del settings["accumulate_steps"]
+    # The subset itself enters through the training subjects' hash; its size is a setting.
+    if settings.get("subjects", 0) is None:
+        del settings["subjects"]
     if settings.get("curriculum") == []:
         del settings["curriculum"]
     if isinstance(settings.get("augment"), dict):
@@ -169,7 +174,7 @@ def signature(
     pretrain: dict, manifest: str | Path, label_table: str | Path, tables: dict[str, Path | None]
 ) -> dict:
     """What a trained model depends on, beyond feature values: see the module docstring."""
-    subjects = training_subjects(manifest)
+    subjects = training_subjects(manifest, pretrain.get("subjects"))
     columns = {
         name: pq.read_schema(path).names
         for name, path in sorted(tables.items())
@@ -509,7 +514,10 @@ def launch(
     check_run_free(run_dir)
     p = pretrain
     run_dir.mkdir(parents=True, exist_ok=True)
-    current = signature(pretrain, manifest, label_table, tables)
+    try:
+        current = signature(pretrain, manifest, label_table, tables)
+    except ValueError as exc:  # a data-scaling subset larger than the training subjects
+        raise LaunchError(f"{exc} (nothing was trained, moved or deleted)") from exc
     plan = plan_run(run_dir, current, p["retrain"], p["epochs"])
     log.info("pretrain plan: %s (%s)", plan.action, plan.reason)
     if plan.supersede:

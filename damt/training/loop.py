@@ -83,8 +83,9 @@ class TrainInputs:
                 tables[group] = Path(tables_dir) / normalized_table_file(group)
         return cls(Path(manifest), Path(label_table), tables)
 
-    def load(self, tasks: tuple[str, ...]) -> TrainingData:
-        """Read the manifest, the label table and the tables the switched-on tasks need."""
+    def load(self, tasks: tuple[str, ...], subjects: int | None = None) -> TrainingData:
+        """Read the manifest, the label table and the tables the switched-on tasks need;
+        ``subjects``: train on that data-scaling subset (``pretrain.subjects``)."""
         needed = {
             group: task
             for task, groups in TASK_FEATURE_GROUPS.items()
@@ -99,7 +100,10 @@ class TrainInputs:
                     f"or switch the task off (pretrain.tasks.{task}: false)"
                 )
         return load_training_data(
-            self.manifest, self.label_table, {group: self.tables[group] for group in needed}
+            self.manifest,
+            self.label_table,
+            {group: self.tables[group] for group in needed},
+            subjects=subjects,
         )
 
 
@@ -454,7 +458,7 @@ def _train(
         return _export(state, run_dir, env)
 
     # ============ preparing data ... ============
-    data = inputs.load(settings.tasks)
+    data = inputs.load(settings.tasks, config["pretrain"].get("subjects"))
     spec = network_spec(settings, data)
     if state is not None:
         _check_resumable(state, spec, settings, run_dir)
