@@ -18,6 +18,7 @@ include: "rules/cache.smk"
 include: "rules/qc.smk"
 include: "rules/pretrain.smk"
 include: "rules/probe.smk"
+include: "rules/experiments.smk"
 
 
 rule all:

@@ -94,10 +94,14 @@ class ResultPaths:
         """A file of a pretraining run folder."""
         return f"{self.run_dir(run)}/{name}"
 
-    def probe(self, name: str) -> str:
-        """A probe output: ``probe.json``, ``probe.tsv`` and the figures (``probe.png``,
-        ``label_efficiency.png``, ``embedding.png``)."""
-        return self._at("probe", name)
+    def probe(self, run: str, name: str) -> str:
+        """A probe output of one run: ``probe.json``, ``probe.tsv`` and the figures
+        (``probe.png``, ``label_efficiency.png``, ``embedding.png``)."""
+        return self._at("probe", run, name)
+
+    def experiments(self, name: str) -> str:
+        """An output of the experiment summary: ``summary.tsv``, ``runs.tsv`` and the figures."""
+        return self._at("experiments", name)
 
     # --- logs and benchmarks ---------------------------------------------------------------
     def log(self, name: str) -> str:

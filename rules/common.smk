@@ -9,14 +9,31 @@
 # the new subject's per-subject jobs).
 import logging
 import os
+import re
 from pathlib import Path
 
+import pandas as pd
+from snakemake.exceptions import WorkflowError
 from damt.demo.cohort import ensure_demo_cohort
 from damt.discovery import discover_for_workflow
+from damt.experiments.plan import (
+    DATA,
+    MODEL,
+    ABLATION,
+    check_data_scaling,
+    plan_runs,
+    roles_table,
+)
 from damt.features import FEATURE_GROUPS, TASK_FEATURE_GROUPS
 from damt.paths import ENCODER_FILE, MODEL_CARD_FILE, ResultPaths
 from damt.qc.checks import check_severity, qc_params
-from damt.training.launch import check_nodes, check_run_settings, pretrain_resources
+from damt.split import TRAIN, split_from_config
+from damt.training.launch import (
+    LaunchError,
+    check_nodes,
+    check_run_settings,
+    pretrain_resources,
+)
 
 _handler = logging.StreamHandler()
 _handler.setFormatter(logging.Formatter("damt: %(message)s"))
@@ -25,7 +42,10 @@ logging.getLogger("damt").setLevel(logging.INFO)
 
 OUT = config["outdir"]
 PATHS = ResultPaths(OUT)
-RUN = config["pretrain"]["run_name"]
+# Every pretraining run, by name: the `experiments` plan, or the one run `pretrain.run_name`
+# (damt.experiments.plan). The pretrain, training_report and probe rules take a {run} wildcard.
+RUNS = plan_runs(config)
+EXPERIMENTS = "experiments" in config
 
 
 report: "../docs/report/workflow.rst"
@@ -33,6 +53,7 @@ report: "../docs/report/workflow.rst"
 
 wildcard_constraints:
     shard=r"[A-Za-z0-9._-]+",
+    run="|".join(map(re.escape, RUNS)),
 
 
 # Every check of the run's settings before any job runs (the trainer's own cross-key checks:
@@ -42,10 +63,21 @@ wildcard_constraints:
 # Several nodes ask SLURM for GPUs per node (a `gres`), outside the local `gpu` limit.
 if workflow.is_main_process:
     check_severity(config["qc"]["severity"])
-    _gpus = config["pretrain"]["gpus"]
-    if "gpu" in workflow.global_resources and config["pretrain"]["nodes"] == 1:
-        _gpus = min(workflow.global_resources["gpu"].value, _gpus)
-    check_run_settings(config, _gpus)
+    for _run in RUNS.values():
+        _gpus = _run.pretrain["gpus"]
+        if "gpu" in workflow.global_resources and _run.pretrain["nodes"] == 1:
+            _gpus = min(workflow.global_resources["gpu"].value, _gpus)
+        try:
+            check_run_settings({"pretrain": _run.pretrain}, _gpus)
+        except LaunchError as exc:
+            if not EXPERIMENTS:
+                raise
+            raise LaunchError(f"experiments run {_run.name!r}: {exc}") from exc
+    if EXPERIMENTS and not config["probe"]["phenotypes"]:
+        raise WorkflowError(
+            "experiments: the summary scores every run with the probe, which needs "
+            "probe.phenotypes (a table of the targets); set it or remove the experiments section"
+        )
 
 
 # pretrain.nodes > 1 needs SLURM: the jobs go there (the slurm executor) or Snakemake runs in an
@@ -60,6 +92,22 @@ if workflow.is_main_process:
 
 DISCOVERY = discover_for_workflow(config, main_process=workflow.is_main_process)
 SHARDS = list(DISCOVERY.shards())
+
+
+def candidate_trainers():
+    """How many discovered subjects are not held out: the most any run can train on (QC may
+    exclude more; the pretrain job checks its data-scaling subset again)."""
+    frame = pd.DataFrame(
+        {
+            "subject_id": [s.subject_id for s in DISCOVERY.subjects],
+            "participant": [s.participant for s in DISCOVERY.subjects],
+        }
+    )
+    return int((split_from_config(frame, config["evaluation"]) == TRAIN).sum())
+
+
+if workflow.is_main_process and any(r.pretrain["subjects"] for r in RUNS.values()):
+    check_data_scaling(RUNS, candidate_trainers())
 
 
 def stage_settings(section):
@@ -84,20 +132,71 @@ def stage_summaries(stage):
     return [PATHS.stage_summary(stage, shard) for shard in SHARDS]
 
 
-def retrain_input(paths):
-    """Pretrain inputs: ancient() under `pretrain.retrain: never`, so changes do not retrain."""
-    if config["pretrain"]["retrain"] == "never":
-        return [ancient(p) for p in paths] if isinstance(paths, list) else ancient(paths)
-    return paths
+def run_settings(wildcards):
+    """Params function: the `pretrain` section of the job's run (overrides merged)."""
+    return RUNS[wildcards.run].pretrain
+
+
+def pretrain_inputs(wildcards):
+    """A run's training inputs; ancient() under `retrain: never`, so changes do not retrain."""
+    inputs = {
+        "manifest": PATHS.manifest(),
+        "tables": [PATHS.normalized_table(g) for g in FEATURE_GROUPS],
+        "cache": stage_summaries("cache"),
+        "label_table": config["cache"]["label_table"],
+    }
+    if RUNS[wildcards.run].pretrain["retrain"] != "never":
+        return inputs
+    return {
+        k: [ancient(p) for p in v] if isinstance(v, list) else ancient(v) for k, v in inputs.items()
+    }
+
+
+def run_resources():
+    """The pretrain rule's resources (damt.training.launch.pretrain_resources), per run: each
+    run asks for its own `gpus`, so runs compete for --resources gpu=N."""
+    keys = sorted({k for run in RUNS.values() for k in pretrain_resources(run.pretrain)})
+    return {
+        key: lambda wildcards, key=key: pretrain_resources(RUNS[wildcards.run].pretrain)[key]
+        for key in keys
+    }
+
+
+def summary_outputs():
+    """The summary's tables and the figures of the kinds the plan has (report items)."""
+    outputs = {
+        "summary": report(
+            PATHS.experiments("summary.tsv"),
+            category="Experiments",
+            caption="../docs/report/experiments_summary.rst",
+        ),
+        "runs": PATHS.experiments("runs.tsv"),
+    }
+    kinds = {kind for run in RUNS.values() for kind, _ in run.roles}
+    figures = {
+        "ablation": ABLATION in kinds,
+        "data_scaling": DATA in kinds,
+        "model_scaling": MODEL in kinds,
+        "training_cost": True,
+    }
+    for name, wanted in figures.items():
+        if wanted:
+            outputs[name] = report(
+                PATHS.experiments(f"{name}.png"),
+                category="Experiments",
+                caption=f"../docs/report/experiments_{name}.rst",
+            )
+    return outputs
 
 
 def all_targets():
-    """Final outputs of the workflow (the probe only when a phenotype table is configured)."""
-    targets = [
-        PATHS.manifest(),
-        PATHS.run_file(RUN, ENCODER_FILE),
-        PATHS.run_file(RUN, "loss_curves.png"),
-    ]
-    if config["probe"]["phenotypes"]:
-        targets.append(PATHS.probe("probe.json"))
+    """Final outputs of the workflow: every run's weights and figures, its probe when a phenotype
+    table is configured, and the summary of an experiment plan."""
+    targets = [PATHS.manifest()]
+    for run in RUNS:
+        targets += [PATHS.run_file(run, ENCODER_FILE), PATHS.run_file(run, "loss_curves.png")]
+        if config["probe"]["phenotypes"]:
+            targets.append(PATHS.probe(run, "probe.json"))
+    if EXPERIMENTS:
+        targets.append(PATHS.experiments("summary.tsv"))
     return targets

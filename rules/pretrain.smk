@@ -1,53 +1,53 @@
-# Self-supervised pretraining (DDP under torchrun) and its report figures.
-# Work done by damt.training.launch (retrain policy, torchrun) and damt.training.report.
+# Self-supervised pretraining (DDP under torchrun) and its report figures, one job per run of
+# the plan ({run}: rules/common.smk RUNS, damt.experiments.plan). Work done by
+# damt.training.launch (retrain policy, torchrun) and damt.training.report.
 
 
 rule pretrain:
-    """Pretrain the 3D Swin encoder on the training cache (or export the kept run)."""
+    """Pretrain the 3D Swin encoder of one run on the training cache (or export the kept run)."""
     input:
-        manifest=retrain_input(PATHS.manifest()),
-        tables=retrain_input([PATHS.normalized_table(g) for g in FEATURE_GROUPS]),
-        cache=retrain_input(stage_summaries("cache")),
-        label_table=retrain_input(config["cache"]["label_table"]),
+        unpack(pretrain_inputs),
     output:
-        encoder=PATHS.run_file(RUN, ENCODER_FILE),
-        model_card=PATHS.run_file(RUN, MODEL_CARD_FILE),
+        encoder=PATHS.run_file("{run}", ENCODER_FILE),
+        model_card=PATHS.run_file("{run}", MODEL_CARD_FILE),
     log:
-        PATHS.log("pretrain"),
+        PATHS.log("pretrain/{run}"),
     benchmark:
-        PATHS.benchmark("pretrain")
+        PATHS.benchmark("pretrain/{run}")
     conda:
         "../envs/train.yaml"
-    threads: config["pretrain"]["threads"]
+    threads: lambda wildcards: RUNS[wildcards.run].pretrain["threads"]
     resources:
-        **pretrain_resources(config["pretrain"]),
+        **run_resources(),
     params:
         run_dir=lambda wildcards, output: os.path.dirname(output.encoder),
-        pretrain=config["pretrain"],
+        pretrain=run_settings,
         evaluation={k: config["probe"][k] for k in ("phenotypes", "targets")},
     script:
         "../workflow/scripts/pretrain.py"
 
 
 rule training_report:
-    """Loss curves and learned task weights of the pretraining run."""
+    """Loss curves and learned task weights of one pretraining run."""
     input:
-        model_card=PATHS.run_file(RUN, MODEL_CARD_FILE),
+        model_card=PATHS.run_file("{run}", MODEL_CARD_FILE),
     output:
         curves=report(
-            PATHS.run_file(RUN, "loss_curves.png"),
+            PATHS.run_file("{run}", "loss_curves.png"),
             category="Pretraining",
+            subcategory="{run}",
             caption="../docs/report/loss_curves.rst",
         ),
         weights=report(
-            PATHS.run_file(RUN, "task_weights.png"),
+            PATHS.run_file("{run}", "task_weights.png"),
             category="Pretraining",
+            subcategory="{run}",
             caption="../docs/report/task_weights.rst",
         ),
     log:
-        PATHS.log("training_report"),
+        PATHS.log("training_report/{run}"),
     benchmark:
-        PATHS.benchmark("training_report")
+        PATHS.benchmark("training_report/{run}")
     conda:
         "../envs/train.yaml"
     params:

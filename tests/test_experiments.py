@@ -48,11 +48,18 @@ def test_leave_one_task_out_adds_full_and_one_run_per_task(base_config):
     assert runs["full-s0"].pretrain["tasks"] == base_config["pretrain"]["tasks"]
 
 
+def test_an_ablation_list_ablates_those_tasks_only(base_config):
+    runs = plan(base_config, ablation=["mim", "atlas"], seeds=[3])
+    assert list(runs) == ["full-s3", "ablate-mim-s3", "ablate-atlas-s3"]
+
+
 def test_a_switched_off_task_gets_no_ablation(base_config):
     config = copy.deepcopy(base_config)
     config["pretrain"]["tasks"]["radiomics"] = False
     runs = plan(config, ablation="leave_one_task_out")
     assert "ablate-radiomics-s0" not in runs and len(runs) == len(TASKS)
+    with pytest.raises(ExperimentError, match=r"'ablate-radiomics'.*switches off"):
+        plan(config, ablation=["radiomics"])
 
 
 def test_seeds_repeat_every_run_with_its_own_seed(base_config):
@@ -92,6 +99,8 @@ def test_the_same_run_asked_twice_is_one_run_with_both_roles(base_config):
         ({"runs": {"x": {"nodes": 2}}}, ["'x'", "'nodes'"]),
         ({"runs": {"a b": {}}}, ["'a b'", "run name"]),
         ({"ablation": "leave_one_task_out", "seeds": [1, 1]}, ["repeats a seed"]),
+        ({"ablation": ["jigsaw"]}, ["'ablate-jigsaw'", "does not exist"]),
+        ({"ablation": ["mim", "mim"]}, ["'ablate-mim'", "duplicate"]),
     ],
 )
 def test_bad_plans_stop_naming_the_run_and_the_key(base_config, experiments, words):

@@ -253,7 +253,7 @@ def test_more_gpus_than_the_job_sees_is_refused_before_anything_moves(tmp_path: 
 
 def test_live_lock_is_named_and_a_dead_ones_is_taken_over(tmp_path: Path):
     """Issue 18, case 8: a live trainer's lock is named in the job's own error (not only in
-    logs/pretrain.log) before anything moves; the lock file of a dead process is no lock."""
+    logs/pretrain/<run>.log) before anything moves; the lock file of a dead process is no lock."""
     import os
 
     from damt.training.checkpoint import lock_holder, run_lock

@@ -285,7 +285,7 @@ def test_pretrain_spans_two_nodes(cluster, slurm_run):
     job = cluster.jobs()[job_id]
     assert (job["JobState"], job["NumNodes"], job["NumTasks"]) == ("COMPLETED", "2", "2"), job
     assert job["NodeList"] == cluster.node_list
-    rule_log = (slurm_run.out / "logs" / "pretrain.log").read_text()
+    rule_log = (slurm_run.out / "logs" / "pretrain" / "default.log").read_text()
     assert re.search(r"running: srun --nodes=2 --ntasks=2 --ntasks-per-node=1 ", rule_log)
     assert "--rdzv-endpoint=127.0.0.1:" in rule_log  # the first node's NodeAddr
     # srun --label: the trainers' lines carry their node's task number.

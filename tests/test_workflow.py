@@ -58,7 +58,7 @@ def shards_planned(stdout: str, rule: str) -> set[str]:
 
 def last_plan(results: Path) -> str:
     """The pretrain job's most recent plan line."""
-    lines = (results / "logs" / "pretrain.log").read_text().splitlines()
+    lines = (results / "logs" / "pretrain" / "default.log").read_text().splitlines()
     return [ln for ln in lines if "pretrain plan:" in ln][-1]
 
 
@@ -153,7 +153,7 @@ def test_incremental_reruns(cohort6: Path, tmp_path: Path):
     # probe has too few subjects for its inner search: it says so instead of scoring.
     manifest = pd.read_parquet(results / "manifest.parquet").set_index("subject_id")
     assert list(manifest["split"]) == ["holdout", "train", "train", "holdout"]
-    probe = pd.read_csv(results / "probe" / "probe.tsv", sep="\t")
+    probe = pd.read_csv(results / "probe" / "default" / "probe.tsv", sep="\t")
     assert list(probe.columns) == TSV_COLUMNS
     card = json.loads((results / "pretrain" / "default" / "model_card.json").read_text())
     assert card["data"]["subjects"] == 2
@@ -275,7 +275,7 @@ def test_killed_pretraining_resumes(cohort6: Path, tmp_path: Path, kill: str):
     run_snakemake("--cores", "2", "--rerun-incomplete", str(encoder), "--configfile", str(override))
     assert encoder.is_file()
     assert "pretrain plan: resume (interrupted run" in last_plan(results)
-    log = (results / "logs" / "pretrain.log").read_text()
+    log = (results / "logs" / "pretrain" / "default.log").read_text()
     assert re.search(r"resuming \S+ after epoch [1-5]\b", log)
     epochs = [
         int(m)

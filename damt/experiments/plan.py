@@ -63,10 +63,27 @@ def _base_runs(experiments: Mapping, pretrain: Mapping) -> list[tuple[str, dict,
     asked: list[tuple[str, dict, str, str]] = []
     for name, overrides in (experiments.get("runs") or {}).items():
         asked.append((str(name), dict(overrides or {}), CUSTOM, str(name)))
-    if experiments.get("ablation", "none") == "leave_one_task_out":
+    ablation = experiments.get("ablation", "none")
+    switched_on = [t for t in TASKS if pretrain.get("tasks", {}).get(t, True)]
+    if ablation != "none":
+        ablated = switched_on if ablation == "leave_one_task_out" else list(ablation)
         asked.append(("full", {}, FULL, ""))
-        tasks = pretrain.get("tasks", {})
-        for task in (t for t in TASKS if tasks.get(t, True)):
+        for task in ablated:
+            if ablated.count(task) > 1:
+                raise ExperimentError(
+                    f"experiments run 'ablate-{task}': experiments.ablation lists {task!r} twice "
+                    "(a duplicate run name)"
+                )
+            if task not in switched_on:
+                raise ExperimentError(
+                    f"experiments run 'ablate-{task}': experiments.ablation names task {task!r}, "
+                    + (
+                        "which pretrain.tasks switches off"
+                        if task in TASKS
+                        else "which does not exist"
+                    )
+                    + f" (the switched-on tasks are {', '.join(switched_on)})"
+                )
             asked.append((f"ablate-{task}", {"tasks": {task: False}}, ABLATION, task))
     for size in experiments.get("data_scaling") or []:
         if int(size) <= 0:
@@ -141,6 +158,11 @@ def plan_runs(config: Mapping) -> dict[str, Run]:
         bases[name] = (merged, [(kind, setting)])
         by_settings[key] = name
 
+    if pretrain["nodes"] > 1 and len({bool(m["gpus"]) for m, _ in bases.values()}) > 1:
+        raise ExperimentError(
+            "experiments: with pretrain.nodes > 1 every run trains on GPUs or every run on "
+            "CPUs (the runs share one set of SLURM resources); a run overrides pretrain.gpus"
+        )
     seeds = experiments.get("seeds") or [pretrain["seed"]]
     if len(set(seeds)) != len(seeds):
         raise ExperimentError(f"experiments.seeds repeats a seed: {list(seeds)}")

@@ -1,0 +1,23 @@
+# The experiment plan's summary: every run's probe results and training cost in one table and
+# the report's figures (ablation bars, data- and model-scaling curves, cost). Work done by
+# damt.experiments.summary; the runs come from rules/common.smk RUNS.
+
+
+rule experiments_summary:
+    """Every run's probe scores (delta to the full model) and training cost, with figures."""
+    input:
+        probes=[PATHS.probe(run, "probe.tsv") for run in RUNS],
+        cards=[PATHS.run_file(run, MODEL_CARD_FILE) for run in RUNS],
+    output:
+        **summary_outputs(),
+    log:
+        PATHS.log("experiments_summary"),
+    benchmark:
+        PATHS.benchmark("experiments_summary")
+    conda:
+        "../envs/train.yaml"
+    params:
+        roles=roles_table(RUNS),
+        runs=list(RUNS),
+    script:
+        "../workflow/scripts/experiments_summary.py"
