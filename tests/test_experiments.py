@@ -84,6 +84,12 @@ def test_the_same_run_asked_twice_is_one_run_with_both_roles(base_config):
     assert len(runs) == 1 + len(TASKS) + 1
 
 
+def test_a_named_run_without_overrides_is_the_full_model(base_config):
+    runs = plan(base_config, runs={"baseline": {}, "wide": {"balancing": "equal"}})
+    assert runs["baseline-s0"].roles == [("full", "")]
+    assert runs["wide-s0"].roles == [("custom", "wide")]
+
+
 @pytest.mark.parametrize(
     ("experiments", "words"),
     [

@@ -62,7 +62,9 @@ def _base_runs(experiments: Mapping, pretrain: Mapping) -> list[tuple[str, dict,
     """(base name, overrides, kind, setting) for every run asked for, before seeds and merging."""
     asked: list[tuple[str, dict, str, str]] = []
     for name, overrides in (experiments.get("runs") or {}).items():
-        asked.append((str(name), dict(overrides or {}), CUSTOM, str(name)))
+        # A run without overrides is the full model, whatever its name.
+        kind, setting = (CUSTOM, str(name)) if overrides else (FULL, "")
+        asked.append((str(name), dict(overrides or {}), kind, setting))
     ablation = experiments.get("ablation", "none")
     switched_on = [t for t in TASKS if pretrain.get("tasks", {}).get(t, True)]
     if ablation != "none":
