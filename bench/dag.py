@@ -4,9 +4,11 @@ Builds a SUBJECTS_DIR of N subject folders holding empty placeholder volumes (a 
 none of them) and a phenotype table for them, then times ``snakemake -n`` of the whole workflow
 (per-subject stages, QC, pretrain and the probe) on the real Snakefile (discovery included) in a
 child process and reads its peak resident memory. Sharding follows the README's recommendation
-(about 100 subjects per shard) unless --shards is given.
+(about 100 subjects per shard) unless --shards is given. With --paper-plan the config holds the
+research plan's experiment section (PAPER_PLAN: full, 7 ablations, 5 data sizes, 3 presets, 3
+seeds), so the dry run plans a pretrain, training_report and probe job per run and the summary.
 
-    python bench/dag.py --subjects 60000
+    python bench/dag.py --subjects 60000 [--paper-plan]
     ... last line: subjects=N dry_run_s=X peak_mb=Y
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -26,6 +29,15 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "bench" / ".work" / "dag"
 REQUIRED = ("mri/brainmask.mgz", "mri/aparc+aseg.mgz")
+# The paper's plan at 60,000 subjects. Its largest data size is 45,000: 20 % of the cohort is held
+# out for evaluation, so about 48,000 subjects can train. model-tiny is the full run (the config's
+# preset is tiny): 16 runs asked for, 15 distinct, 45 with the seeds.
+PAPER_PLAN = {
+    "ablation": "leave_one_task_out",
+    "data_scaling": [1000, 5000, 10000, 30000, 45000],
+    "model_scaling": ["tiny", "full", "full_w8"],
+    "seeds": [0, 1, 2],
+}
 
 
 def make_cohort(root: Path, n: int) -> Path:
@@ -72,7 +84,7 @@ def dry_run(config: Path, workdir: Path, extra: list[str]) -> tuple[float, float
         raise SystemExit(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     if peak_kb <= before:
         print("warning: peak memory of this child not above an earlier child's", file=sys.stderr)
-    return seconds, peak_kb / 1024, (proc.stdout + proc.stderr).strip()[-600:]
+    return seconds, peak_kb / 1024, (proc.stdout + proc.stderr).strip()[-1500:]
 
 
 def main() -> None:
@@ -84,6 +96,9 @@ def main() -> None:
         default=None,
         help="sharding.n_shards (default: subjects // 100, at least 1)",
     )
+    parser.add_argument(
+        "--paper-plan", action="store_true", help="plan the experiments of PAPER_PLAN too"
+    )
     args = parser.parse_args()
     n_shards = args.shards if args.shards is not None else max(1, args.subjects // 100)
     cohort = WORK / f"subjects-{args.subjects}"
@@ -93,7 +108,7 @@ def main() -> None:
         f"cohort of {args.subjects} placeholder subjects ready ({time.perf_counter() - t0:.1f} s)",
         file=sys.stderr,
     )
-    run = WORK / f"run-{args.subjects}-{n_shards}"
+    run = WORK / f"run-{args.subjects}-{n_shards}{'-paper' if args.paper_plan else ''}"
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     config = run / "bench.yaml"
@@ -105,6 +120,7 @@ def main() -> None:
                 "sharding": {"n_shards": n_shards},
                 "demo": {"enabled": False},
                 "probe": {"phenotypes": str(phenotypes)},
+                **({"experiments": PAPER_PLAN} if args.paper_plan else {}),
             }
         )
     )
@@ -119,7 +135,11 @@ def main() -> None:
         file=sys.stderr,
     )
     print(f"sharding.n_shards={n_shards}", file=sys.stderr)
-    print(f"subjects={args.subjects} dry_run_s={second:.1f} peak_mb={max(first_mb, second_mb):.0f}")
+    jobs = re.search(r"^pretrain\s+(\d+)$", tail, re.M)
+    print(
+        f"subjects={args.subjects} pretrain_jobs={jobs.group(1) if jobs else '?'} "
+        f"dry_run_s={second:.1f} peak_mb={max(first_mb, second_mb):.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,8 @@ from damt.freesurfer.labels import read_label_table
 from damt.model.spec import view_spec_from_config
 from damt.stages.cache import CacheSettings, CacheStage, monai_chain
 from damt.stages.store import SubjectTask, run_tasks
-from damt.training.augment import AUGMENTATIONS, AugmentSpec
 from damt.training.data import PretrainDataset, load_training_data
+from damt.training.settings import AUGMENTATIONS, AugmentSpec
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "bench" / ".work" / "loader"

@@ -21,7 +21,7 @@ from damt.features import FEATURE_GROUPS
 from damt.model import TASKS
 from damt.model.network import DAMTNetwork
 from damt.paths import normalized_table_file
-from damt.training.augment import Augmenter, AugmentSpec, CoarseElasticd
+from damt.training.augment import Augmenter, CoarseElasticd
 from damt.training.checkpoint import load_latest
 from damt.training.curriculum import Curriculum
 from damt.training.data import PretrainDataset
@@ -29,7 +29,7 @@ from damt.training.launch import model_settings
 from damt.training.loop import TrainInputs, network_spec
 from damt.training.objective import PretrainObjective
 from damt.training.schedules import apply_schedules
-from damt.training.settings import ContrastiveSettings, DINOSettings, TrainSettings
+from damt.training.settings import AugmentSpec, ContrastiveSettings, DINOSettings, TrainSettings
 from damt.training.step import accumulated_step, param_groups
 from tests.training_data import (
     kill_at_first_checkpoint,

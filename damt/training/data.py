@@ -23,7 +23,8 @@ from damt.model.spec import ViewSpec
 from damt.paths import ATLAS_FILE, IMAGE_FILE
 from damt.qc.checks import trains
 from damt.split import HOLDOUT, scaling_subset
-from damt.training.augment import Augmenter, AugmentSpec
+from damt.training.augment import Augmenter
+from damt.training.settings import AugmentSpec
 from damt.training.views import make_views
 
 # Appended to (seed, epoch, index): the augmentation's random stream, apart from the crops', so

@@ -11,8 +11,60 @@ from damt.model.spec import (
     encoder_spec_from_config,
     view_spec_from_config,
 )
-from damt.training.augment import AugmentSpec
 from damt.training.curriculum import Curriculum
+
+# The transforms in the order they run; each is one key of pretrain.augment.
+AUGMENTATIONS = ("elastic", "bias_field", "contrast", "noise")
+
+
+def _range(name: str, values, low: float | None = None, positive: bool = False) -> tuple:
+    lo, hi = (float(v) for v in values)
+    if lo > hi:
+        raise ValueError(f"pretrain.augment.{name}: [{lo}, {hi}] is not a range (low > high)")
+    if low is not None and lo < low:
+        raise ValueError(f"pretrain.augment.{name}: {lo} is below {low}")
+    if positive and lo <= 0:
+        raise ValueError(f"pretrain.augment.{name}: values must be positive, got {lo}")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Probabilities and ranges of ``pretrain.augment`` (all probabilities 0: no augmentation)."""
+
+    elastic_prob: float = 0.0
+    elastic_sigma: tuple[float, float] = (5.0, 8.0)
+    elastic_magnitude: tuple[float, float] = (20.0, 60.0)
+    bias_field_prob: float = 0.0
+    bias_field_degree: int = 3
+    bias_field_coeff: tuple[float, float] = (0.0, 0.1)
+    contrast_prob: float = 0.0
+    contrast_gamma: tuple[float, float] = (0.7, 1.5)
+    noise_prob: float = 0.0
+    noise_std: float = 0.05
+
+    @classmethod
+    def from_config(cls, augment: dict) -> AugmentSpec:
+        """Check the ranges of ``pretrain.augment`` (the schema has checked types and
+        probabilities); errors name the key."""
+        e, b, c, n = (augment[k] for k in AUGMENTATIONS)
+        return cls(
+            elastic_prob=e["prob"],
+            elastic_sigma=_range("elastic.sigma", e["sigma"], positive=True),
+            elastic_magnitude=_range("elastic.magnitude", e["magnitude"], low=0.0),
+            bias_field_prob=b["prob"],
+            bias_field_degree=b["degree"],
+            bias_field_coeff=_range("bias_field.coeff", b["coeff"]),
+            contrast_prob=c["prob"],
+            contrast_gamma=_range("contrast.gamma", c["gamma"], positive=True),
+            noise_prob=n["prob"],
+            noise_std=n["std"],
+        )
+
+    @property
+    def enabled(self) -> tuple[str, ...]:
+        """The augmentations with a probability above 0."""
+        return tuple(a for a in AUGMENTATIONS if getattr(self, f"{a}_prob") > 0)
 
 
 @dataclass(frozen=True)
