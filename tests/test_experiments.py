@@ -32,6 +32,19 @@ def plan(base: dict, **experiments) -> dict:
     return plan_runs(validate_config(config))
 
 
+def test_the_shipped_example_plans_the_papers_runs(base_config):
+    from damt.config import deep_update
+
+    config = deep_update(
+        copy.deepcopy(base_config),
+        yaml.safe_load(Path("config/experiments.example.yaml").read_text()),
+    )
+    runs = plan_runs(validate_config(config))
+    assert len(runs) == 17 * 3 and "data-45000-s2" in runs and "model-full-s0" not in runs
+    assert ("model", "full") in runs["full-s0"].roles
+    assert runs["dino-s1"].pretrain["contrastive"]["method"] == "dino"
+
+
 def test_no_experiments_section_is_the_single_run(base_config):
     runs = plan_runs(base_config)
     assert list(runs) == [base_config["pretrain"]["run_name"]]
