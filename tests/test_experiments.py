@@ -129,6 +129,11 @@ def test_bad_plans_stop_naming_the_run_and_the_key(base_config, experiments, wor
         assert word in str(err.value)
 
 
+def test_a_seed_of_the_random_init_baseline_is_refused(base_config):
+    with pytest.raises(ExperimentError, match=r"experiments.seeds holds \[1002\]"):
+        plan(base_config, ablation=["mim"], seeds=[0, 1002])
+
+
 def test_a_data_scaling_size_above_the_training_subjects_is_refused(base_config):
     runs = plan(base_config, data_scaling=[4, 13])
     check_data_scaling({k: v for k, v in runs.items() if k.startswith("data-4")}, 12)

@@ -168,6 +168,12 @@ def plan_runs(config: Mapping) -> dict[str, Run]:
     seeds = experiments.get("seeds") or [pretrain["seed"]]
     if len(set(seeds)) != len(seeds):
         raise ExperimentError(f"experiments.seeds repeats a seed: {list(seeds)}")
+    baseline = set(seeds) & set((config.get("probe") or {}).get("random_init_seeds") or ())
+    if baseline:
+        raise ExperimentError(
+            f"experiments.seeds holds {sorted(baseline)}, which probe.random_init_seeds uses for "
+            "the random-init baseline: a run's probe would compare it with its own initialisation"
+        )
     runs: dict[str, Run] = {}
     for base, (merged, roles) in bases.items():
         for seed in seeds:
