@@ -47,8 +47,12 @@ class Run:
 
     name: str
     pretrain: dict
-    seed: int
     roles: list[tuple[str, str]] = field(default_factory=list)  # (kind, varied setting)
+
+    @property
+    def seed(self) -> int:
+        """The run's seed (its ``pretrain.seed``)."""
+        return int(self.pretrain["seed"])
 
     def role_rows(self) -> list[dict]:
         """One row per role: run, kind, setting, seed (what the summary groups by)."""
@@ -142,7 +146,7 @@ def plan_runs(config: Mapping) -> dict[str, Run]:
     experiments = config.get("experiments")
     if experiments is None:
         name = pretrain["run_name"]
-        return {name: Run(name, copy.deepcopy(dict(pretrain)), pretrain["seed"], [(SINGLE, "")])}
+        return {name: Run(name, copy.deepcopy(dict(pretrain)), [(SINGLE, "")])}
 
     bases: dict[str, tuple[dict, list[tuple[str, str]]]] = {}
     by_settings: dict[str, str] = {}
@@ -179,7 +183,7 @@ def plan_runs(config: Mapping) -> dict[str, Run]:
         for seed in seeds:
             name = f"{base}-s{seed}"
             settings = {**copy.deepcopy(merged), "seed": int(seed), "run_name": name}
-            runs[name] = Run(name, settings, int(seed), list(roles))
+            runs[name] = Run(name, settings, list(roles))
     return runs
 
 
