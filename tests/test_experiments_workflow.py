@@ -26,14 +26,13 @@ def demo16(tmp_path_factory) -> Path:
     return out
 
 
-def demo_override(tmp_path: Path, cohort: Path, experiments: dict | None, **sections) -> Path:
+def demo_override(tmp_path: Path, cohort: Path, experiments: dict, **sections) -> Path:
     """A config override on the demo cohort (no shared subjects) with ``experiments``."""
-    if experiments is not None:
-        sections["experiments"] = experiments
     return workflow_config(
         tmp_path,
         [{"path": str(cohort)}],
         probe={"phenotypes": str(cohort / "phenotypes.tsv")},
+        experiments=experiments,
         **sections,
     )
 
