@@ -294,23 +294,27 @@ def test_non_mgh_bytes_name_the_file_and_what_it_holds(tmp_path: Path):
 
 
 def test_failed_subject_is_retried_after_its_file_is_fixed(tmp_path: Path):
-    """Issue 18, case 3: the fix of a failed subject's volume (even one keeping size and mtime)
-    recomputes it; an unchanged failed subject is reused."""
+    """Issue 18, case 3: the fix of a failed subject's volume recomputes it, even a fix that
+    keeps the file's size and mtime (the result key's); an unchanged failed subject is reused."""
     import os
-    import shutil
+    import time
 
-    good = make_subject(tmp_path / "good")
     subject = make_subject(tmp_path)
     target = subject / "mri" / "brainmask.mgz"
-    _gzipped_nifti(target)
+    good = target.read_bytes()
+    target.write_bytes(b"\0" * len(good))  # the same size, unreadable
+    broken = os.stat(target)
     out = tmp_path / "out"
     assert _run(_stage(), subject, out).reason == "volume_unreadable"
     ((_, reused),) = run_tasks(_stage(), [SubjectTask("s1", subject)], out)
     assert reused
-    shutil.copy2(good / "mri" / "brainmask.mgz", target)  # cp -p: the good file's mtime
+    time.sleep(0.01)  # a ctime after the stored failure, on coarse clocks too
+    target.write_bytes(good)
+    os.utime(target, ns=(broken.st_atime_ns, broken.st_mtime_ns))
+    fixed = os.stat(target)
+    assert (fixed.st_size, fixed.st_mtime_ns) == (broken.st_size, broken.st_mtime_ns)
     ((res, reused),) = run_tasks(_stage(), [SubjectTask("s1", subject)], out)
     assert not reused and res.status == OK
-    assert os.stat(target).st_mtime_ns == os.stat(good / "mri" / "brainmask.mgz").st_mtime_ns
 
 
 def test_four_d_volume_reports_its_frames(tmp_path: Path):

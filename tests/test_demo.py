@@ -108,6 +108,7 @@ def test_aseg_stats_agree_with_the_volumes(demo_cohort: Path):
     counts = np.bincount(aseg.ravel(), minlength=256)
     head, rows, _ = _table(sub / "stats" / "aseg.stats")
     col = {h: i for i, h in enumerate(head)}
+    assert len(rows) == len(ASEG_STATS_ROWS)  # every row FreeSurfer 7 writes
     for row in rows:
         seg = int(row[col["SegId"]])
         assert int(row[col["NVoxels"]]) == counts[seg], ASEG_STATS_ROWS[seg]

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from damt.discovery import discover_subjects, read_discovery, write_discovery
-from damt.freesurfer.recon import FAILED, last_error_line, recon_status
+from damt.freesurfer.recon import UNKNOWN, last_error_line, recon_status
 from tests.test_discovery import by_id, make_subject
 
 FAILED_LOG_TAIL = """\
@@ -117,7 +117,7 @@ def test_last_error_line_skips_success_words():
         'Traceback (most recent call last):\n  File "x.py"\nRuntimeError: CUDA out of memory\n'
     )
     assert last_error_line(traceback) == "RuntimeError: CUDA out of memory"
-    assert recon_status(Path("/nonexistent")).state != FAILED
+    assert recon_status(Path("/nonexistent")).state == UNKNOWN
 
 
 def test_fastsurfer_status_ignores_recon_all_done(tmp_path: Path, bert: Path):

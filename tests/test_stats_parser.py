@@ -96,7 +96,12 @@ def test_bert_headers_and_units(bert: Path):
     assert lh.creation_time == "2021/07/13-23:23:42-GMT"
     assert lh.generating_program == "mris_anatomical_stats"
     assert lh.table.units[lh.table.columns.index("ThickAvg")] == "mm"
-    assert lh.table.columns.index("FoldInd") >= 0  # "# TableCol  9 ColHeader  FoldInd"
+    # StructName is the row name; "# TableCol  9 ColHeader  FoldInd", "Units      unitless ".
+    assert lh.table.columns == (
+        "NumVert", "SurfArea", "GrayVol", "ThickAvg", "ThickStd", "MeanCurv", "GausCurv",
+        "FoldInd", "CurvInd",
+    )  # fmt: skip
+    assert lh.table.units[lh.table.columns.index("FoldInd")] == "unitless"
     brainvol = parse_stats_file(bert / "stats" / "brainvol.stats")
     assert brainvol.table is None and len(brainvol.measures) == 16
     wg = parse_stats_file(bert / "stats" / "lh.w-g.pct.stats")

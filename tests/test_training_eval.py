@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from damt.cli import main as damt_main
+from damt.split import unit_hash
 from damt.training.checkpoint import BEST
 from damt.training.data import load_training_data
 from damt.training.evaluate import build_eval_set, knn_scores
@@ -50,7 +51,8 @@ def test_eval_set_holds_the_held_out_subjects_and_a_capped_stable_reference(file
     assert set(reference) == set(load_training_data(files.manifest, files.label_table, {}).subjects)
     capped = build_eval_set(files.manifest, phenotypes, TARGETS, cap=5, stride=32)
     assert len(capped.subjects) == 2 + 5 and set(capped.subjects[2:]) <= set(reference)
-    assert capped.subjects == build_eval_set(files.manifest, phenotypes, TARGETS, 5, 32).subjects
+    # Stable: the first five by the ids' hash, the same in every process and on every rerun.
+    assert capped.subjects[2:] == sorted(sorted(reference, key=unit_hash)[:5])
     assert set(full.targets) == {"age", "sex"}
     assert all(g % 32 == 0 for g in full.grid)
     # Nothing to score: off, and the log says why.
@@ -97,9 +99,9 @@ def test_training_logs_the_evaluation_and_keeps_the_best_checkpoint(files, tmp_p
     assert all(r["eval/seconds"] > 0 for r in records[1:])
     card = json.loads((run / "model_card.json").read_text())
     best = card["pretraining"]["best_checkpoint"]
-    assert best["file"] == f"checkpoints/{BEST}" and best["epoch"] in (2, 3)
-    assert best["metric"] == "eval/age/r2"
+    assert best["file"] == f"checkpoints/{BEST}" and best["metric"] == "eval/age/r2"
     scores = {r["epoch"] + 1: r["eval/age/r2"] for r in records[1:]}
+    assert best["epoch"] == max(scores, key=scores.get)
     assert best["score"] == pytest.approx(max(scores.values()))
     kept = torch.load(run / "checkpoints" / BEST, weights_only=True)
     assert kept["epoch"] == best["epoch"]
