@@ -11,6 +11,8 @@ CORES ?= 2
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/constraints.txt | sha1sum | cut -c1-12)
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 CONSTRAINTS := -c requirements/constraints.txt
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="--durations=25 -x"`.
+PYTEST_ARGS ?=
 
 .PHONY: demo test test-fast lint format venv clean-results
 
@@ -33,10 +35,10 @@ demo: $(STAMP)
 	$(BIN)/snakemake --report results/report.html
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

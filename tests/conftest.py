@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -110,15 +111,25 @@ def run_snakemake(
     if not link.exists():
         link.symlink_to(REPO / "config")
     cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), *args]
-    full_env = {**os.environ, **(env or {})}
-    full_env["PATH"] = f"{BIN}{os.pathsep}{full_env.get('PATH', '')}"
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=full_env)
+    proc = subprocess.run(
+        cmd, cwd=workdir, capture_output=True, text=True, env=subprocess_env(**(env or {}))
+    )
     if check and proc.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
             f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
         )
     return proc
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """This environment for a child process, with ``extra`` on top: this checkout first on
+    ``PYTHONPATH`` (ahead of an installed damt), the virtual environment's ``bin`` first on
+    ``PATH`` (its snakemake, torchrun and python)."""
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
 
 
 def jobs_of(stdout: str) -> dict[str, int]:
@@ -133,7 +144,7 @@ def jobs_of(stdout: str) -> dict[str, int]:
 
 def unprivileged(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """Run ``argv`` where file permissions apply: as `nobody` when we are root."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = subprocess_env()
     prefix: list[str] = []
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
@@ -158,3 +169,173 @@ def open_tmp():
     for p in path.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
     shutil.rmtree(path)
+
+
+# ---------------------------------------------------------------- the session's workflow runs
+
+# Small and quick: two ROIs, a small cache, two epochs of the tiny model without the k-NN
+# monitor, age only, all labels, the fewest bootstrap resamples.
+QUICK = {
+    "radiomics": {"rois": {"whole_brain": ["nonzero"], "cerebral_wm": [2, 41]}},
+    "cache": {"min_size": 96},
+    "pretrain": {
+        "preset": "tiny",
+        "epochs": 2,
+        "warmup_epochs": 1,
+        "batch_size_per_gpu": 2,
+        "base_lr": 0.05,
+        "num_workers": 0,
+        "save_every": 1,
+        "log_every_steps": 1,
+        "eval_every": 0,
+        "gpus": 0,
+        "threads": 2,
+    },
+    "probe": {
+        "targets": [{"name": "age", "type": "regression"}],
+        "folds": 4,
+        "inner_folds": 3,
+        "label_fractions": [1.0],
+        "bootstrap": 100,
+    },
+}
+# The session cohort: eight generated subjects; the shared workflow runs see the first six, and
+# tests add the other two as new subjects. Of the six, sub-001 and sub-004 are held out (a hash
+# of the id; of the other two, sub-008).
+COHORT_SIZE, UPSTREAM_SUBJECTS = 8, [f"sub-{i:03d}" for i in range(1, 7)]
+
+
+@dataclass(frozen=True)
+class Workdir:
+    """A folder the real Snakefile runs in, every path in it relative to it.
+
+    It holds ``config.override.yaml``, ``subjects/`` (links to subject folders, or copies),
+    ``phenotypes.tsv``, ``radiomics.yaml``, ``results/`` and Snakemake's ``.snakemake/`` state.
+    Relative paths, links that keep the subjects' ctimes (their fingerprints) and copies that
+    keep mtimes make :meth:`copy` a workflow in the same state: nothing to be done after a
+    finished run.
+    """
+
+    root: Path
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def subjects(self) -> Path:
+        return self.root / "subjects"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.override.yaml"
+
+    @property
+    def args(self) -> tuple[str, str]:
+        return ("--configfile", str(self.config))
+
+    def override(self) -> dict:
+        return yaml.safe_load(self.config.read_text())
+
+    def set(self, **sections) -> Workdir:
+        """Replace top-level sections of the override (``None`` removes one)."""
+        cfg = self.override()
+        for key, value in sections.items():
+            if value is None:
+                cfg.pop(key, None)
+            else:
+                cfg[key] = value
+        self.config.write_text(yaml.safe_dump(cfg))
+        return self
+
+    def rel(self, path: str | Path) -> str:
+        """``path`` as the workflow names it: relative to the workdir (``outdir: results``)."""
+        return os.path.relpath(path, self.root) if Path(path).is_absolute() else str(path)
+
+    def snakemake(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Snakemake in the workdir; absolute paths in it (targets) become workdir-relative."""
+        inside = [self.rel(a) if a.startswith(f"{self.root}{os.sep}") else a for a in args]
+        return run_snakemake(*inside, *self.args, check=check)
+
+    def dry_run(self, *args: str) -> str:
+        return self.snakemake("-n", *args).stdout
+
+    def add_subject(self, source: Path) -> None:
+        """Link another subject folder in (a new subject of the cohort)."""
+        (self.subjects / source.name).symlink_to(source)
+
+    def own_subject(self, subject_id: str) -> Path:
+        """Replace a linked subject by a private copy (a changed subject); its folder."""
+        link = self.subjects / subject_id
+        source = link.resolve()
+        link.unlink()
+        shutil.copytree(source, link)
+        return link
+
+    def copy(self, dst: Path) -> Workdir:
+        shutil.copytree(self.root, dst, symlinks=True)
+        return Workdir(dst)
+
+
+def new_workdir(root: Path, cohort: Path, subject_ids: list[str], **sections) -> Workdir:
+    """A workdir over ``subject_ids`` of ``cohort`` (linked) with the :data:`QUICK` settings,
+    its phenotypes and a private radiomics parameter file; ``sections`` replace QUICK's."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "subjects").mkdir()
+    for sid in subject_ids:
+        (root / "subjects" / sid).symlink_to(cohort / sid)
+    shutil.copy(cohort / "phenotypes.tsv", root / "phenotypes.tsv")
+    shutil.copy(REPO / "config" / "radiomics.yaml", root / "radiomics.yaml")
+    (root / "config").symlink_to(REPO / "config")
+    cfg = {
+        "outdir": "results",
+        "subjects": {"dirs": [{"path": "subjects"}]},
+        "demo": {"enabled": False},
+        **QUICK,
+        "radiomics": {**QUICK["radiomics"], "params": "radiomics.yaml"},
+        "probe": {**QUICK["probe"], "phenotypes": "phenotypes.tsv"},
+        **sections,
+    }
+    (root / "config.override.yaml").write_text(yaml.safe_dump(cfg))
+    return Workdir(root)
+
+
+@pytest.fixture(scope="session")
+def cohort8(tmp_path_factory) -> Path:
+    """Eight synthetic subjects (seed 11), generated once per session. Do not modify."""
+    from damt.demo.cohort import generate_cohort
+
+    out = tmp_path_factory.mktemp("cohort8") / "subjects"
+    generate_cohort(out, COHORT_SIZE, seed=11)
+    return out
+
+
+@pytest.fixture(scope="session")
+def upstream(cohort8: Path, tmp_path_factory) -> Workdir:
+    """Every stage before pretraining (discovery, stats, radiomics, cache, QC, normalisation,
+    manifest) on the six upstream subjects, built once per session. Do not modify: tests take
+    :func:`upstream_copy`."""
+    wd = new_workdir(tmp_path_factory.mktemp("upstream") / "w", cohort8, UPSTREAM_SUBJECTS)
+    wd.snakemake("--cores", "2", "--omit-from", "pretrain")
+    return wd
+
+
+@pytest.fixture(scope="session")
+def trained(upstream: Workdir, tmp_path_factory) -> Workdir:
+    """:func:`upstream` with the whole workflow run: one tiny pretraining run (`default`), its
+    training report and its probe. Do not modify: tests take :func:`trained_copy`."""
+    wd = upstream.copy(tmp_path_factory.mktemp("trained") / "w")
+    wd.snakemake("--cores", "2")
+    return wd
+
+
+@pytest.fixture
+def upstream_copy(upstream: Workdir, tmp_path: Path) -> Workdir:
+    """A private copy of :func:`upstream` (results, Snakemake state, subject links)."""
+    return upstream.copy(tmp_path / "workflow")
+
+
+@pytest.fixture
+def trained_copy(trained: Workdir, tmp_path: Path) -> Workdir:
+    """A private copy of :func:`trained`."""
+    return trained.copy(tmp_path / "workflow")

@@ -81,37 +81,41 @@ def test_overrides_merge_deeply(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_snakemake_stops_on_bad_config_naming_the_key(tmp_path: Path, demo_cohort: Path):
-    override = workflow_config(
-        tmp_path, [{"path": str(demo_cohort)}], sharding={"n_shards": 0, "n_shardz": 3}
-    )
-    proc = run_snakemake("-n", "--configfile", str(override), check=False)
-    assert proc.returncode != 0
-    assert "n_shardz" in proc.stderr + proc.stdout
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize(
-    ("sections", "expected"),
+    ("sections", "words"),
     [
-        # Issue 18, case 1: cross-key settings of the trainer, checked when the workflow parses.
-        ({"pretrain": {"epochs": 1, "warmup_epochs": 1}}, "warmup_epochs (1) must be smaller"),
-        (
-            {"pretrain": {"presets": {"tiny": {"global_crop": 40}}}},
-            "global_crop 40 must be a multiple",
-        ),
-        # Issue 18, case 7: a misspelt qc.severity code stops the run with the known codes.
+        # The schema (Snakefile's validate).
+        ({"sharding": {"n_shards": 0, "n_shardz": 3}}, ["n_shardz"]),
+        # check_severity (issue 18, case 7): a misspelt code, with the known ones.
         (
             {"qc": {"severity": {"qc:surface_hole": "fail"}}},
-            "unknown issue code(s) 'qc:surface_hole'",
+            ["unknown issue code(s) 'qc:surface_hole'", "known codes: ", "qc:surface_holes"],
+        ),
+        # check_run_settings (issue 18, case 1): the trainer's cross-key checks.
+        ({"pretrain": {"epochs": 1, "warmup_epochs": 1}}, ["warmup_epochs (1) must be smaller"]),
+        # plan_runs, and check_run_settings of each planned run (named).
+        ({"experiments": {"runs": {"fast": {"epoch": 1}}}}, ["'fast'", "unknown pretrain key"]),
+        ({"experiments": {"runs": {"cold": {"warmup_epochs": 9}}}}, ["'cold-s0'", "warmup"]),
+        # check_data_scaling against the discovered subjects (two of the four are not held out).
+        ({"experiments": {"data_scaling": [3]}}, ["'data-3-s0'", "3 but only 2"]),
+        # An experiment plan is scored by the probe.
+        (
+            {"experiments": {"ablation": ["mim"]}, "probe": {"phenotypes": None}},
+            ["probe.phenotypes"],
         ),
     ],
 )
-def test_dry_run_refuses_bad_run_settings(tmp_path: Path, demo_cohort: Path, sections, expected):
+def test_the_workflow_refuses_bad_settings_at_parse_time(
+    tmp_path: Path, demo_cohort: Path, sections, words
+):
+    """Each parse-time check of rules/common.smk stops a dry run before anything is written;
+    the checks themselves are unit tests (test_launch, test_experiments, test_qc)."""
+    sections = {"probe": {"phenotypes": str(demo_cohort / "phenotypes.tsv")}, **sections}
     override = workflow_config(tmp_path, [{"path": str(demo_cohort)}], **sections)
     proc = run_snakemake("-n", "--configfile", str(override), check=False)
     out = proc.stderr + proc.stdout
-    assert proc.returncode != 0 and expected in out, out[-3000:]
-    if "severity" in str(sections):
-        assert "known codes: " in out and "qc:surface_holes" in out
-    assert not (tmp_path / "results" / "discovery").exists()  # refused before anything ran
+    assert proc.returncode != 0, out[-3000:]
+    for word in words:
+        assert word in out, out[-3000:]
+    if "data_scaling" not in str(sections):  # the only check that needs the discovered cohort
+        assert not (tmp_path / "results").exists()  # refused before anything was written

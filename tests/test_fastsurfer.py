@@ -148,22 +148,17 @@ def test_fastsurfer_subject_end_to_end(fs_cohort: Path, tmp_path: Path):
     assert rows["fs21seg-001"].status == OK and rows["fs21seg-001"].info["n_features"] > 0
 
 
-def test_mixed_cohort_through_the_workflow(fs_cohort: Path, demo_copy: Path, tmp_path: Path):
-    """FreeSurfer demo subjects, FastSurfer subjects (complete, segmentation-only, failed) and a
-    running recon in one SUBJECTS_DIR, through the real Snakefile up to the manifest."""
-    from tests.conftest import run_snakemake, workflow_config
-    from tests.test_qc_workflow import ROIS
-
+def test_mixed_cohort_through_the_workflow(fs_cohort: Path, upstream_copy):
+    """FastSurfer subjects (complete, segmentation-only, failed) and a running recon join the
+    session's FreeSurfer demo subjects in one SUBJECTS_DIR, through the real Snakefile up to
+    the manifest."""
+    wd, results = upstream_copy, upstream_copy.results
     for case in ("fs23full-001", "fs21seg-001", "fs22fail-001"):
-        shutil.copytree(fs_cohort / case, demo_copy / case, symlinks=True)
-    busy = demo_copy / "sub-004" / "scripts" / "IsRunning.lh+rh"
+        wd.add_subject(fs_cohort / case)
+    busy = wd.own_subject("sub-004") / "scripts" / "IsRunning.lh+rh"
     busy.write_text("recon-all running\n")
-    override = workflow_config(
-        tmp_path, [{"path": str(demo_copy)}], radiomics={"rois": ROIS}, cache={"min_size": 96}
-    )
-    results = tmp_path / "results"
     target = str(results / "manifest.parquet")
-    run_snakemake("--cores", "2", "--keep-going", target, "--configfile", str(override))
+    wd.snakemake("--cores", "2", "--keep-going", target)
 
     manifest = pd.read_parquet(target).set_index("subject_id")
     assert sorted(manifest.index) == [
@@ -173,6 +168,8 @@ def test_mixed_cohort_through_the_workflow(fs_cohort: Path, demo_copy: Path, tmp
         "sub-001",
         "sub-002",
         "sub-003",
+        "sub-005",
+        "sub-006",
     ]  # sub-004 is still running: not in the manifest
     report = pd.read_csv(results / "discovery" / "report.tsv", sep="\t").set_index("subject_id")
     assert report.loc["sub-004", "reason"] == "recon_running"

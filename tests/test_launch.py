@@ -25,6 +25,7 @@ from damt.training.launch import (
     training_subjects,
 )
 from damt.training.report import plot_training
+from tests.conftest import subprocess_env
 
 SIG = {
     "subjects": "a",
@@ -285,9 +286,8 @@ def test_trainer_dies_with_its_parent(tmp_path: Path):
         "print(child.pid, flush=True)\n"
         "time.sleep(60)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     parent = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, env=env, text=True
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, env=subprocess_env(), text=True
     )
     child = int(parent.stdout.readline())
     time.sleep(1.0)  # the child has imported damt and asked for the signal
@@ -364,3 +364,14 @@ def test_one_node_signatures_are_those_of_runs_before_nodes_existed():
     assert model_settings({**base, "nodes": 1}) == model_settings(base)
     assert model_settings({**base, "nodes": 2}) != model_settings(base)
     assert model_settings({**base, "collective_timeout_s": 60}) == model_settings(base)
+
+
+def test_run_settings_refuse_a_crop_the_network_cannot_halve(tmp_path: Path):
+    """The crop-size check of the trainer, as the Snakefile calls it at parse time."""
+    from damt.config import load_config
+    from damt.training.launch import check_run_settings
+    from tests.training_data import write_config
+
+    config = load_config(write_config(tmp_path / "c.yaml", presets={"tiny": {"global_crop": 40}}))
+    with pytest.raises(LaunchError, match=r"global_crop 40 must be a multiple.*nothing was"):
+        check_run_settings(config)

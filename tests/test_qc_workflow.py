@@ -12,7 +12,7 @@ import pytest
 from damt.features.normalize import Normalizer
 from damt.features.tables import read_metadata, read_table
 from damt.paths import ResultPaths
-from tests.conftest import jobs_of, run_snakemake, workflow_config
+from tests.conftest import UPSTREAM_SUBJECTS, Workdir, jobs_of, run_snakemake, workflow_config
 
 pytestmark = pytest.mark.slow
 
@@ -27,19 +27,20 @@ def manifest_target(results: Path) -> str:
     return str(results / "manifest.parquet")
 
 
-def test_manifest_with_a_corrupt_subject(demo_copy: Path, tmp_path: Path):
+def test_manifest_with_a_corrupt_subject(upstream_copy: Workdir):
     """One unreadable volume fails that subject with a reason; everyone else goes on."""
-    bad = demo_copy / "sub-004" / "mri" / "aparc+aseg.mgz"
+    wd, results = upstream_copy, upstream_copy.results
+    bad = wd.own_subject("sub-004") / "mri" / "aparc+aseg.mgz"
     bad.write_bytes(bad.read_bytes()[:5000])
-    dirs = [{"path": str(demo_copy)}]
-    override = workflow_config(tmp_path, dirs, radiomics={"rois": ROIS}, cache={"min_size": 96})
-    results = tmp_path / "results"
-    run_snakemake(
-        "--cores", "2", "--keep-going", manifest_target(results), "--configfile", str(override)
-    )
+    target = manifest_target(results)
+    jobs = jobs_of(wd.dry_run(target))
+    assert {r: jobs[r] for r in ("stats", "radiomics", "cache")} == dict.fromkeys(
+        ("stats", "radiomics", "cache"), 1
+    )  # sub-004's, the others are kept
+    wd.snakemake("--cores", "2", "--keep-going", target)
 
     manifest = pd.read_parquet(results / "manifest.parquet").set_index("subject_id")
-    assert list(manifest.index) == ["sub-001", "sub-002", "sub-003", "sub-004"]
+    assert list(manifest.index) == UPSTREAM_SUBJECTS
     bad_row = manifest.loc["sub-004"]
     assert bad_row["status"] == "fail" and not bad_row["has_cache"]
     assert "cache:volume_unreadable" in bad_row["reasons"]
@@ -51,12 +52,12 @@ def test_manifest_with_a_corrupt_subject(demo_copy: Path, tmp_path: Path):
     assert all(not Path(d).is_absolute() for d in good["cache_dir"])
     assert all((results / d / "image.npy").is_file() for d in good["cache_dir"])
 
-    # Normalisation: fitted on the three passing subjects, the failing one still gets rows.
+    # Normalisation: fitted on the five passing subjects, the failing one still gets rows.
     z, meta = read_table(ResultPaths(str(results)).normalized_table("radiomics"))
     assert list(z.subject_id) == list(manifest.index)
     assert z.set_index("subject_id").loc["sub-004"].isna().all()
     norm = Normalizer.from_json(results / "features" / "radiomics.norm.json")
-    assert norm.n_fit == 3 and meta["normalization"]["n_fit"] == 3
+    assert norm.n_fit == 5 and meta["normalization"]["n_fit"] == 5
     zz = z.set_index("subject_id").drop(index="sub-004")
     np.testing.assert_allclose(zz.mean().to_numpy(), 0.0, atol=1e-5)
     local = Normalizer.from_json(results / "features" / "morphometry_local.norm.json")
@@ -71,16 +72,13 @@ def test_manifest_with_a_corrupt_subject(demo_copy: Path, tmp_path: Path):
 
     # A QC setting reruns only the rules that read it (their params), and never the cache;
     # a stage's thread count reruns nothing.
+    radiomics, cache = wd.override()["radiomics"], wd.override()["cache"]
+
     def planned(threads: int = 1, **qc) -> dict[str, int]:
-        workflow_config(
-            tmp_path,
-            dirs,
-            radiomics={"rois": ROIS, "threads": threads},
-            cache={"min_size": 96, "threads": threads},
-            qc=qc,
+        wd.set(
+            radiomics={**radiomics, "threads": threads}, cache={**cache, "threads": threads}, qc=qc
         )
-        dry = run_snakemake("-n", manifest_target(results), "--configfile", str(override))
-        return jobs_of(dry.stdout)
+        return jobs_of(wd.dry_run(target))
 
     assert planned() == {}
     assert planned(threads=2) == {}

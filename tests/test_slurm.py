@@ -9,8 +9,9 @@ Only executor settings that the profile leaves alone are added on the command li
 logs of successful jobs, a short first status check) so the profile itself is used as written.
 The GPU check is a second, forced run of one rule: giving a rule a GPU from the command line
 takes ``--set-resources``, which replaces the profile's whole ``set-resources`` section, so it
-stays out of the main run. The cluster has two nodes (two slurmd on this machine), so a third
-run trains the model again with ``pretrain.nodes: 2``: one SLURM job over both nodes.
+stays out of the main run, which builds every stage before pretraining. The cluster has two
+nodes (two slurmd on this machine), so a third run trains the model with ``pretrain.nodes: 2``:
+one SLURM job over both nodes.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import yaml
 
 from damt.discovery import read_shard
 from damt.paths import ResultPaths
-from tests.conftest import BIN, REPO, workflow_config
+from tests.conftest import BIN, REPO, subprocess_env, workflow_config
 from tests.slurm_cluster import SlurmCluster, running_cluster, unavailable_reason
 from tests.test_profile import PROFILE, profile_resource
 
@@ -75,12 +76,10 @@ def run_with_profile(cluster: SlurmCluster, workdir: Path, *args: str) -> str:
     if not (workdir / "config").exists():
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config").symlink_to(REPO / "config")
-    env = {**os.environ, **cluster.env()}
-    env.pop("SNAKEMAKE_PROFILE", None)
     # Jobs start Snakemake again inside SLURM with this environment (sbatch --export=ALL): the
     # virtual environment's bin first, and this checkout's `damt` ahead of an installed one.
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env = subprocess_env(**cluster.env())
+    env.pop("SNAKEMAKE_PROFILE", None)
     cmd = [
         str(BIN / "snakemake"),
         "--snakefile",
@@ -146,10 +145,13 @@ def slurm_run(cluster, demo_cohort, tmp_path_factory):
         sharding={"n_shards": N_SHARDS},
         # One ROI keeps PyRadiomics quick; the test is about scheduling, not features.
         radiomics={"rois": {"whole_brain": ["nonzero"]}},
+        cache={"min_size": 96},
         # Two epochs: the pretrain job gets the profile's 16 threads on a small machine.
         pretrain={"epochs": 2, "warmup_epochs": 1},
     )
-    log = run_with_profile(cluster, tmp / "work", "--configfile", str(config))
+    # Every stage before pretraining; test_pretrain_spans_two_nodes runs the pretrain job.
+    target = str(tmp / "results" / "manifest.parquet")
+    log = run_with_profile(cluster, tmp / "work", "--configfile", str(config), "--", target)
     jobs = {k: v for k, v in cluster.jobs().items() if v["JobName"] == run_id(log)}
     return SimpleNamespace(
         out=tmp / "results",
@@ -260,7 +262,7 @@ def test_gpu_resource_becomes_gres(cluster, slurm_run):
 
 def test_pretrain_spans_two_nodes(cluster, slurm_run):
     """``pretrain.nodes: 2`` through the profile: one SLURM job on both nodes, whose batch step
-    starts a torchrun per node with srun; the one-node model is superseded, not resumed."""
+    starts a torchrun per node with srun."""
     base = slurm_run.out.parent
     config = yaml.safe_load((base / "config.override.yaml").read_text())
     config["pretrain"] |= {"nodes": 2, "cpu_processes": 1}
@@ -272,8 +274,6 @@ def test_pretrain_spans_two_nodes(cluster, slurm_run):
         base / "work",
         "--configfile",
         str(override),
-        "--forcerun",
-        "pretrain",
         # One thread per trainer: both "nodes" share this machine's cores.
         "--set-threads",
         "pretrain=1",
@@ -292,4 +292,3 @@ def test_pretrain_spans_two_nodes(cluster, slurm_run):
     assert re.search(r"^[01]: .*training \d+ subjects on 2 cpu process", rule_log, re.MULTILINE)
     card = json.loads((run_dir / "model_card.json").read_text())["pretraining"]
     assert (card["world_size"], card["nodes"]) == (2, 2)
-    assert any((run_dir / "superseded").iterdir())  # the one-node run, moved aside

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,17 +15,11 @@ from safetensors.torch import load_file
 from torch.utils.data import DistributedSampler
 
 from damt.training.losses import contrastive_logits, nt_xent
+from tests.conftest import REPO, subprocess_env
 from tests.test_training_losses import _nt_xent_reference
 from tests.training_data import train_args, write_config, write_training_set
 
-REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
-
-
-def _env() -> dict:
-    path = os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH")] if p)
-    # One thread per rank: two ranks share the two cores of a CI runner.
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
 def _nt_xent_rank(rank: int, store: str, z1, z2, out: str) -> None:
@@ -141,7 +133,9 @@ def test_two_gloo_ranks_keep_identical_parameters(tmp_path):
         str(files.root),
         str(tmp_path),
     ]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        cmd, env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-6000:]
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys()
@@ -168,7 +162,9 @@ def test_a_failing_rank_stops_the_whole_job(tmp_path):
         *train_args(files, config, tmp_path / "run"),
     ]
     start = time.monotonic()
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        cmd, env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300
+    )
     elapsed = time.monotonic() - start
     assert proc.returncode != 0
     assert "subject sub-02: cannot read its cache" in proc.stderr

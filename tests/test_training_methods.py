@@ -4,8 +4,9 @@ settings, checks and run signature (pretrain.contrastive, pretrain.ema)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,12 +27,8 @@ from damt.training.losses import contrastive_logits, dino_loss, vicreg_terms
 from damt.training.schedules import momentum_schedule
 from damt.training.settings import TrainSettings
 from damt.training.teacher import Center, EmaTeacher, NegativeQueue, Prototypes
-from tests.training_data import (
-    kill_at_first_checkpoint,
-    train_args,
-    write_config,
-    write_training_set,
-)
+from tests.conftest import REPO, subprocess_env
+from tests.training_data import train_in_process, write_config, write_training_set
 
 
 def test_vicreg_terms_match_a_hand_computation():
@@ -124,8 +121,10 @@ def test_ema_update_moves_the_teacher_towards_the_student():
     teacher.update([student], 0.9)
     for t, s, t0 in zip(teacher.encoder.parameters(), student.parameters(), start, strict=True):
         torch.testing.assert_close(t, 0.9 * t0 + 0.1 * s.detach())
+    kept = [p.detach().clone() for p in teacher.encoder.parameters()]
     teacher.update([student], 1.0)  # the end of DINO's schedule: the teacher stays
-    assert not torch.equal(next(teacher.encoder.parameters()), next(student.parameters()))
+    for t, k in zip(teacher.encoder.parameters(), kept, strict=True):
+        assert torch.equal(t, k)
     with pytest.raises(ValueError, match="holds 1 modules, 2 given"):
         teacher.update([student, student], 0.5)
 
@@ -141,8 +140,13 @@ def test_teacher_momentum_schedules():
 
 def test_prototypes_score_cosines_with_unit_prototypes():
     layer = Prototypes(4, 5)
-    scores = layer(10 * torch.randn(3, 4)).detach()
+    x = 10 * torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    scores = layer(x).detach()
     assert scores.shape == (3, 5) and float(scores.abs().max()) <= 1.0 + 1e-6
+    unit_x = x / x.norm(dim=1, keepdim=True)
+    unit_w = layer.weight.detach() / layer.weight.detach().norm(dim=1, keepdim=True)
+    torch.testing.assert_close(scores, unit_x @ unit_w.T)
+    torch.testing.assert_close(layer(7 * x).detach(), scores)  # the scale of z does not count
 
 
 def test_queue_is_a_ring_buffer_of_the_latest_keys():
@@ -209,13 +213,13 @@ def test_bad_contrastive_combinations_stop_at_parse_time(tmp_path, overrides, me
 
 
 def test_schema_refuses_unknown_methods_and_out_of_range_values(tmp_path):
-    for bad in (
-        {"contrastive": {"method": "byol"}},
-        {"contrastive": {"queue_size": -1}},
-        {"ema": {"momentum": 1.0}},
-        {"contrastive": {"dino": {"teacher_temperature": 0}}},
+    for bad, key in (
+        ({"contrastive": {"method": "byol"}}, "pretrain.contrastive.method"),
+        ({"contrastive": {"queue_size": -1}}, "pretrain.contrastive.queue_size"),
+        ({"ema": {"momentum": 1.0}}, "pretrain.ema.momentum"),
+        ({"contrastive": {"dino": {"teacher_temperature": 0}}}, "dino.teacher_temperature"),
     ):
-        with pytest.raises(ValueError, match="pretrain"):
+        with pytest.raises(ValueError, match=re.escape(key)):
             write_config(tmp_path / "c.yaml", **bad)
 
 
@@ -326,7 +330,6 @@ def test_vicreg_and_dino_centre_see_the_global_batch_across_ranks(tmp_path):
 
 # ---- whole runs: each method trains, resumes after a kill, and exports loadable weights ----
 
-REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
 RUNS = {
     "vicreg": {"contrastive": {"method": "vicreg"}},
@@ -347,21 +350,9 @@ STATE = {
 }
 
 
-def _env() -> dict:
-    path = os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH")] if p)
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    return write_training_set(tmp_path_factory.mktemp("methods"), n_subjects=4)
-
-
-def _train(files, config: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "damt", *train_args(files, config, out)], env=_env(),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    return write_training_set(tmp_path_factory.mktemp("methods"), n_subjects=2)
 
 
 def _load_strictly(path: Path, card: dict) -> None:
@@ -371,25 +362,25 @@ def _load_strictly(path: Path, card: dict) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", sorted(RUNS))
-def test_each_method_trains_resumes_after_a_kill_and_exports(files, tmp_path, variant):
+def test_each_method_trains_resumes_after_a_kill_and_exports(files, tmp_path, variant, caplog):
+    """In this process (tests.training_data.train_in_process): an uninterrupted run, a run
+    stopped after its first checkpoint, refused by another method, resumed, then exported
+    again."""
+    caplog.set_level(logging.INFO, logger="damt")
     config = write_config(tmp_path / "c.yaml", epochs=2, save_every=0, **RUNS[variant])
-    full = _train(files, config, tmp_path / "full")
-    _, err = full.communicate(timeout=600)
-    assert full.returncode == 0, err
+    train_in_process(files, config, tmp_path / "full")
 
     interrupted = tmp_path / "interrupted"
-    proc = _train(files, config, interrupted)
-    kill_at_first_checkpoint(proc, interrupted)
+    train_in_process(files, config, interrupted, interrupt=True)
     assert load_latest(interrupted / "checkpoints")["epoch"] == 1
     # Another method's settings do not resume this checkpoint.
     other = sorted(RUNS)[(sorted(RUNS).index(variant) + 1) % len(RUNS)]
-    wrong = _train(files, write_config(tmp_path / "o.yaml", epochs=2, **RUNS[other]), interrupted)
-    _, err = wrong.communicate(timeout=600)
-    assert wrong.returncode != 0 and "cannot resume" in err and "contrastive.method" in err, err
-    resumed = _train(files, config, interrupted)
-    _, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err
-    assert "resuming" in err
+    wrong = write_config(tmp_path / "o.yaml", epochs=2, **RUNS[other])
+    with pytest.raises(ValueError, match=r"cannot resume.*contrastive\.method"):
+        train_in_process(files, wrong, interrupted)
+    caplog.clear()
+    train_in_process(files, config, interrupted)
+    assert "resuming" in caplog.text
 
     # The resumed run continued the method's state: it ends where the uninterrupted one does.
     a = load_latest(tmp_path / "full" / "checkpoints")["model"]
@@ -400,7 +391,7 @@ def test_each_method_trains_resumes_after_a_kill_and_exports(files, tmp_path, va
     for key, value in a.items():
         assert torch.equal(value, b[key]), key
     if variant == "ntxent_queue_ema":
-        assert (a["queue.ids"] >= 0).all()  # 8 keys pushed per epoch: the queue is full
+        assert (a["queue.ids"] >= 0).all()  # 4 keys pushed per epoch, 6 slots: full after two
     if "teacher.encoder.swinViT.patch_embed.proj.weight" in a:
         key = "swinViT.patch_embed.proj.weight"
         assert not torch.equal(a[f"teacher.encoder.{key}"], a[f"network.encoder.{key}"])
@@ -431,9 +422,9 @@ def test_each_method_trains_resumes_after_a_kill_and_exports(files, tmp_path, va
     # A finished run is exported again from its checkpoint alone, to the same files.
     exported_files = sorted(interrupted.glob("encoder*.safetensors"))
     before = {f.name: load_file(str(f)) for f in exported_files}
-    again = _train(files, config, interrupted)
-    _, err = again.communicate(timeout=600)
-    assert again.returncode == 0 and "no training" in err, err
+    caplog.clear()
+    train_in_process(files, config, interrupted)
+    assert "no training" in caplog.text, caplog.text
     for f in exported_files:
         after = load_file(str(f))
         assert all(torch.equal(after[k], v) for k, v in before[f.name].items()), f.name
@@ -449,7 +440,7 @@ def test_each_method_runs_on_two_gloo_ranks_with_identical_state(tmp_path, varia
     cmd = [*TORCHRUN, "--nproc_per_node=2", str(REPO / "tests" / "ddp_worker.py")]
     proc = subprocess.run(
         [*cmd, str(config), str(data.root), str(tmp_path)],
-        env=_env(), capture_output=True, text=True, timeout=600,
+        env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-6000:]
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]

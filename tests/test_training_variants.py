@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
+import logging
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,14 +30,9 @@ from damt.training.objective import PretrainObjective
 from damt.training.schedules import apply_schedules
 from damt.training.settings import AugmentSpec, ContrastiveSettings, DINOSettings, TrainSettings
 from damt.training.step import accumulated_step, param_groups
-from tests.training_data import (
-    kill_at_first_checkpoint,
-    train_args,
-    write_config,
-    write_training_set,
-)
+from tests.conftest import REPO, subprocess_env
+from tests.training_data import train_in_process, write_config, write_training_set
 
-REPO = Path(__file__).resolve().parents[1]
 NON_CONTRASTIVE = ("rotation", "location", "atlas", "morphometry", "radiomics", "mim")
 PLAN = [  # the research plan's three phases, on a 3-epoch run
     {"until_epoch": 1, "tasks": ["rotation", "mim"]},
@@ -201,6 +195,8 @@ def test_a_phase_without_the_contrastive_task_freezes_dinos_prototypes(files):
     assert not any(p.requires_grad for p in objective.teacher.parameters())
     objective.set_active(settings.tasks)
     assert all(p.requires_grad for p in objective.prototypes.parameters())
+    # The teacher follows the student by EMA only, in every phase.
+    assert not any(p.requires_grad for p in objective.teacher.parameters())
 
 
 @pytest.mark.slow
@@ -215,9 +211,9 @@ def test_ddp_runs_across_a_phase_change_with_accumulation(tmp_path):
         "--nproc_per_node=2", str(REPO / "tests" / "ddp_worker.py"), str(config),
         str(files.root), str(tmp_path),
     ]  # fmt: skip
-    path = os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH")] if p)
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        cmd, env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-6000:]
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
     for key in ranks[0]:
@@ -347,32 +343,22 @@ def test_augmented_batches_do_not_depend_on_the_worker_count(files):
 
 
 @pytest.mark.slow
-def test_a_run_with_every_variant_resumes_after_a_kill_and_exports(tmp_path):
+def test_a_run_with_every_variant_resumes_after_a_kill_and_exports(tmp_path, caplog):
+    """In this process (tests.training_data.train_in_process): stopped after its first
+    checkpoint, resumed into the next curriculum phase, exported."""
+    caplog.set_level(logging.INFO, logger="damt")
     files = write_training_set(tmp_path / "data", n_subjects=2)
     config = write_config(
         tmp_path / "c.yaml", epochs=3, save_every=0, batch_size_per_gpu=1, accumulate_steps=2,
         curriculum=PLAN, augment={"elastic": {"prob": 0.5}, "noise": {"prob": 0.5}},
     )  # fmt: skip
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
     out = tmp_path / "run"
+    train_in_process(files, config, out, interrupt=True)
+    assert load_latest(out / "checkpoints")["epoch"] == 1
 
-    def train() -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "damt", *train_args(files, config, out)], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-
-    proc = train()
-    kill_at_first_checkpoint(proc, out)
-    assert load_latest(out / "checkpoints")["epoch"] < 3
-
-    resumed = train()
-    _, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err
-    assert "resuming" in err and "curriculum phase, tasks" in err
+    caplog.clear()
+    train_in_process(files, config, out)
+    assert "resuming" in caplog.text and "curriculum phase, tasks" in caplog.text
 
     card = json.loads((out / "model_card.json").read_text())
     pretraining = card["pretraining"]

@@ -6,15 +6,28 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from damt.config import load_config
 from damt.demo.training_set import write_training_set
+from tests.conftest import subprocess_env
 
-__all__ = ["TEST_PRESET", "pretrain_config", "train_args", "write_config", "write_training_set"]
+__all__ = [
+    "TEST_PRESET",
+    "Interrupted",
+    "kill_at_first_checkpoint",
+    "pretrain_config",
+    "start_training",
+    "train_args",
+    "train_in_process",
+    "write_config",
+    "write_training_set",
+]
 
 
 TEST_PRESET = {
@@ -73,6 +86,44 @@ def train_args(files, config: Path, out: Path, *extra: str) -> list[str]:
         "--tables-dir", str(files.tables_dir), "--label-table", str(files.label_table),
         "--out", str(out), *extra,
     ]  # fmt: skip
+
+
+def start_training(files, config: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """``python -m damt train`` in a process of its own (stderr piped, as text)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "damt", *train_args(files, config, out, *extra)],
+        env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+class Interrupted(BaseException):
+    """Stands in for a kill right after a run's first checkpoint (:func:`train_in_process`);
+    a BaseException, so that no handler of the trainer's can take it for an error of its own."""
+
+
+def train_in_process(files, config: Path, out: Path, interrupt: bool = False):
+    """What ``damt train`` does, in this process (no torch and MONAI import to pay again);
+    with ``interrupt`` the run stops with :class:`Interrupted` as soon as its first checkpoint
+    is on disk. The one real SIGKILL of a trainer is test_training_loop's
+    (:func:`kill_at_first_checkpoint`)."""
+    from damt.training import loop
+
+    config_dict = load_config(config, sections=("pretrain", "probe"))
+    inputs = loop.TrainInputs.from_arguments(
+        files.manifest, files.label_table, files.tables_dir, {}
+    )
+    if not interrupt:
+        return loop.run_pretraining(config_dict, inputs, out, cores=1)
+    save = loop.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        save(*args, **kwargs)
+        raise Interrupted
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
+        patch.setattr(loop, "save_checkpoint", save_then_stop)
+        loop.run_pretraining(config_dict, inputs, out, cores=1)
+    return None
 
 
 def kill_at_first_checkpoint(proc: subprocess.Popen, run_dir: Path, timeout: float = 600) -> None:
