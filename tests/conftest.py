@@ -94,6 +94,11 @@ def workflow_config(tmp_path: Path, subjects_dirs: list[dict], **sections) -> Pa
     return path
 
 
+def snakemake_command(*args: str) -> list[str]:
+    """This environment's snakemake on the repository's Snakefile, with ``args``."""
+    return [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), *args]
+
+
 def run_snakemake(
     *args: str, check: bool = True, env: dict | None = None
 ) -> subprocess.CompletedProcess:
@@ -110,9 +115,12 @@ def run_snakemake(
     link = workdir / "config"
     if not link.exists():
         link.symlink_to(REPO / "config")
-    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), *args]
     proc = subprocess.run(
-        cmd, cwd=workdir, capture_output=True, text=True, env=subprocess_env(**(env or {}))
+        snakemake_command(*args),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(**(env or {})),
     )
     if check and proc.returncode != 0:
         raise AssertionError(

@@ -34,9 +34,8 @@ def test_manifest_with_a_corrupt_subject(upstream_copy: Workdir):
     bad.write_bytes(bad.read_bytes()[:5000])
     target = manifest_target(results)
     jobs = jobs_of(wd.dry_run(target))
-    assert {r: jobs[r] for r in ("stats", "radiomics", "cache")} == dict.fromkeys(
-        ("stats", "radiomics", "cache"), 1
-    )  # sub-004's, the others are kept
+    per_subject = ("stats", "radiomics", "cache")
+    assert {r: jobs[r] for r in per_subject} == dict.fromkeys(per_subject, 1)  # sub-004's only
     wd.snakemake("--cores", "2", "--keep-going", target)
 
     manifest = pd.read_parquet(results / "manifest.parquet").set_index("subject_id")
@@ -72,7 +71,8 @@ def test_manifest_with_a_corrupt_subject(upstream_copy: Workdir):
 
     # A QC setting reruns only the rules that read it (their params), and never the cache;
     # a stage's thread count reruns nothing.
-    radiomics, cache = wd.override()["radiomics"], wd.override()["cache"]
+    override = wd.override()
+    radiomics, cache = override["radiomics"], override["cache"]
 
     def planned(threads: int = 1, **qc) -> dict[str, int]:
         wd.set(

@@ -30,7 +30,7 @@ import yaml
 
 from damt.discovery import read_shard
 from damt.paths import ResultPaths
-from tests.conftest import BIN, REPO, subprocess_env, workflow_config
+from tests.conftest import BIN, REPO, snakemake_command, subprocess_env, workflow_config
 from tests.slurm_cluster import SlurmCluster, running_cluster, unavailable_reason
 from tests.test_profile import PROFILE, profile_resource
 
@@ -80,10 +80,7 @@ def run_with_profile(cluster: SlurmCluster, workdir: Path, *args: str) -> str:
     # virtual environment's bin first, and this checkout's `damt` ahead of an installed one.
     env = subprocess_env(**cluster.env())
     env.pop("SNAKEMAKE_PROFILE", None)
-    cmd = [
-        str(BIN / "snakemake"),
-        "--snakefile",
-        str(REPO / "Snakefile"),
+    cmd = snakemake_command(
         "--profile",
         str(REPO / "profiles" / "slurm"),
         "--slurm-keep-successful-logs",
@@ -91,7 +88,7 @@ def run_with_profile(cluster: SlurmCluster, workdir: Path, *args: str) -> str:
         "5",
         "--verbose",
         *args,
-    ]
+    )
     try:
         proc = subprocess.run(
             cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S

@@ -18,14 +18,13 @@ from damt.features import FEATURE_GROUPS
 from damt.paths import ResultPaths
 from damt.probe import TSV_COLUMNS
 from tests.conftest import (
-    BIN,
     QUICK,
-    REPO,
     SHARED_SUBJECTS,
     UPSTREAM_SUBJECTS,
     Workdir,
     jobs_of,
     run_snakemake,
+    snakemake_command,
     subprocess_env,
     workflow_config,
 )
@@ -184,10 +183,9 @@ def test_killed_workflow_kills_its_trainers_and_resumes(upstream_copy: Workdir):
     wd.set(pretrain={**QUICK["pretrain"], "epochs": 3})
     encoder = results / "pretrain" / "default" / "encoder.safetensors"
     checkpoint = results / "pretrain" / "default" / "checkpoints" / "checkpoint_0001.pt"
-    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--cores", "2",
-           wd.rel(encoder), *wd.args]  # fmt: skip
     proc = subprocess.Popen(
-        cmd, cwd=wd.root, env=subprocess_env(), start_new_session=True,
+        snakemake_command("--cores", "2", wd.rel(encoder), *wd.args),
+        cwd=wd.root, env=subprocess_env(), start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
