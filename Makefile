@@ -13,6 +13,10 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 CONSTRAINTS := -c requirements/constraints.txt
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="--durations=25 -x"`.
 PYTEST_ARGS ?=
+# pytest-xdist workers, each given whole test modules (their module fixtures built once) in the
+# order tests/conftest.py sets; the session's shared runs are built once for all of them.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test test-fast lint format venv clean-results
 
@@ -35,10 +39,10 @@ demo: $(STAMP)
 	$(BIN)/snakemake --report results/report.html
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,16 +8,37 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
+
+# Each pytest-xdist worker (``make test``) gets one core: numeric libraries in it and in every
+# process it starts use one thread, because two workers' thread pools spinning on two cores
+# slow each other down many times over.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+THREADS = 1 if XDIST_WORKER else 2
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SUBJECTS = (REPO.parent / "shared" / "data" / "freesurfer" / "subjects").resolve()
 SHARED_LUT = SHARED_SUBJECTS.parent / "FreeSurferColorLUT.txt"
 BIN = Path(sys.executable).parent
+
+
+# These modules run longest: they start first, so that no worker takes one last and runs alone
+# (`make test` hands whole modules to its two workers in collection order).
+LONGEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_experiments_workflow.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def _require_shared() -> Path:
@@ -44,12 +65,13 @@ def fsaverage(shared_subjects: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_cohort(tmp_path_factory) -> Path:
-    """Four synthetic subjects (seed 7), generated once per test session. Do not modify."""
+    """Four synthetic subjects (seed 7), generated once per test run. Do not modify."""
     from damt.demo.cohort import generate_cohort
 
-    out = tmp_path_factory.mktemp("demo") / "subjects"
-    generate_cohort(out, 4, seed=7)
-    return out
+    def build(path: Path) -> None:
+        generate_cohort(path / "subjects", 4, seed=7)
+
+    return build_once(tmp_path_factory, "demo", build) / "subjects"
 
 
 @pytest.fixture
@@ -181,11 +203,12 @@ def open_tmp():
 
 # ---------------------------------------------------------------- the session's workflow runs
 
-# Small and quick: two ROIs, a small cache, two epochs of the tiny model without the k-NN
-# monitor, age only, all labels, the fewest bootstrap resamples.
+# Small and quick: two ROIs at 2 mm (RADIOMICS_SPACING), a 2.5 mm cache padded to the tiny
+# preset's 64³ crops, two epochs of the tiny model without the k-NN monitor, age only, all
+# labels, the fewest bootstrap resamples.
 QUICK = {
     "radiomics": {"rois": {"whole_brain": ["nonzero"], "cerebral_wm": [2, 41]}},
-    "cache": {"min_size": 96},
+    "cache": {"spacing": 2.5, "min_size": 64},
     "pretrain": {
         "preset": "tiny",
         "epochs": 2,
@@ -197,7 +220,7 @@ QUICK = {
         "log_every_steps": 1,
         "eval_every": 0,
         "gpus": 0,
-        "threads": 2,
+        "threads": THREADS,
     },
     "probe": {
         "targets": [{"name": "age", "type": "regression"}],
@@ -210,6 +233,7 @@ QUICK = {
 # The session cohort: eight generated subjects; the shared workflow runs see the first six, and
 # tests add the other two as new subjects. Of the six, sub-001 and sub-004 are held out (a hash
 # of the id; of the other two, sub-008).
+RADIOMICS_SPACING = [2, 2, 2]
 COHORT_SIZE, UPSTREAM_SUBJECTS = 8, [f"sub-{i:03d}" for i in range(1, 7)]
 
 
@@ -287,13 +311,17 @@ class Workdir:
 
 def new_workdir(root: Path, cohort: Path, subject_ids: list[str], **sections) -> Workdir:
     """A workdir over ``subject_ids`` of ``cohort`` (linked) with the :data:`QUICK` settings,
-    its phenotypes and a private radiomics parameter file; ``sections`` replace QUICK's."""
+    its phenotypes and a private radiomics parameter file (resampled to
+    :data:`RADIOMICS_SPACING`); ``sections`` replace QUICK's."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "subjects").mkdir()
     for sid in subject_ids:
         (root / "subjects" / sid).symlink_to(cohort / sid)
     shutil.copy(cohort / "phenotypes.tsv", root / "phenotypes.tsv")
-    shutil.copy(REPO / "config" / "radiomics.yaml", root / "radiomics.yaml")
+    params = (REPO / "config" / "radiomics.yaml").read_text()
+    (root / "radiomics.yaml").write_text(
+        params.replace("setting:\n", f"setting:\n  resampledPixelSpacing: {RADIOMICS_SPACING}\n")
+    )
     (root / "config").symlink_to(REPO / "config")
     cfg = {
         "outdir": "results",
@@ -308,33 +336,61 @@ def new_workdir(root: Path, cohort: Path, subject_ids: list[str], **sections) ->
     return Workdir(root)
 
 
+def build_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """``tmp/<name>``, built by ``build(path)`` once per test run, shared by every pytest-xdist
+    worker: the first worker to ask builds it under a file lock, the others wait and reuse it.
+    A failed build is recorded, so the other workers fail at once instead of building again."""
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist each worker's basetemp is a folder of the run's one basetemp.
+    root = base.parent if XDIST_WORKER else base
+    path, done, failed = root / name, root / f"{name}.done", root / f"{name}.failed"
+    with FileLock(root / f"{name}.lock"):
+        if failed.exists():
+            pytest.fail(f"building {name} failed on another worker:\n{failed.read_text()}")
+        if not done.exists():
+            try:
+                build(path)
+            except BaseException as err:
+                failed.write_text(f"{type(err).__name__}: {err}"[-8000:])
+                raise
+            done.touch()
+    return path
+
+
 @pytest.fixture(scope="session")
 def cohort8(tmp_path_factory) -> Path:
-    """Eight synthetic subjects (seed 11), generated once per session. Do not modify."""
+    """Eight synthetic subjects (seed 11), generated once per test run. Do not modify."""
     from damt.demo.cohort import generate_cohort
 
-    out = tmp_path_factory.mktemp("cohort8") / "subjects"
-    generate_cohort(out, COHORT_SIZE, seed=11)
-    return out
+    def build(path: Path) -> None:
+        generate_cohort(path / "subjects", COHORT_SIZE, seed=11)
+
+    return build_once(tmp_path_factory, "cohort8", build) / "subjects"
 
 
 @pytest.fixture(scope="session")
 def upstream(cohort8: Path, tmp_path_factory) -> Workdir:
     """Every stage before pretraining (discovery, stats, radiomics, cache, QC, normalisation,
-    manifest) on the six upstream subjects, built once per session. Do not modify: tests take
+    manifest) on the six upstream subjects, built once per test run. Do not modify: tests take
     :func:`upstream_copy`."""
-    wd = new_workdir(tmp_path_factory.mktemp("upstream") / "w", cohort8, UPSTREAM_SUBJECTS)
-    wd.snakemake("--cores", "2", "--omit-from", "pretrain")
-    return wd
+
+    def build(path: Path) -> None:
+        new_workdir(path, cohort8, UPSTREAM_SUBJECTS).snakemake(
+            "--cores", "2", "--omit-from", "pretrain"
+        )
+
+    return Workdir(build_once(tmp_path_factory, "upstream", build))
 
 
 @pytest.fixture(scope="session")
 def trained(upstream: Workdir, tmp_path_factory) -> Workdir:
     """:func:`upstream` with the whole workflow run: one tiny pretraining run (`default`), its
     training report and its probe. Do not modify: tests take :func:`trained_copy`."""
-    wd = upstream.copy(tmp_path_factory.mktemp("trained") / "w")
-    wd.snakemake("--cores", "2")
-    return wd
+
+    def build(path: Path) -> None:
+        upstream.copy(path).snakemake("--cores", "2")
+
+    return Workdir(build_once(tmp_path_factory, "trained", build))
 
 
 @pytest.fixture

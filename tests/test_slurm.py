@@ -30,7 +30,7 @@ import yaml
 
 from damt.discovery import read_shard
 from damt.paths import ResultPaths
-from tests.conftest import BIN, REPO, snakemake_command, subprocess_env, workflow_config
+from tests.conftest import BIN, QUICK, REPO, snakemake_command, subprocess_env, workflow_config
 from tests.slurm_cluster import SlurmCluster, running_cluster, unavailable_reason
 from tests.test_profile import PROFILE, profile_resource
 
@@ -142,7 +142,7 @@ def slurm_run(cluster, demo_cohort, tmp_path_factory):
         sharding={"n_shards": N_SHARDS},
         # One ROI keeps PyRadiomics quick; the test is about scheduling, not features.
         radiomics={"rois": {"whole_brain": ["nonzero"]}},
-        cache={"min_size": 96},
+        cache=QUICK["cache"],
         # Two epochs: the pretrain job gets the profile's 16 threads on a small machine.
         pretrain={"epochs": 2, "warmup_epochs": 1},
     )
