@@ -90,6 +90,7 @@ class Mode:
     preset_overrides: dict = field(default_factory=dict)
     steps: int = 5
     warmup: int = 2
+    profile_steps: int = 3
     workers: tuple[int, ...] = (0, 4, 8, 16)
     loader_samples: int = 48
     cache_shape: tuple[int, int, int] = (144, 176, 144)  # a 1.25 mm cache volume
@@ -121,6 +122,7 @@ def cpu_mode(device: torch.device) -> Mode:
         configs,
         steps=1,
         warmup=1,
+        profile_steps=1,
         workers=(0, 1),
         loader_samples=4,
         cache_shape=(72, 80, 72),
@@ -288,7 +290,7 @@ def max_batch(mode: Mode, chosen: dict, rows: list[dict], rec: Recorder) -> None
 
 
 def profile(mode: Mode, cfg: Config, rec: Recorder) -> None:
-    """Top kernels of the chosen step (3 profiled steps after the warm-up)."""
+    """Top kernels of the chosen step (``mode.profile_steps`` profiled steps after the warm-up)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -297,12 +299,12 @@ def profile(mode: Mode, cfg: Config, rec: Recorder) -> None:
     if mode.device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
     with torch_profile(activities=activities) as prof:
-        for i in range(3):
+        for i in range(mode.profile_steps):
             harness.step(i)
         _free(mode.device)
     attr = "self_device_time_total" if mode.device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=attr, row_limit=25, max_name_column_width=60)
-    (rec.out / "profile.txt").write_text(f"{cfg.name}, 3 steps\n{table}\n")
+    (rec.out / "profile.txt").write_text(f"{cfg.name}, {mode.profile_steps} steps\n{table}\n")
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr), reverse=True)
     total = sum(getattr(e, attr) for e in events)
     top = [{"name": e.key[:80], "share": round(getattr(e, attr) / total, 4)} for e in events[:12]]
@@ -353,7 +355,7 @@ def fed(mode: Mode, cfg: Config, root: Path, workers: int, rec: Recorder) -> Non
         {g: root / "features" / f for g, f in _tables(root).items()},
     )
     dataset = PretrainDataset(data, settings.views, seed=0)
-    steps = max(4, mode.steps * 2)
+    steps = mode.steps * 2
     order = [i % len(dataset) for i in range((steps + 1) * cfg.batch)]
     loader = DataLoader(
         dataset,
