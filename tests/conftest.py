@@ -206,6 +206,7 @@ def open_tmp():
 # Small and quick: two ROIs at 2 mm (RADIOMICS_SPACING), a 2.5 mm cache padded to the tiny
 # preset's 64³ crops, two epochs of the tiny model without the k-NN monitor, age only, all
 # labels, the fewest bootstrap resamples.
+RADIOMICS_SPACING = [2, 2, 2]
 QUICK = {
     "radiomics": {"rois": {"whole_brain": ["nonzero"], "cerebral_wm": [2, 41]}},
     "cache": {"spacing": 2.5, "min_size": 64},
@@ -233,7 +234,6 @@ QUICK = {
 # The session cohort: eight generated subjects; the shared workflow runs see the first six, and
 # tests add the other two as new subjects. Of the six, sub-001 and sub-004 are held out (a hash
 # of the id; of the other two, sub-008).
-RADIOMICS_SPACING = [2, 2, 2]
 COHORT_SIZE, UPSTREAM_SUBJECTS = 8, [f"sub-{i:03d}" for i in range(1, 7)]
 
 
@@ -318,10 +318,9 @@ def new_workdir(root: Path, cohort: Path, subject_ids: list[str], **sections) ->
     for sid in subject_ids:
         (root / "subjects" / sid).symlink_to(cohort / sid)
     shutil.copy(cohort / "phenotypes.tsv", root / "phenotypes.tsv")
-    params = (REPO / "config" / "radiomics.yaml").read_text()
-    (root / "radiomics.yaml").write_text(
-        params.replace("setting:\n", f"setting:\n  resampledPixelSpacing: {RADIOMICS_SPACING}\n")
-    )
+    params = yaml.safe_load((REPO / "config" / "radiomics.yaml").read_text())
+    params["setting"]["resampledPixelSpacing"] = RADIOMICS_SPACING
+    (root / "radiomics.yaml").write_text(yaml.safe_dump(params))
     (root / "config").symlink_to(REPO / "config")
     cfg = {
         "outdir": "results",
