@@ -4,7 +4,8 @@ On one GPU (the full preset at 128³, bf16; about 7 minutes on one H100):
 
     python bench/gpu.py --out bench/.work/gpu [--work /scratch/damt-gpu]
 
-On a CPU the same code runs on the tiny preset in under a minute (tests/test_bench_gpu.py):
+On a CPU the same code runs on the tiny preset in about 1.5 minutes on 2 cores
+(tests/test_bench_gpu.py):
 
     python bench/gpu.py --tiny
 
