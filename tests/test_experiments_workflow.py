@@ -64,7 +64,7 @@ def test_runs_ask_for_their_own_gpus(upstream_copy: Workdir):
 
 def test_a_two_run_experiment_end_to_end(upstream_copy: Workdir):
     """full + the mim ablation (tiny preset, one epoch) on the six upstream subjects, then the
-    plan changes: an added run trains alone, a changed run retrains alone, a removed run only
+    plan changes: an added run and a changed run are the only ones planned, a removed run only
     leaves the summary."""
     wd, results = upstream_copy, upstream_copy.results
     wd.set(pretrain={**QUICK["pretrain"], "epochs": 1, "warmup_epochs": 0})
@@ -98,13 +98,11 @@ def test_a_two_run_experiment_end_to_end(upstream_copy: Workdir):
     assert set(planned(added, "pretrain")) == {"data-3-s0"}
     assert jobs_of(added)["experiments_summary"] == 1 and jobs_of(added)["probe"] == 1
 
-    # One run's overrides changed: that run retrains, the other is kept.
+    # One run's overrides changed: only that run's job runs again (the trainer then retrains
+    # it: a changed pretrain signature, test_launch.py::test_plan).
     changed = {"runs": {"full": {}, "ablate-mim": {"tasks": {"mim": False}, "base_lr": 0.1}}}
     dry = plan(changed).dry_run()
     assert set(planned(dry, "pretrain")) == {"ablate-mim-s0"}
-    wd.snakemake("--cores", "2")
-    log = (results / "logs" / "pretrain" / "ablate-mim-s0.log").read_text()
-    assert re.search(r"pretrain plan: train \(pretrain changed", log), log[-2000:]
 
     # A removed run: the summary drops it; its folder stays.
     dry = plan({"runs": {"full": {}}}).dry_run()

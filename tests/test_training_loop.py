@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from tests.training_data import (
     kill_at_first_checkpoint,
     start_training,
     train_args,
+    train_in_process,
     write_config,
     write_training_set,
 )
@@ -366,28 +367,22 @@ def test_checkpoints_load_with_weights_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_a_kill_matches_an_uninterrupted_run(files, tmp_path):
-    """The trainer's one real SIGKILL: ``damt train`` processes, killed after the first
-    checkpoint and resumed, end where an uninterrupted run does."""
+def test_resume_after_a_kill_matches_an_uninterrupted_run(files, tmp_path, caplog):
+    """The trainer's one real SIGKILL: a ``damt train`` process killed after the first
+    checkpoint and resumed ends where an uninterrupted run does. The uninterrupted run and the
+    resume train in this process, on the killed process's one thread (``--cores 1``)."""
     config = write_config(tmp_path / "c.yaml", epochs=2, save_every=0)
-
-    def train(out: Path) -> subprocess.Popen:
-        return start_training(files, config, out)
-
-    full = train(tmp_path / "full")
-    _, err = full.communicate(timeout=600)
-    assert full.returncode == 0, err
+    train_in_process(files, config, tmp_path / "full")
 
     interrupted = tmp_path / "interrupted"
-    proc = train(interrupted)
+    proc = start_training(files, config, interrupted, "--cores", "1")
     kill_at_first_checkpoint(proc, interrupted)
     assert load_latest(interrupted / "checkpoints")["epoch"] == 1
     assert not (interrupted / "encoder.safetensors").exists()
 
-    resumed = train(interrupted)
-    _, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err
-    assert "resuming" in err
+    with caplog.at_level(logging.INFO, logger="damt"):
+        train_in_process(files, config, interrupted)
+    assert "resuming" in caplog.text
 
     a = load_latest(tmp_path / "full" / "checkpoints")
     b = load_latest(interrupted / "checkpoints")
