@@ -1,0 +1,30 @@
+"""The README is the entry point: short, and every reference page in docs/ reachable from it;
+no relative link in the README or the docs points at nothing."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+PAGES = sorted((REPO / "docs").glob("*.md"))
+# [text](target) with a relative target (no scheme), without its #anchor.
+LINK = re.compile(r"\]\((?![a-z]+:)([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_readme_is_short_and_links_every_docs_page():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 200
+    linked = {(README.parent / target).resolve() for target in LINK.findall(text)}
+    assert PAGES and not [p.name for p in PAGES if p.resolve() not in linked]
+
+
+def test_relative_links_resolve():
+    broken = [
+        f"{doc.relative_to(REPO)}: {target}"
+        for doc in [README, *PAGES]
+        for target in LINK.findall(doc.read_text())
+        if not (doc.parent / target).exists()
+    ]
+    assert not broken, broken
