@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from damt.freesurfer.recon import FAILED, FASTSURFER, RUNNING, STATUS_FILES, recon_status
-from damt.io import write_text_if_changed
+from damt.io import HASH_CHARS, write_text_if_changed
 from damt.paths import ResultPaths
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def _fingerprint(folder: Path, required: Sequence[str], extra: Sequence[str] = (
                 raise
             continue
         h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns};".encode())
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:HASH_CHARS]
 
 
 def _printable(name: str) -> str:

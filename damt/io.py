@@ -75,6 +75,15 @@ def write_atomic(path: str | Path, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
+# Resolution of every figure the workflow writes (the report's PNGs).
+FIGURE_DPI = 90
+
+
+def save_figure(fig, path: str | Path, **savefig) -> None:
+    """Write a matplotlib figure as a PNG at :data:`FIGURE_DPI`, atomically."""
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=FIGURE_DPI, **savefig))
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
     h = hashlib.sha256()
@@ -84,7 +93,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# Hex characters kept of a SHA-256 in fingerprints, signatures and ids: 64 bits, so collisions
+# stay negligible at any cohort size. Changing it changes every stored signature (retrains).
+HASH_CHARS = 16
+
+
 def stable_hash(obj: Any) -> str:
     """Short hex digest of a JSON-serialisable object (key order does not matter)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return hashlib.sha256(blob).hexdigest()[:HASH_CHARS]

@@ -42,6 +42,10 @@ METHODS = (LINEAR, KNN)
 HOLDOUT_PROTOCOL, NESTED_CV = "holdout", "nested_cv"
 METRICS = {REGRESSION: ("mae", "r2"), CLASSIFICATION: ("balanced_accuracy", "auc")}
 KNN_K = (1, 3, 5, 7, 10, 15, 20, 30, 50)
+# Ridge penalties per feature (logistic C is 1/alpha): alpha_grid scales them by the count.
+PENALTIES_PER_FEATURE = np.logspace(-3, 3, 13)
+# The bootstrap interval: the central 95 % of the resampled scores.
+INTERVAL_PERCENTILES = (2.5, 97.5)
 TSV_COLUMNS = [
     "target",
     "features",
@@ -180,7 +184,7 @@ def alpha_grid(n_features: int) -> np.ndarray:
     grid sits too low for hundreds of encoder features; scaled, it spans the same effective range
     for 8 morphometry columns and 768 encoder channels.
     """
-    return n_features * np.logspace(-3, 3, 13)
+    return n_features * PENALTIES_PER_FEATURE
 
 
 def _folds(kind: str, n_splits: int, seed: int, grouped: bool = False):
@@ -405,7 +409,7 @@ def summarise(
         values = [float(v[m][0]) for v in per_fit]
         boot = np.mean([b[m] for b in boots], axis=0)
         finite = boot[np.isfinite(boot)]
-        lo, hi = np.percentile(finite, [2.5, 97.5]) if len(finite) else (np.nan, np.nan)
+        lo, hi = np.percentile(finite, INTERVAL_PERCENTILES) if len(finite) else (np.nan, np.nan)
         out[m] = {
             "mean": _finite(np.mean(values)),
             "ci_low": _finite(lo),
@@ -769,7 +773,7 @@ def plot_results(table: pd.DataFrame, path: str | Path) -> None:
     with its bootstrap 95 % interval; chance marked."""
     import matplotlib.pyplot as plt
 
-    from damt.io import write_atomic
+    from damt.io import save_figure
 
     full = table[table["label_fraction"] == table["label_fraction"].max()]
     panels = list(full.groupby(["target", "metric"], sort=False))
@@ -798,7 +802,7 @@ def plot_results(table: pd.DataFrame, path: str | Path) -> None:
         ax.tick_params(axis="x", labelsize=6, rotation=30)
     fig.suptitle("Probes of frozen features (bars: mean; whiskers: bootstrap 95 % interval)")
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -807,7 +811,7 @@ def plot_label_efficiency(table: pd.DataFrame, kinds: Mapping[str, str], path: s
     subjects, one line per feature set and probe, with the 95 % interval shaded."""
     import matplotlib.pyplot as plt
 
-    from damt.io import write_atomic
+    from damt.io import save_figure
 
     targets = list(dict.fromkeys(table["target"]))
     fig, axes = plt.subplots(1, max(len(targets), 1), figsize=(4.2 * max(len(targets), 1), 3.6))
@@ -835,7 +839,7 @@ def plot_label_efficiency(table: pd.DataFrame, kinds: Mapping[str, str], path: s
         ax.legend(fontsize=6)
     fig.suptitle("Label efficiency (held-out scores; nested subsets, averaged draws)")
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -846,7 +850,7 @@ def plot_embedding(
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
 
-    from damt.io import write_atomic
+    from damt.io import save_figure
 
     raw = features.drop(columns=KEY).to_numpy(np.float64)
     x = standardise(raw, raw)[0]
@@ -876,7 +880,7 @@ def plot_embedding(
         ax.set_yticks([])
     fig.suptitle(f"t-SNE of pretrained features ({len(x)} subjects)")
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from damt.experiments.plan import ABLATION, DATA, FULL, MODEL, ExperimentError
-from damt.io import write_atomic, write_bytes_atomic
+from damt.io import save_figure, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _primary(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def _save(fig, path: str | Path) -> None:
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    save_figure(fig, path, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from damt.features.tables import KEY
-from damt.io import write_atomic
+from damt.io import save_figure, write_atomic
 from damt.paths import ATLAS_FILE, IMAGE_FILE
 
 STATUS_COLOURS = {"pass": "tab:green", "warn": "tab:orange", "fail": "tab:red"}
@@ -78,7 +78,7 @@ def plot_distributions(measures: pd.DataFrame, path: str | Path, outlier_z: floa
         axes.ravel()[0].legend(fontsize=7, loc="best")
     fig.suptitle(f"Key measures by QC status (labelled: robust |z| > {outlier_z:g})")
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -131,5 +131,5 @@ def plot_montage(
         ax.axis("off")
     fig.suptitle("Training cache: mid-slices with the atlas classes overlaid")
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    save_figure(fig, path)
     plt.close(fig)

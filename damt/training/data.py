@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from damt.features import TASK_FEATURE_GROUPS
 from damt.features.tables import KEY
 from damt.freesurfer.labels import read_label_table
+from damt.io import HASH_CHARS
 from damt.model.spec import ViewSpec
 from damt.paths import ATLAS_FILE, IMAGE_FILE
 from damt.qc.checks import trains
@@ -77,7 +78,7 @@ def holdout_summary(manifest: pd.DataFrame) -> dict:
     held = sorted(manifest.loc[manifest["split"] == HOLDOUT, KEY].astype(str))
     return {
         "held_out_subjects": len(held),
-        "held_out_ids_sha256": hashlib.sha256("\n".join(held).encode()).hexdigest()[:16],
+        "held_out_ids_sha256": hashlib.sha256("\n".join(held).encode()).hexdigest()[:HASH_CHARS],
     }
 
 

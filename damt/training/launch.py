@@ -52,7 +52,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from damt.io import sha256_file, stable_hash, write_json_atomic
+from damt.io import HASH_CHARS, sha256_file, stable_hash, write_json_atomic
 from damt.qc.checks import trains
 from damt.split import scaling_subset
 
@@ -181,11 +181,11 @@ def signature(
         if path is not None and Path(path).is_file()
     }
     return {
-        "subjects": hashlib.sha256("\n".join(subjects).encode()).hexdigest()[:16],
+        "subjects": hashlib.sha256("\n".join(subjects).encode()).hexdigest()[:HASH_CHARS],
         "n_subjects": len(subjects),
         "pretrain": stable_hash(model_settings(pretrain)),
         "feature_columns": stable_hash(columns),
-        "label_table": sha256_file(label_table)[:16],
+        "label_table": sha256_file(label_table)[:HASH_CHARS],
     }
 
 

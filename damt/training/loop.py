@@ -52,6 +52,9 @@ log = logging.getLogger("damt.train")
 # terms follow each task's likelihood, and location classes bin the possible crop centres: a
 # format-2 run cannot continue meaningfully under this code.
 CHECKPOINT_FORMAT = 3
+# The linear scaling rule of the original DAMT (and MAE, DINO): peak lr = base_lr × global
+# batch / REFERENCE_BATCH.
+REFERENCE_BATCH = 256
 
 
 class NonFiniteLossError(RuntimeError):
@@ -205,7 +208,7 @@ class Trainer:
         # Optimizer steps per epoch: the last one may accumulate fewer micro-batches.
         self.iters = math.ceil(len(loader) / settings.accumulate_steps)
         self.global_batch = settings.batch_size_per_gpu * env.world_size * settings.accumulate_steps
-        self.peak_lr = settings.base_lr * self.global_batch / 256
+        self.peak_lr = settings.base_lr * self.global_batch / REFERENCE_BATCH
         self.lr = cosine_schedule(
             self.peak_lr,
             settings.min_lr,

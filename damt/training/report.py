@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # without a display matplotlib falls back to Agg
 from matplotlib.ticker import MaxNLocator
 
-from damt.io import write_atomic
+from damt.io import save_figure
 from damt.training.metrics import read_records
 
 
@@ -80,7 +80,7 @@ def plot_training(run_dir: str | Path, curves: str | Path, weights: str | Path) 
         "held-out k-NN score"
     )
     fig.tight_layout()
-    write_atomic(curves, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    save_figure(fig, curves)
     plt.close(fig)
 
     task_weights = _series(records, "weight/")
@@ -94,6 +94,6 @@ def plot_training(run_dir: str | Path, curves: str | Path, weights: str | Path) 
     ax.set_title("Task weights in the total loss (pretrain.balancing)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    write_atomic(weights, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    save_figure(fig, weights)
     plt.close(fig)
     return len(records)
