@@ -19,11 +19,10 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from damt.features.tables import KEY
+from damt.manifest import HOLDOUT, KEY, TRAIN
 
 log = logging.getLogger(__name__)
 
-TRAIN, HOLDOUT = "train", "holdout"
 GROUP_COLUMN = "participant"
 
 

@@ -17,6 +17,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from damt.errors import SubjectError
+
 NIBABEL_SUFFIXES = (".mgz", ".mgh", ".nii", ".nii.gz")
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -191,3 +193,13 @@ def grid_difference(
     if not np.allclose(aff_a[:3, :3] / sp_a, aff_b[:3, :3] / sp_b, atol=atol):
         return "direction differs"
     return None
+
+
+def check_pair(image_grid, atlas_grid, image_values: np.ndarray, image_name: str) -> None:
+    """Fail the subject when the (shape, affine) grids differ or the image is not finite."""
+    diff = grid_difference(image_grid, atlas_grid)
+    if diff is not None:
+        raise SubjectError("grid_mismatch", f"image and atlas grids differ: {diff}")
+    if image_values.dtype.kind == "f" and not np.isfinite(image_values).all():
+        bad = int((~np.isfinite(image_values)).sum())
+        raise SubjectError("nonfinite_intensities", f"{image_name} has {bad} non-finite voxels")

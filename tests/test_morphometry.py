@@ -389,7 +389,7 @@ def _qc_rows(outdir: Path, severity: dict | None = None) -> pd.DataFrame:
     """QC checks of a run_cohort result (stats stage only), indexed by subject id."""
     from damt.qc.checks import QcSettings, build_checks
     from damt.qc.steps import fs_qc_frame
-    from damt.stages.store import read_summaries
+    from damt.results import read_summaries
 
     paths = ResultPaths(str(outdir))
     summary = read_summaries(sorted((outdir / "stats" / "shards").glob("*.tsv")))

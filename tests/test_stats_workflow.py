@@ -12,7 +12,7 @@ import pytest
 from damt.features import FEATURE_GROUPS
 from damt.features.tables import read_metadata
 from damt.paths import ResultPaths
-from damt.stages.store import read_summaries
+from damt.results import read_summaries
 from tests.conftest import run_snakemake, workflow_config
 
 pytestmark = pytest.mark.slow

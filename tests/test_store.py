@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from damt.results import read_summaries
 from damt.stages.store import (
     FAILED,
     OK,
@@ -16,7 +17,6 @@ from damt.stages.store import (
     SubjectResult,
     SubjectTask,
     read_result,
-    read_summaries,
     run_tasks,
     stage_dir,
 )

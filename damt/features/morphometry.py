@@ -39,7 +39,7 @@ from damt.freesurfer.harmonize import (
     table_column_name,
 )
 from damt.io import stable_hash
-from damt.stages.store import OK, read_summaries
+from damt.results import OK, read_summaries
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from damt.errors import SubjectError
 from damt.features.tables import cohort_frame, write_table
 from damt.io import sha256_file, write_atomic
-from damt.stages.image_atlas import check_pair
-from damt.stages.store import OK, SubjectError, read_summaries
-from damt.volumes import load_sitk, sitk_geometry
+from damt.results import OK, read_summaries
+from damt.volumes import check_pair, load_sitk, sitk_geometry
 
 log = logging.getLogger(__name__)
 RANGE_RE = re.compile(r"^(\d+)-(\d+)$")

@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from damt.io import write_atomic
+from damt.manifest import KEY
 
-KEY = "subject_id"
 META_KEY = b"damt"
 
 

@@ -20,16 +20,15 @@ import pandas as pd
 
 from damt.discovery import participant_from_name
 from damt.features import FEATURE_GROUPS
-from damt.features.tables import KEY, feature_columns
-from damt.split import HOLDOUT
-from damt.stages.store import OK
+from damt.features.tables import feature_columns
+from damt.manifest import FAIL, KEY, PASS, WARN
+from damt.results import OK
 
-PASS, WARN, FAIL, IGNORE = "pass", "warn", "fail", "ignore"
+IGNORE = "ignore"
 _RANK = {PASS: 0, IGNORE: 0, WARN: 1, FAIL: 2}
 FAIL_BY_DEFAULT = ("discovery:", "cache:")
 # Codes outside the discovery and cache stages that fail by default.
 DEFAULT_SEVERITY = {"qc:empty_atlas": FAIL}
-TRAINING_STATUSES = (PASS, WARN)
 
 # Every issue code a subject can get (documented in docs/contracts.md); ``qc.severity`` may name
 # only these (and ``{stage}:error:{Exception}`` of an unexpected failure of a per-subject stage).
@@ -119,17 +118,6 @@ def check_severity(overrides: Mapping[str, str]) -> None:
             f"known codes: {', '.join(KNOWN_CODES)} (and <stage>:error:<Exception> of an "
             "unexpected stage failure)"
         )
-
-
-def trains(manifest: pd.DataFrame) -> pd.Series:
-    """Which manifest rows pretrain: status pass or warn, a training cache, and not held out for
-    evaluation (``split``; a manifest without the column holds nobody out)."""
-    usable = manifest["status"].isin(TRAINING_STATUSES) & manifest["has_cache"].fillna(
-        False
-    ).astype(bool)
-    if "split" in manifest.columns:
-        usable &= manifest["split"] != HOLDOUT
-    return usable
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from damt.features.tables import KEY, read_table
 from damt.io import write_atomic
 from damt.qc.checks import QcSettings, add_outliers, build_checks, count_outliers, manifest_frame
 from damt.qc.report import measure_frame, plot_distributions, plot_montage, write_failures
+from damt.results import read_summaries
 from damt.split import split_from_config
-from damt.stages.store import read_summaries
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ import numpy as np
 from damt.freesurfer.labels import LabelTable, read_label_table
 from damt.io import sha256_file
 from damt.paths import ATLAS_FILE, IMAGE_FILE
-from damt.stages.image_atlas import ImageAtlasStage, check_pair
+from damt.stages.image_atlas import ImageAtlasStage
 from damt.stages.store import OK, SubjectError, SubjectResult, SubjectTask
-from damt.volumes import Volume, grid_difference, load_volume
+from damt.volumes import Volume, check_pair, grid_difference, load_volume
 
 
 @dataclass(frozen=True)

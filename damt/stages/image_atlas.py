@@ -9,21 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import numpy as np
-
 from damt.freesurfer.recon import is_fastsurfer
 from damt.stages.store import Stage, SubjectError, SubjectTask
-from damt.volumes import VolumeError, grid_difference
-
-
-def check_pair(image_grid, atlas_grid, image_values: np.ndarray, image_name: str) -> None:
-    """Fail the subject when the (shape, affine) grids differ or the image is not finite."""
-    diff = grid_difference(image_grid, atlas_grid)
-    if diff is not None:
-        raise SubjectError("grid_mismatch", f"image and atlas grids differ: {diff}")
-    if image_values.dtype.kind == "f" and not np.isfinite(image_values).all():
-        bad = int((~np.isfinite(image_values)).sum())
-        raise SubjectError("nonfinite_intensities", f"{image_name} has {bad} non-finite voxels")
+from damt.volumes import VolumeError
 
 
 class ImageAtlasStage(Stage):

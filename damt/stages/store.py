@@ -31,12 +31,9 @@ from damt.discovery import read_shard
 from damt.errors import SubjectError
 from damt.io import stable_hash, write_json_atomic
 from damt.paths import ResultPaths
+from damt.results import FAILED, OK, RESULT_FILE, SUMMARY_COLUMNS
 
 log = logging.getLogger(__name__)
-
-OK, FAILED = "ok", "failed"
-RESULT_FILE = "result.json"
-SUMMARY_COLUMNS = ("subject_id", "status", "reason", "detail", "reused", "outputs", "info")
 
 
 @dataclass(frozen=True)
@@ -299,15 +296,3 @@ def run_shard(
     summary.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(summary, sep="\t", index=False)
     return frame
-
-
-def read_summaries(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """Concatenate shard summaries (one row per subject) written by :func:`run_shard`."""
-    frames = [pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False) for p in paths]
-    if not frames:
-        return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
-    out = pd.concat(frames, ignore_index=True)
-    out["reused"] = out["reused"].map({"True": True, "False": False})
-    out["outputs"] = out["outputs"].map(json.loads)
-    out["info"] = out["info"].map(json.loads)
-    return out.sort_values("subject_id", ignore_index=True)

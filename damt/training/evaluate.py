@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 
 from damt.features.tables import KEY
+from damt.manifest import trains
 from damt.paths import IMAGE_FILE
-from damt.qc.checks import trains
 from damt.split import HOLDOUT, unit_hash
 
 log = logging.getLogger("damt.train")

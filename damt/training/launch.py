@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from damt.io import HASH_CHARS, sha256_file, stable_hash, write_json_atomic
-from damt.qc.checks import trains
+from damt.manifest import trains
 from damt.split import scaling_subset
 
 if TYPE_CHECKING:
