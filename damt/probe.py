@@ -32,8 +32,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
-from damt.features.tables import KEY
-from damt.split import HOLDOUT, TRAIN
+from damt.manifest import HOLDOUT, KEY, TRAIN
 
 log = logging.getLogger(__name__)
 REGRESSION, CLASSIFICATION = "regression", "classification"

@@ -9,6 +9,7 @@ import pytest
 
 from damt.config import validate_config
 from damt.freesurfer.labels import LabelTable, read_label_table
+from damt.results import FAILED, OK
 from damt.stages.cache import (
     ATLAS_FILE,
     IMAGE_FILE,
@@ -17,7 +18,7 @@ from damt.stages.cache import (
     monai_chain,
     stage_from_settings,
 )
-from damt.stages.store import FAILED, OK, SubjectTask, run_tasks, stage_dir
+from damt.stages.store import SubjectTask, run_tasks, stage_dir
 from tests.conftest import REPO
 from tests.volume_fixtures import blob_volumes, make_subject, save_mgz
 

@@ -18,10 +18,11 @@ from damt.demo.cohort import generate_cohort
 from damt.discovery import discover_from_config, discover_subjects
 from damt.freesurfer.labels import read_label_table
 from damt.freesurfer.stats import parse_subject_stats, read_long_metadata
+from damt.results import OK
 from damt.stages.cache import stage_from_settings
 from damt.stages.registry import build_stage
 from damt.stages.stats import StatsStage
-from damt.stages.store import OK, SubjectTask, run_tasks
+from damt.stages.store import SubjectTask, run_tasks
 from tests.conftest import REPO
 
 CASES = {  # subject id prefix → (FastSurfer version, run)

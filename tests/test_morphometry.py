@@ -27,8 +27,9 @@ from damt.features.morphometry import (
 )
 from damt.features.tables import read_metadata
 from damt.paths import ResultPaths
+from damt.results import FAILED, OK
 from damt.stages.stats import LONG_FILE, StatsStage
-from damt.stages.store import FAILED, OK, SubjectTask, read_result, run_tasks
+from damt.stages.store import SubjectTask, read_result, run_tasks
 from tests.conftest import REPO, run_stage_shards
 from tests.fs_versions import make_fs5_subject, make_fs6_subject
 

@@ -11,10 +11,12 @@ import pytest
 import SimpleITK as sitk
 
 from damt.cli import main as damt_main
+from damt.errors import SubjectError
 from damt.features.radiomics import Roi, build_radiomics_table, parse_rois, radiomics_for_files
 from damt.features.tables import read_table
+from damt.results import FAILED, OK
 from damt.stages.radiomics import RadiomicsStage
-from damt.stages.store import FAILED, OK, SubjectError, SubjectTask, run_tasks, stage_dir
+from damt.stages.store import SubjectTask, run_tasks, stage_dir
 from damt.volumes import load_sitk
 from tests.conftest import REPO, run_stage_shards
 from tests.volume_fixtures import blob_volumes, make_subject, save_mgz

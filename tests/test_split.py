@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 from damt.features import FEATURE_GROUPS
+from damt.manifest import HOLDOUT, TRAIN
 from damt.paths import normalized_table_file
-from damt.split import HOLDOUT, TRAIN, assign_split, unit_hash
+from damt.split import assign_split, unit_hash
 from damt.training.data import PretrainDataset, load_training_data
 from damt.training.launch import training_subjects
 from tests.test_training_data import VIEWS

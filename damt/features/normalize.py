@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from damt.features.tables import KEY, feature_columns
+from damt.features.tables import feature_columns
 from damt.io import write_json_atomic
+from damt.manifest import KEY
 
 log = logging.getLogger(__name__)
 METHODS = ("zscore", "robust")

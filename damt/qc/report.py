@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt  # without a display matplotlib falls back to Ag
 import numpy as np
 import pandas as pd
 
-from damt.features.tables import KEY
 from damt.io import save_figure, write_atomic
+from damt.manifest import KEY
 from damt.paths import ATLAS_FILE, IMAGE_FILE
 
 STATUS_COLOURS = {"pass": "tab:green", "warn": "tab:orange", "fail": "tab:red"}

@@ -24,8 +24,9 @@ from pathlib import Path
 import pandas as pd
 
 from damt.features.normalize import Normalizer
-from damt.features.tables import KEY, read_table
+from damt.features.tables import read_table
 from damt.io import write_atomic
+from damt.manifest import KEY
 from damt.qc.checks import QcSettings, add_outliers, build_checks, count_outliers, manifest_frame
 from damt.qc.report import measure_frame, plot_distributions, plot_montage, write_failures
 from damt.results import read_summaries

@@ -20,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from damt.errors import SubjectError
 from damt.freesurfer.labels import LabelTable, read_label_table
 from damt.io import sha256_file
 from damt.paths import ATLAS_FILE, IMAGE_FILE
+from damt.results import OK
 from damt.stages.image_atlas import ImageAtlasStage
-from damt.stages.store import OK, SubjectError, SubjectResult, SubjectTask
+from damt.stages.store import SubjectResult, SubjectTask
 from damt.volumes import Volume, check_pair, grid_difference, load_volume
 
 

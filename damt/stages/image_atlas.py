@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from damt.errors import SubjectError
 from damt.freesurfer.recon import is_fastsurfer
-from damt.stages.store import Stage, SubjectError, SubjectTask
+from damt.stages.store import Stage, SubjectTask
 from damt.volumes import VolumeError
 
 

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from damt.errors import SubjectError
 from damt.features.radiomics import (
     OUTPUT_FILE,
     Extractor,
@@ -20,8 +21,9 @@ from damt.features.radiomics import (
     write_row,
 )
 from damt.io import sha256_file
+from damt.results import OK
 from damt.stages.image_atlas import ImageAtlasStage
-from damt.stages.store import OK, SubjectError, SubjectResult, SubjectTask
+from damt.stages.store import SubjectResult, SubjectTask
 from damt.volumes import load_sitk
 
 log = logging.getLogger(__name__)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from damt.errors import SubjectError
 from damt.freesurfer.harmonize import HARMONIZATION_VERSION
 from damt.freesurfer.stats import (
     SubjectStats,
@@ -17,7 +18,8 @@ from damt.freesurfer.stats import (
     stats_input_files,
     write_long_table,
 )
-from damt.stages.store import OK, Stage, SubjectError, SubjectResult, SubjectTask
+from damt.results import OK
+from damt.stages.store import Stage, SubjectResult, SubjectTask
 
 STAGE = "stats"
 LONG_FILE = "stats.parquet"

@@ -17,13 +17,12 @@ import torch
 from torch.utils.data import Dataset
 
 from damt.features import TASK_FEATURE_GROUPS
-from damt.features.tables import KEY
 from damt.freesurfer.labels import read_label_table
 from damt.io import HASH_CHARS
-from damt.manifest import trains
+from damt.manifest import HOLDOUT, KEY, trains
 from damt.model.spec import ViewSpec
 from damt.paths import ATLAS_FILE, IMAGE_FILE
-from damt.split import HOLDOUT, scaling_subset
+from damt.split import scaling_subset
 from damt.training.augment import Augmenter
 from damt.training.settings import AugmentSpec
 from damt.training.views import make_views

@@ -21,10 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from damt.features.tables import KEY
-from damt.manifest import trains
+from damt.manifest import HOLDOUT, KEY, trains
 from damt.paths import IMAGE_FILE
-from damt.split import HOLDOUT, unit_hash
+from damt.split import unit_hash
 
 log = logging.getLogger("damt.train")
 
