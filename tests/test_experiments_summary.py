@@ -15,7 +15,7 @@ import pytest
 
 from damt.experiments.plan import ExperimentError
 from damt.experiments.summary import RUN_COLUMNS, SUMMARY_COLUMNS, summarize, write_summary
-from damt.probe import TSV_COLUMNS
+from damt.probe.targets import TSV_COLUMNS
 
 
 def probe_table(path: Path, age_mae: float, sex_bacc: float, random_mae: float = 20.0) -> Path:

@@ -9,25 +9,33 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from damt.probe import (
+from damt.config import validate_config
+from damt.probe.estimators import alpha_grid, cv_split
+from damt.probe.metrics import label_subset
+from damt.probe.phenotypes import target_values
+from damt.probe.settings import (
     CLASSIFICATION,
     NESTED_CV,
     REGRESSION,
-    TSV_COLUMNS,
     ProbeError,
     ProbeSettings,
     Target,
-    alpha_grid,
-    label_subset,
-    probe_all,
-    result_rows,
-    target_values,
 )
+from damt.probe.targets import TSV_COLUMNS, probe_all, result_rows
 from damt.split import assign_split
 
 AGE, SEX = Target("age", REGRESSION), Target("sex", CLASSIFICATION)
-QUICK = ProbeSettings(min_holdout=10, label_fractions=(0.25, 1.0), label_draws=2, bootstrap=200)
-FULL_ONLY = ProbeSettings(min_holdout=10, label_fractions=(1.0,), bootstrap=200)
+
+
+def settings(**probe) -> ProbeSettings:
+    """The schema's probe settings with ``probe`` changed."""
+    return ProbeSettings.from_config(
+        validate_config({"probe": probe}, sections=("probe",))["probe"]
+    )
+
+
+QUICK = settings(min_holdout=10, label_fractions=[0.25, 1.0], label_draws=2, bootstrap=200)
+FULL_ONLY = settings(min_holdout=10, label_fractions=[1.0], bootstrap=200)
 
 
 def data(n=80, p=8, seed=0):
@@ -115,7 +123,7 @@ def test_too_few_held_out_subjects_fall_back_to_nested_cv(caplog):
             pheno,
             [AGE],
             split,
-            ProbeSettings(min_holdout=30, bootstrap=200, label_fractions=(1.0,)),
+            settings(min_holdout=30, bootstrap=200, label_fractions=[1.0]),
         )
     table = result_rows(res)
     assert set(table["protocol"]) == {NESTED_CV} and (table["n_test"] == 40).all()
@@ -190,7 +198,7 @@ def test_a_missing_column_and_too_few_subjects_are_errors_per_target():
 def test_a_random_init_seed_equal_to_the_pretraining_seed_is_refused(tmp_path):
     import json
 
-    from damt.probe import run_probe
+    from damt.probe.job import run_probe
 
     card = tmp_path / "model_card.json"
     card.write_text(json.dumps({"pretraining": {"config": {"seed": 1002}}}))
@@ -212,7 +220,7 @@ def test_pooled_features_do_not_depend_on_padding():
     import torch
 
     from damt.model import EncoderSpec, build_encoder, encoder_stride, pooled_features
-    from damt.probe import foreground_features, probe_grid
+    from damt.probe.features import foreground_features, probe_grid
 
     torch.manual_seed(0)
     encoder = build_encoder(
@@ -240,8 +248,6 @@ def test_cross_validation_splits_by_participant():
     """Three sessions per person and a target that only identifies the person: folds that put
     sessions of one person on both sides leak it (high R²); folds by participant do not, in the
     outer nested CV and in the inner penalty search alike."""
-    from damt.probe import _split
-
     rng = np.random.default_rng(0)
     n_people, n_sessions, p = 18, 3, 40
     person = np.repeat(np.arange(n_people), n_sessions)
@@ -264,7 +270,7 @@ def test_cross_validation_splits_by_participant():
     groups = np.array([participants[s] for s in ids])
     sex = np.where(person % 2 == 0, "M", "F")
     for kind, y in ((REGRESSION, age), (CLASSIFICATION, sex)):
-        for train, test in _split(kind, 5, 0, y, groups, "t"):
+        for train, test in cv_split(kind, 5, 0, y, groups, "t"):
             assert not set(groups[train]) & set(groups[test])
     with pytest.raises(ProbeError, match="one participant"):
-        _split(REGRESSION, 5, 0, age[:6], np.array(["P"] * 6), "t")
+        cv_split(REGRESSION, 5, 0, age[:6], np.array(["P"] * 6), "t")

@@ -16,7 +16,7 @@ import yaml
 
 from damt.features import FEATURE_GROUPS
 from damt.paths import ResultPaths
-from damt.probe import TSV_COLUMNS
+from damt.probe.targets import TSV_COLUMNS
 from tests.conftest import (
     QUICK,
     SHARED_SUBJECTS,

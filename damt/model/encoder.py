@@ -123,7 +123,7 @@ def pooled_features(encoder: SwinTransformer, x: torch.Tensor) -> torch.Tensor:
     (B, 1, D, H, W). Volumes of any size are zero-padded to a multiple of the encoder's stride;
     a token counts when its footprint holds a nonzero voxel (the cache's background is 0), so
     neither the padding nor the background share enters the mean. For features independent of
-    where the brain sits, centre every volume on one grid first (``damt.probe.centred``).
+    where the brain sits, centre every volume on one grid first (``damt.probe.features.centred``).
     """
     if x.ndim == 3:
         x = x[None, None]

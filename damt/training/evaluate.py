@@ -57,7 +57,8 @@ def build_eval_set(
 ) -> EvalSet | None:
     """The evaluation's subjects and targets, or None (logged why) when there is nothing to
     score: no phenotype table, no held-out subjects, or no target with values on both sides."""
-    from damt.probe import cohort_grid, read_phenotypes
+    from damt.probe.features import cohort_grid
+    from damt.probe.phenotypes import read_phenotypes
 
     if not phenotypes:
         log.info("evaluation during pretraining is off: no phenotype table (probe.phenotypes)")
@@ -112,7 +113,7 @@ def embed(encoder: torch.nn.Module, eval_set: EvalSet, rank: int, world_size: in
     """Pooled features of every subject of ``eval_set`` (rows in its order), each rank
     embedding every ``world_size``-th subject; all ranks get the whole matrix."""
     from damt.model import pooled_features
-    from damt.probe import centred
+    from damt.probe.features import centred
 
     was_training = encoder.training
     encoder.eval()
@@ -135,7 +136,9 @@ def embed(encoder: torch.nn.Module, eval_set: EvalSet, rank: int, world_size: in
 def knn_scores(features: np.ndarray, eval_set: EvalSet, seed: int) -> dict[str, float]:
     """``eval/{target}/{metric}``: the k-NN probe fitted on the reference subjects and scored on
     the held-out ones (metrics as in ``probe.tsv``)."""
-    from damt.probe import KNN, fit_predict, scores
+    from damt.probe.estimators import fit_predict
+    from damt.probe.metrics import scores
+    from damt.probe.settings import KNN
 
     out: dict[str, float] = {}
     n = eval_set.n_holdout

@@ -3,7 +3,7 @@
 import _damt_path  # noqa: F401
 
 from damt.logs import rule_log
-from damt.probe import run_probe
+from damt.probe.job import run_probe
 
 with rule_log(snakemake.log[0]):
     run_probe(
