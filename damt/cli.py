@@ -11,7 +11,8 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from damt import __version__
 from damt.features import FEATURE_GROUPS
@@ -35,7 +36,8 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 def _cmd_discover(args: argparse.Namespace) -> int:
     from damt.config import load_config
-    from damt.discovery import discover_from_config, write_discovery
+    from damt.discovery.record import write_discovery
+    from damt.discovery.workflow import discover_from_config
 
     config = load_config(args.config)
     discovery = discover_from_config(config)
@@ -52,7 +54,6 @@ def _cmd_discover(args: argparse.Namespace) -> int:
 
 def _cmd_radiomics(args: argparse.Namespace) -> int:
     from damt.config import load_config, validate_config
-    from damt.stages.radiomics import radiomics_to_file
 
     config = (
         load_config(args.config)
@@ -75,23 +76,115 @@ def _cmd_radiomics(args: argparse.Namespace) -> int:
     return 0
 
 
+def radiomics_to_file(
+    out: str | Path,
+    radiomics: Mapping,
+    subject_dir: str | Path | None = None,
+    image: str | Path | None = None,
+    mask: str | Path | None = None,
+    label: int | None = None,
+    params: str | Path | None = None,
+    subject_id: str | None = None,
+    threads: int = 1,
+) -> str:
+    """What ``damt radiomics`` does: one subject's (or one image/mask pair's) features → ``out``.
+
+    ``radiomics`` is the config's ``radiomics`` section (ROIs, volume names, params file);
+    ``params`` overrides its params file. Returns a one-line summary; a bad input raises
+    ``ValueError`` naming the reason.
+    """
+    from damt.errors import SubjectError
+    from damt.features.radiomics import OUTPUT_FILE, radiomics_for_files, write_row
+    from damt.stages.radiomics import RadiomicsStage
+    from damt.stages.store import SubjectTask
+
+    out = Path(out)
+    try:
+        if subject_dir is not None:
+            if image or mask or label is not None:
+                raise ValueError("give either SUBJECT_DIR or --image/--mask, not both")
+            stage = RadiomicsStage(
+                params or radiomics["params"],
+                radiomics["rois"],
+                radiomics["image"],
+                radiomics["atlas"],
+                threads,
+            )
+            stage.setup()
+            subject = Path(subject_dir)
+            task = SubjectTask(subject_id or subject.resolve().name, subject)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            result = stage.compute(task, out.parent)
+            (out.parent / OUTPUT_FILE).replace(out)
+            for roi, err in result.info["roi_errors"].items():
+                log.warning("ROI %s: %s", roi, err)
+            return f"{task.subject_id}: {result.info['n_features']} features -> {out}"
+        if not (image and mask and params):
+            raise ValueError("--image, --mask and --params are required without SUBJECT_DIR")
+        frame = radiomics_for_files(image, mask, params, label, threads, subject_id)
+        write_row(out, frame["subject_id"][0], frame.drop(columns="subject_id").iloc[0].to_dict())
+        return f"{frame.shape[1] - 1} features -> {out}"
+    except SubjectError as exc:
+        raise ValueError(f"{exc.reason}: {exc.detail}") from exc
+
+
 def _cmd_stats(args: argparse.Namespace) -> int:
     """Parse every stats file of SUBJECT_DIR/stats (FreeSurfer 5.x-7.x) into one long table:
     subject_id, source_file, hemisphere, structure, structure_original, measure, value, unit."""
-    from damt.freesurfer.stats import stats_to_file
-
     code, messages = stats_to_file(args.subject_dir, args.out, args.subject_id, args.keep_going)
     for message in messages:
         print(f"damt stats: {message}", file=sys.stderr)
     return code
 
 
+def stats_to_file(
+    subject_dir: str | Path,
+    out: str | Path,
+    subject_id: str | None = None,
+    keep_going: bool = False,
+) -> tuple[int, list[str]]:
+    """What ``damt stats`` does: parse a subject's ``stats/`` into ``out`` (.parquet/.tsv/.csv).
+
+    Returns the exit status (0 written, 1 some files unparsable and nothing written without
+    ``keep_going``, 2 nothing to parse) and the messages for the user.
+    """
+    from damt.errors import SubjectError
+    from damt.freesurfer.stats.long_table import long_table, write_long_table
+    from damt.freesurfer.stats.subject import parse_subject_stats
+
+    out = Path(out)
+    if out.suffix not in (".parquet", ".tsv", ".csv"):
+        raise ValueError(f"output {out} must end in .parquet, .tsv or .csv")
+    try:
+        subject = parse_subject_stats(subject_dir, subject_id)
+    except SubjectError as exc:
+        return 2, [f"error: {exc.detail} ({exc.reason})"]
+    messages = [f"error: {message}" for message in subject.file_errors().values()]
+    if not subject.files:
+        return 2, [*messages, f"error: no stats file parsed in {subject.stats_dir}"]
+    if subject.errors and not keep_going:
+        return 1, [
+            *messages,
+            f"{len(subject.errors)} file(s) could not be parsed; nothing written "
+            "(--keep-going writes the others)",
+        ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        write_long_table(subject, out)
+    else:
+        long_table(subject).to_csv(out, sep="\t" if out.suffix == ".tsv" else ",", index=False)
+    skipped = f"; skipped {', '.join(subject.skipped)}" if subject.skipped else ""
+    messages.append(
+        f"{subject.subject_id}: parsed {len(subject.files)} stats file(s) "
+        f"(FreeSurfer {subject.fs_version or 'version unknown'}){skipped} → {out}"
+    )
+    return 0, messages
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     """Pretrain the 3D Swin encoder on the training cache. Single process: `damt train ...`;
     several: `torchrun --standalone --nproc_per_node=N $(which damt) train ...`. An existing run
     in --out resumes from its latest checkpoint."""
-    from pathlib import Path
-
     from damt.config import load_config
     from damt.training.checkpoint import die_with_parent
     from damt.training.loop import TrainInputs, run_pretraining

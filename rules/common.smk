@@ -1,6 +1,6 @@
 # Shared set-up of the workflow: results paths, subject discovery, shard lists and targets.
 # Functions only (rules live in the other .smk files); the logic is in `damt` (damt.paths,
-# damt.discovery, damt.demo.cohort, damt.training.launch.check_run_settings).
+# damt.discovery.workflow, damt.demo.cohort, damt.training.launch.check_run_settings).
 #
 # Parsing the workflow WRITES FILES, on purpose: the demo cohort (when `demo.enabled`, so that
 # `make demo` needs no download) and the discovery files under results/discovery/. Subjects are
@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from snakemake.exceptions import WorkflowError
 from damt.demo.cohort import ensure_demo_cohort
-from damt.discovery import discover_for_workflow
+from damt.discovery.workflow import discover_for_workflow
 from damt.experiments.plan import (
     DATA,
     MODEL,

@@ -85,7 +85,8 @@ def demo_copy(demo_cohort: Path, tmp_path: Path) -> Path:
 def run_stage_shards(stage, subjects_dir: Path, outdir: Path, **discovery_options) -> list[Path]:
     """Run a per-subject stage over a folder's subjects as the workflow's shard jobs do
     (discovery files, then one job per shard); returns the shard summaries."""
-    from damt.discovery import discover_subjects, write_discovery
+    from damt.discovery.record import write_discovery
+    from damt.discovery.scan import discover_subjects
     from damt.paths import ResultPaths
     from damt.stages.store import run_shard
 

@@ -10,17 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from damt.discovery import (
+from damt.discovery.ids import (
     DiscoveryError,
-    discover_subjects,
     is_valid_subject_id,
-    read_discovery,
     read_participants,
-    read_shard,
     read_subjects_list,
     shard_of,
-    write_discovery,
 )
+from damt.discovery.record import read_discovery, read_shard, write_discovery
+from damt.discovery.scan import discover_subjects
 from damt.paths import ResultPaths
 from tests.conftest import unprivileged
 
@@ -163,7 +161,7 @@ def test_unreadable_subject_folder_is_flagged(open_tmp: Path):
         p.chmod(0o755 if p.is_dir() else 0o644)
     locked.chmod(0)
     code = (
-        "import json; from damt.discovery import discover_subjects; "
+        "import json; from damt.discovery.scan import discover_subjects; "
         f"d = discover_subjects([{{'path': {str(root)!r}}}]); "
         "print(json.dumps({f.subject_id: [f.status, f.reason, f.detail] for f in d.report}))"
     )

@@ -15,9 +15,11 @@ import pytest
 
 from damt.config import validate_config
 from damt.demo.cohort import generate_cohort
-from damt.discovery import discover_from_config, discover_subjects
+from damt.discovery.scan import discover_subjects
+from damt.discovery.workflow import discover_from_config
 from damt.freesurfer.labels import read_label_table
-from damt.freesurfer.stats import parse_subject_stats, read_long_metadata
+from damt.freesurfer.stats.long_table import read_long_metadata
+from damt.freesurfer.stats.subject import parse_subject_stats
 from damt.results import OK
 from damt.stages.cache import stage_from_settings
 from damt.stages.registry import build_stage

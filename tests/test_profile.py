@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from damt.discovery import read_shard
+from damt.discovery.record import read_shard
 from damt.paths import ResultPaths
 from tests.conftest import REPO, run_snakemake, workflow_config
 

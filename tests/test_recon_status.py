@@ -6,7 +6,8 @@ import os
 import shutil
 from pathlib import Path
 
-from damt.discovery import discover_subjects, read_discovery, write_discovery
+from damt.discovery.record import read_discovery, write_discovery
+from damt.discovery.scan import discover_subjects
 from damt.freesurfer.recon import UNKNOWN, last_error_line, recon_status
 from tests.test_discovery import by_id, make_subject
 

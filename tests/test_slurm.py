@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from damt.discovery import read_shard
+from damt.discovery.record import read_shard
 from damt.paths import ResultPaths
 from tests.conftest import BIN, QUICK, REPO, snakemake_command, subprocess_env, workflow_config
 from tests.slurm_cluster import SlurmCluster, running_cluster, unavailable_reason

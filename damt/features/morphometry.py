@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from damt import __version__
-from damt.discovery import read_discovery_subject_ids
+from damt.discovery.record import read_discovery_subject_ids
 from damt.features.tables import write_table
 from damt.freesurfer.harmonize import (
     HEMISPHERES,

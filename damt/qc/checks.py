@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import pandas as pd
 
-from damt.discovery import participant_from_name
+from damt.discovery.ids import participant_from_name
 from damt.features import FEATURE_GROUPS
 from damt.features.tables import feature_columns
 from damt.manifest import FAIL, KEY, PASS, WARN

@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from damt import __version__
-from damt.discovery import read_shard
+from damt.discovery.record import read_shard
 from damt.errors import SubjectError
 from damt.io import stable_hash, write_json_atomic
 from damt.paths import ResultPaths

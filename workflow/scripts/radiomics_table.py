@@ -2,7 +2,7 @@
 
 import _damt_path  # noqa: F401
 
-from damt.discovery import read_discovery_subject_ids
+from damt.discovery.record import read_discovery_subject_ids
 from damt.features.radiomics import build_radiomics_table
 from damt.logs import rule_log
 
