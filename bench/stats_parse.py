@@ -132,7 +132,9 @@ def main() -> int:
         return 0
 
     sys.path.insert(0, str(REPO))
-    from damt.freesurfer.stats import long_table, parse_stats_file, parse_subject_stats
+    from damt.freesurfer.stats.long_table import long_table
+    from damt.freesurfer.stats.parser import parse_stats_file
+    from damt.freesurfer.stats.subject import parse_subject_stats
 
     files = common_files(args.subject)
     python = ensure_venv()

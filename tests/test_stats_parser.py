@@ -14,17 +14,16 @@ import pytest
 from damt.cli import main
 from damt.errors import SubjectError
 from damt.freesurfer.harmonize import classify_stats_file, table_column_name
-from damt.freesurfer.stats import (
+from damt.freesurfer.recon import build_stamp_version
+from damt.freesurfer.stats.long_table import (
     LONG_COLUMNS,
-    StatsParseError,
-    build_stamp_version,
     long_table,
-    parse_stats_file,
-    parse_stats_text,
-    parse_subject_stats,
     read_long_metadata,
     read_long_table,
 )
+from damt.freesurfer.stats.model import StatsParseError
+from damt.freesurfer.stats.parser import parse_stats_file, parse_stats_text
+from damt.freesurfer.stats.subject import parse_subject_stats
 from tests.conftest import unprivileged
 from tests.fs_versions import label_stats, make_fs5_subject, make_fs6_subject
 

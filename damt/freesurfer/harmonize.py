@@ -66,7 +66,7 @@ _STATS_NAME = re.compile(r"(?:(lh|rh)\.)?(.+)\.stats")
 
 # Label-based cortical stats (``mris_anatomical_stats -l ?h.NAME.label``, one row for the label):
 # kind ``label.NAME``. recon-all 5.x writes ``?h.entorhinal_exvivo.stats``; other files of this
-# shape are recognised by their header (see :func:`damt.freesurfer.stats.list_stats_files`).
+# shape are recognised by their header (see :func:`damt.freesurfer.stats.subject.list_stats_files`).
 LABEL_KIND_PREFIX = "label."
 LABEL_STATS_NAMES = ("entorhinal_exvivo", "perirhinal_exvivo")
 

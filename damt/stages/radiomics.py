@@ -2,12 +2,11 @@
 
 Adapts :mod:`damt.features.radiomics` (the PyRadiomics call, ROIs and the cohort table) to the
 per-subject machinery of :mod:`damt.stages.store`; ``damt radiomics`` runs the same code on one
-subject folder or on any image/mask pair (:func:`radiomics_to_file`).
+subject folder or on any image/mask pair (:func:`damt.cli.radiomics_to_file`).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from damt.features.radiomics import (
     Extractor,
     extract_rois,
     parse_rois,
-    radiomics_for_files,
     write_row,
 )
 from damt.io import sha256_file
@@ -25,8 +23,6 @@ from damt.results import OK
 from damt.stages.image_atlas import ImageAtlasStage
 from damt.stages.store import SubjectResult, SubjectTask
 from damt.volumes import load_sitk
-
-log = logging.getLogger(__name__)
 
 
 class RadiomicsStage(ImageAtlasStage):
@@ -75,50 +71,3 @@ class RadiomicsStage(ImageAtlasStage):
             outputs={"features": OUTPUT_FILE},
             info={"roi_errors": errors, "n_features": len(features)},
         )
-
-
-def radiomics_to_file(
-    out: str | Path,
-    radiomics: Mapping,
-    subject_dir: str | Path | None = None,
-    image: str | Path | None = None,
-    mask: str | Path | None = None,
-    label: int | None = None,
-    params: str | Path | None = None,
-    subject_id: str | None = None,
-    threads: int = 1,
-) -> str:
-    """What ``damt radiomics`` does: one subject's (or one image/mask pair's) features → ``out``.
-
-    ``radiomics`` is the config's ``radiomics`` section (ROIs, volume names, params file);
-    ``params`` overrides its params file. Returns a one-line summary; a bad input raises
-    ``ValueError`` naming the reason.
-    """
-    out = Path(out)
-    try:
-        if subject_dir is not None:
-            if image or mask or label is not None:
-                raise ValueError("give either SUBJECT_DIR or --image/--mask, not both")
-            stage = RadiomicsStage(
-                params or radiomics["params"],
-                radiomics["rois"],
-                radiomics["image"],
-                radiomics["atlas"],
-                threads,
-            )
-            stage.setup()
-            subject = Path(subject_dir)
-            task = SubjectTask(subject_id or subject.resolve().name, subject)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            result = stage.compute(task, out.parent)
-            (out.parent / OUTPUT_FILE).replace(out)
-            for roi, err in result.info["roi_errors"].items():
-                log.warning("ROI %s: %s", roi, err)
-            return f"{task.subject_id}: {result.info['n_features']} features -> {out}"
-        if not (image and mask and params):
-            raise ValueError("--image, --mask and --params are required without SUBJECT_DIR")
-        frame = radiomics_for_files(image, mask, params, label, threads, subject_id)
-        write_row(out, frame["subject_id"][0], frame.drop(columns="subject_id").iloc[0].to_dict())
-        return f"{frame.shape[1] - 1} features -> {out}"
-    except SubjectError as exc:
-        raise ValueError(f"{exc.reason}: {exc.detail}") from exc

@@ -12,12 +12,8 @@ from pathlib import Path
 
 from damt.errors import SubjectError
 from damt.freesurfer.harmonize import HARMONIZATION_VERSION
-from damt.freesurfer.stats import (
-    SubjectStats,
-    parse_subject_stats,
-    stats_input_files,
-    write_long_table,
-)
+from damt.freesurfer.stats.long_table import write_long_table
+from damt.freesurfer.stats.subject import SubjectStats, parse_subject_stats, stats_input_files
 from damt.results import OK
 from damt.stages.store import Stage, SubjectResult, SubjectTask
 
