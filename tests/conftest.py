@@ -117,6 +117,14 @@ def workflow_config(tmp_path: Path, subjects_dirs: list[dict], **sections) -> Pa
     return path
 
 
+def qc_settings(**qc):
+    """The schema's ``qc`` settings with ``qc`` changed (a :class:`damt.qc.checks.QcSettings`)."""
+    from damt.config import validate_config
+    from damt.qc.checks import QcSettings
+
+    return QcSettings.from_config(validate_config({"qc": qc}, sections=("qc",))["qc"])
+
+
 def snakemake_command(*args: str) -> list[str]:
     """This environment's snakemake on the repository's Snakefile, with ``args``."""
     return [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), *args]

@@ -19,7 +19,7 @@ from damt.stages.cache import (
     stage_from_settings,
 )
 from damt.stages.store import SubjectTask, run_tasks, stage_dir
-from tests.conftest import REPO
+from tests.conftest import REPO, qc_settings
 from tests.volume_fixtures import blob_volumes, make_subject, save_mgz
 
 TABLE = REPO / "config" / "labels" / "freesurfer7_aparc+aseg.tsv"
@@ -321,16 +321,16 @@ def test_failed_subject_is_retried_after_its_file_is_fixed(tmp_path: Path):
 def test_four_d_volume_reports_its_frames(tmp_path: Path):
     """Issue 18, case 6: a 4-D brainmask passed silently (frame 0 used); QC warns with the frame
     count by default and fails when configured."""
-    from damt.qc.checks import QcSettings, volume_issues
+    from damt.qc.checks import volume_issues
 
     image, labels = blob_volumes()
     subject = make_subject(tmp_path, "s1", np.stack([image, image // 2, image], axis=-1), labels)
     res = _run(_stage(), subject, tmp_path / "out")
     assert res.status == OK
     assert res.info["n_frames"] == {"mri/brainmask.mgz": 3, "mri/aparc+aseg.mgz": 1}
-    issues = dict(volume_issues(res.info, QcSettings()))
+    issues = dict(volume_issues(res.info, qc_settings()))
     assert issues["qc:multiframe"].startswith("mri/brainmask.mgz has 3 frames; only frame 0")
-    from damt.qc.checks import status_of
+    from damt.qc.severity import status_of
 
     assert status_of(["qc:multiframe"], {}) == "warn"
     assert status_of(["qc:multiframe"], {"qc:multiframe": "fail"}) == "fail"
@@ -338,11 +338,12 @@ def test_four_d_volume_reports_its_frames(tmp_path: Path):
 
 def test_all_background_atlas_is_excluded_from_training(tmp_path: Path):
     """Issue 18, case 9: an aparc+aseg of zeros trained by default; qc:empty_atlas fails it."""
-    from damt.qc.checks import QcSettings, status_of, volume_issues
+    from damt.qc.checks import volume_issues
+    from damt.qc.severity import status_of
 
     image, labels = blob_volumes()
     res = _run(_stage(), make_subject(tmp_path, "s1", image, np.zeros_like(labels)), tmp_path / "o")
     assert res.status == OK and res.info["labels_present"] == []
-    codes = [c for c, _ in volume_issues(res.info, QcSettings())]
+    codes = [c for c, _ in volume_issues(res.info, qc_settings())]
     assert "qc:empty_atlas" in codes
     assert status_of(codes, {}) == "fail"

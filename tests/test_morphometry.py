@@ -30,7 +30,7 @@ from damt.paths import ResultPaths
 from damt.results import FAILED, OK
 from damt.stages.stats import LONG_FILE, StatsStage
 from damt.stages.store import SubjectTask, read_result, run_tasks
-from tests.conftest import REPO, run_stage_shards
+from tests.conftest import REPO, qc_settings, run_stage_shards
 from tests.fs_versions import make_fs5_subject, make_fs6_subject
 
 DEFAULT_CATALOG = REPO / "config" / "morphometry_catalog.yaml"
@@ -388,7 +388,7 @@ def test_morphometry_config_section_refuses_unknown_keys(tmp_path: Path):
 
 def _qc_rows(outdir: Path, severity: dict | None = None) -> pd.DataFrame:
     """QC checks of a run_cohort result (stats stage only), indexed by subject id."""
-    from damt.qc.checks import QcSettings, build_checks
+    from damt.qc.checks import build_checks
     from damt.qc.steps import fs_qc_frame
     from damt.results import read_summaries
 
@@ -402,7 +402,7 @@ def _qc_rows(outdir: Path, severity: dict | None = None) -> pd.DataFrame:
         {"stats": summary},
         fs_qc_frame(summary),
         {},
-        QcSettings(severity=severity or {}),
+        qc_settings(severity=severity or {}),
     )
     return checks.set_index("subject_id")
 

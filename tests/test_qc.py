@@ -9,16 +9,10 @@ import pandas as pd
 import pytest
 
 from damt.features.tables import cohort_frame
-from damt.qc.checks import (
-    QcSettings,
-    add_outliers,
-    build_checks,
-    count_outliers,
-    manifest_frame,
-    severity_of,
-    status_of,
-)
+from damt.qc.checks import QcSettings, add_outliers, build_checks, count_outliers, manifest_frame
 from damt.qc.report import measure_frame, plot_distributions, plot_montage, write_failures
+from damt.qc.severity import severity_of, status_of
+from tests.conftest import qc_settings
 
 GOOD_VOLUME = {
     "voxel_size": [1.0, 1.0, 1.0],
@@ -128,7 +122,7 @@ def test_severity_defaults_and_overrides():
 
 
 def test_checks_statuses_and_reasons(inputs):
-    checks = build_checks(*inputs, QcSettings())
+    checks = build_checks(*inputs, qc_settings(expected_labels=[]))
     rows = checks.set_index("subject_id")
     assert list(checks.subject_id) == ["a", "b", "bad id", "c", "d"]  # skipped ones absent
     assert rows.loc["a", "status"] == "pass" and rows.loc["a", "reasons"] == []
@@ -154,32 +148,33 @@ def test_checks_statuses_and_reasons(inputs):
 
 def test_missing_expected_labels_come_from_the_qc_settings(inputs):
     """The cache records the labels present; which are expected is a QC setting."""
-    rows = build_checks(*inputs, QcSettings(expected_labels=(2, 17, 41))).set_index("subject_id")
+    rows = build_checks(*inputs, qc_settings(expected_labels=[2, 17, 41])).set_index("subject_id")
     assert "qc:missing_labels" not in rows.loc["a", "reasons"]
-    rows = build_checks(*inputs, QcSettings(expected_labels=(2, 53, 17, 54))).set_index(
+    rows = build_checks(*inputs, qc_settings(expected_labels=[2, 53, 17, 54])).set_index(
         "subject_id"
     )
     assert rows.loc["a", "status"] == "warn" and rows.loc["a", "reasons"] == ["qc:missing_labels"]
     assert "qc:missing_labels: expected labels absent: [53, 54]" in rows.loc["a", "detail"]
     assert "qc:missing_labels" not in rows.loc["c", "reasons"]  # failed cache: no measures
     severity = {"qc:missing_labels": "fail"}
-    s = QcSettings(expected_labels=(53,), severity=severity)
+    s = qc_settings(expected_labels=[53], severity=severity)
     assert build_checks(*inputs, s).set_index("subject_id").loc["a", "status"] == "fail"
 
 
 def test_severity_override_changes_status(inputs):
-    s = QcSettings(severity={"qc:voxel_size": "fail"})
+    s = qc_settings(expected_labels=[], severity={"qc:voxel_size": "fail"})
     rows = build_checks(*inputs, s).set_index("subject_id")
     assert rows.loc["b", "status"] == "fail"
-    s = QcSettings(
-        severity={"qc:surface_holes": "ignore", "qc:etiv": "ignore", "stats:file_errors": "ignore"}
+    s = qc_settings(
+        expected_labels=[],
+        severity={"qc:surface_holes": "ignore", "qc:etiv": "ignore", "stats:file_errors": "ignore"},
     )
     rows = build_checks(*inputs, s).set_index("subject_id")
     assert rows.loc["d", "status"] == "pass" and rows.loc["d", "reasons"] == []
 
 
 def test_outliers_turn_pass_into_warn(inputs):
-    checks = build_checks(*inputs, QcSettings())
+    checks = build_checks(*inputs, qc_settings(expected_labels=[]))
     z = cohort_frame(
         ["a", "b", "d"],
         {"a": {f"f{i}": 9.0 for i in range(7)}, "b": {"f0": -6.0, "f1": np.nan}},
@@ -188,7 +183,9 @@ def test_outliers_turn_pass_into_warn(inputs):
     counts = count_outliers([z], threshold=5.0)
     assert counts.to_dict() == {"a": 7, "b": 1, "d": 0}
     final = manifest_frame(
-        add_outliers(checks, counts, QcSettings(max_outliers=5)).assign(split="train")
+        add_outliers(checks, counts, qc_settings(expected_labels=[], max_outliers=5)).assign(
+            split="train"
+        )
     )
     rows = final.set_index("subject_id")
     assert rows.loc["a", "status"] == "warn" and rows.loc["a", "reasons"] == ["qc:outliers"]
@@ -197,9 +194,11 @@ def test_outliers_turn_pass_into_warn(inputs):
 
 
 def test_report_assets(inputs, tmp_path: Path):
-    checks = build_checks(*inputs, QcSettings())
+    checks = build_checks(*inputs, qc_settings(expected_labels=[]))
     manifest = manifest_frame(
-        add_outliers(checks, pd.Series(dtype="int64"), QcSettings()).assign(split="train")
+        add_outliers(checks, pd.Series(dtype="int64"), qc_settings(expected_labels=[])).assign(
+            split="train"
+        )
     )
     failures = write_failures(manifest, tmp_path / "failures.tsv")
     assert set(failures.subject_id) == {"b", "bad id", "c", "d"}
@@ -244,7 +243,8 @@ def test_each_qc_key_is_read_by_a_rule():
     s = QcSettings.from_config(
         qc_params({**qc, "outlier_z": 3.0, "max_outliers": 1, "severity": {}}, "manifest")
     )
-    assert (s.outlier_z, s.max_outliers) == (3.0, 1) and s.expected_labels == ()
+    # Keys the manifest rule does not read are not set (the schema holds their defaults).
+    assert (s.outlier_z, s.max_outliers) == (3.0, 1) and s.expected_labels is None
 
 
 def test_outliers_are_counted_before_clipping(tmp_path: Path):
@@ -264,7 +264,7 @@ def test_outliers_are_counted_before_clipping(tmp_path: Path):
 
 def test_unknown_severity_code_is_refused_with_the_known_ones():
     """Issue 18, case 7: a misspelt qc.severity code was silently ignored."""
-    from damt.qc.checks import KNOWN_CODES
+    from damt.qc.severity import KNOWN_CODES
 
     with pytest.raises(ValueError, match=r"unknown issue code\(s\) 'qc:surface_hole'") as err:
         QcSettings.from_config({"severity": {"qc:surface_hole": "fail", "qc:etiv": "warn"}})
@@ -290,8 +290,10 @@ def test_recon_facts_and_failed_recons_reach_the_manifest(inputs):
         "detail": "freesurfer: scripts/recon-all.error exists: ERROR: mri_ca_register failed",
     }
     report = pd.concat([report, pd.DataFrame([failed])], ignore_index=True)
-    checks = build_checks(subjects, report, summaries, fs_qc, tables, QcSettings())
-    final = add_outliers(checks, pd.Series(dtype="int64"), QcSettings())
+    checks = build_checks(
+        subjects, report, summaries, fs_qc, tables, qc_settings(expected_labels=[])
+    )
+    final = add_outliers(checks, pd.Series(dtype="int64"), qc_settings(expected_labels=[]))
     rows = manifest_frame(final.assign(split="train")).set_index("subject_id")
     assert rows.loc["c", "fs_version"] == "7.2.0"  # no stats version: discovery's
     assert (rows.loc["a", "segmenter"], rows.loc["a", "recon_hours"]) == ("freesurfer", "2.950")
@@ -306,16 +308,18 @@ def test_recon_facts_and_failed_recons_reach_the_manifest(inputs):
 def test_mixed_segmenters_warn_and_split_the_qc_page(inputs, tmp_path: Path):
     subjects, report, summaries, fs_qc, tables = inputs
     subjects = subjects.assign(segmenter=["freesurfer", "freesurfer", "freesurfer", "fastsurfer"])
-    checks = build_checks(subjects, report, summaries, fs_qc, tables, QcSettings())
+    checks = build_checks(
+        subjects, report, summaries, fs_qc, tables, qc_settings(expected_labels=[])
+    )
     rows = checks.set_index("subject_id")
     assert "qc:mixed_segmenters" in rows.loc["d", "reasons"]
     assert "freesurfer 3, fastsurfer 1" in rows.loc["d", "detail"]
     assert not any("qc:mixed_segmenters" in r for r in rows.drop("d")["reasons"])
     assert severity_of("qc:mixed_segmenters", {}) == "warn"
     one = build_checks(subjects.assign(segmenter="fastsurfer"), report, summaries, fs_qc, tables,
-                       QcSettings())  # fmt: skip
+                       qc_settings(expected_labels=[]))  # fmt: skip
     assert not any("qc:mixed_segmenters" in r for r in one["reasons"])
-    final = add_outliers(checks, pd.Series(dtype="int64"), QcSettings())
+    final = add_outliers(checks, pd.Series(dtype="int64"), qc_settings(expected_labels=[]))
     manifest = manifest_frame(final.assign(split="train"))
     measures = measure_frame(manifest, tables, ["etiv"])
     assert measures.set_index("subject_id").loc["d", "segmenter"] == "fastsurfer"

@@ -2,18 +2,14 @@
 
 Each check yields issues with a machine-readable code (``stage:reason``, e.g.
 ``cache:grid_mismatch``, ``stats:stats_missing``, ``qc:surface_holes``) and a human-readable
-detail. A code's severity is ``fail`` (the subject cannot train), ``warn`` (trains; a missing
-feature group is masked out of its task) or ``ignore``: discovery and cache problems fail by
-default, everything else warns; ``qc.severity`` in the config overrides single codes. A subject's
-status is the worst severity among its issues (``pass`` when none).
+detail; their severity and a subject's status are :mod:`damt.qc.severity`'s.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -21,125 +17,30 @@ import pandas as pd
 from damt.discovery.ids import participant_from_name
 from damt.features import FEATURE_GROUPS
 from damt.features.tables import feature_columns
-from damt.manifest import FAIL, KEY, PASS, WARN
+from damt.manifest import KEY
+from damt.qc.severity import IGNORE, check_severity, severity_of, status_of
 from damt.results import OK
-
-IGNORE = "ignore"
-_RANK = {PASS: 0, IGNORE: 0, WARN: 1, FAIL: 2}
-FAIL_BY_DEFAULT = ("discovery:", "cache:")
-# Codes outside the discovery and cache stages that fail by default.
-DEFAULT_SEVERITY = {"qc:empty_atlas": FAIL}
-
-# Every issue code a subject can get (documented in docs/contracts.md); ``qc.severity`` may name
-# only these (and ``{stage}:error:{Exception}`` of an unexpected failure of a per-subject stage).
-_VOLUME_REASONS = ("volume_unreadable", "grid_mismatch", "nonfinite_intensities")
-KNOWN_CODES: tuple[str, ...] = tuple(
-    sorted(
-        [
-            *(
-                f"discovery:{r}"
-                for r in (
-                    "illegal_id",
-                    "missing_required",
-                    "broken_link",
-                    "unreadable",
-                    "duplicate_id",
-                    "listed_not_found",
-                    "recon_failed",
-                )
-            ),
-            *(
-                f"cache:{r}"
-                for r in (
-                    *_VOLUME_REASONS,
-                    "empty_image",
-                    "negative_labels",
-                    "unreadable",
-                    "not_run",
-                )
-            ),
-            *(
-                f"stats:{r}"
-                for r in (
-                    "stats_missing",
-                    "stats_unreadable",
-                    "stats_malformed",
-                    "file_errors",
-                    "nonfinite_values",
-                    "unreadable",
-                    "not_run",
-                )
-            ),
-            *(
-                f"radiomics:{r}"
-                for r in (
-                    *_VOLUME_REASONS,
-                    "empty_roi",
-                    "pyradiomics_error",
-                    "all_rois_failed",
-                    "roi_errors",
-                    "unreadable",
-                    "not_run",
-                )
-            ),
-            *(
-                f"qc:{r}"
-                for r in (
-                    "voxel_size",
-                    "shape",
-                    "intensity",
-                    "missing_labels",
-                    "unexpected_labels",
-                    "empty_atlas",
-                    "multiframe",
-                    "surface_holes",
-                    "etiv",
-                    "etiv_missing",
-                    "stats_subject_mismatch",
-                    "outliers",
-                    "mixed_segmenters",
-                )
-            ),
-            *(f"features:{g}_missing" for g in FEATURE_GROUPS),
-        ]
-    )
-)
-_UNEXPECTED_ERROR = re.compile(r"(cache|stats|radiomics):error:[A-Za-z_][A-Za-z0-9_]*")
-
-
-def check_severity(overrides: Mapping[str, str]) -> None:
-    """Raise ``ValueError`` naming every unknown code of ``qc.severity`` and the known ones."""
-    unknown = [
-        c for c in overrides if c not in KNOWN_CODES and not _UNEXPECTED_ERROR.fullmatch(str(c))
-    ]
-    if unknown:
-        raise ValueError(
-            f"qc.severity names unknown issue code(s) {', '.join(map(repr, unknown))}; "
-            f"known codes: {', '.join(KNOWN_CODES)} (and <stage>:error:<Exception> of an "
-            "unexpected stage failure)"
-        )
 
 
 @dataclass(frozen=True)
 class QcSettings:
-    """Thresholds of the checks (``qc`` section of the config)."""
+    """Thresholds of the checks (``qc`` section of the config; defaults in the schema). A field
+    is None where the rule at hand does not read the key (:func:`qc_params`)."""
 
-    expected_labels: tuple[int, ...] = ()
-    voxel_size_range: tuple[float, float] = (0.5, 1.5)
-    shape_range: tuple[int, int] = (128, 512)
-    intensity_p99_range: tuple[float, float] = (50.0, 5000.0)
-    etiv_range: tuple[float, float] = (900_000.0, 2_200_000.0)
-    max_surface_holes: float = 200.0
-    outlier_z: float = 5.0
-    max_outliers: int = 5
-    severity: Mapping[str, str] = field(default_factory=dict)
+    expected_labels: tuple[int, ...] | None = None
+    voxel_size_range: tuple[float, float] | None = None
+    shape_range: tuple[int, int] | None = None
+    intensity_p99_range: tuple[float, float] | None = None
+    etiv_range: tuple[float, float] | None = None
+    max_surface_holes: float | None = None
+    outlier_z: float | None = None
+    max_outliers: int | None = None
+    severity: Mapping[str, str] | None = None
 
     @classmethod
     def from_config(cls, qc: Mapping) -> QcSettings:
-        """Settings from (a selection of, see :func:`qc_params`) the config's ``qc`` section.
-
-        Keys absent from ``qc`` keep their defaults: each QC rule passes only the keys it uses.
-        """
+        """Settings from (a selection of, see :func:`qc_params`) the config's ``qc`` section:
+        each QC rule passes only the keys it uses."""
         values = {}
         for f in fields(cls):
             if f.name not in qc:
@@ -177,25 +78,6 @@ QC_KEYS: dict[str, tuple[str, ...]] = {
 def qc_params(qc: Mapping, rule: str) -> dict:
     """The part of the config's ``qc`` section that ``rule`` (a key of :data:`QC_KEYS`) uses."""
     return {key: qc[key] for key in QC_KEYS[rule]}
-
-
-def severity_of(code: str, overrides: Mapping[str, str]) -> str:
-    """Severity of an issue code: the config's override, else the default by stage."""
-    if code in overrides:
-        return overrides[code]
-    if code in DEFAULT_SEVERITY:
-        return DEFAULT_SEVERITY[code]
-    return FAIL if code.startswith(FAIL_BY_DEFAULT) else WARN
-
-
-def status_of(codes: Sequence[str], overrides: Mapping[str, str]) -> str:
-    """Worst severity among issue codes (``pass`` when there is none)."""
-    worst = PASS
-    for code in codes:
-        sev = severity_of(code, overrides)
-        if _RANK[sev] > _RANK[worst]:
-            worst = sev
-    return worst
 
 
 def _outside(value: float, bounds: Sequence[float]) -> bool:
