@@ -2,12 +2,15 @@
 # Rules live in rules/*.smk and call functions of the `damt` package; see README.md.
 from snakemake.utils import min_version, validate
 
+from damt.config import refuse_renamed_keys
+
 min_version("9.0")
 
 
 configfile: "config/config.yaml"
 
 
+refuse_renamed_keys(config)
 validate(config, "damt/resources/config.schema.yaml")
 
 

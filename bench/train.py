@@ -1,7 +1,7 @@
 """Benchmark of one DAMT training step: step time and samples/s; on a GPU also peak memory,
 model FLOPs and model FLOPs utilisation (MFU).
 
-It times ``damt.training.loop.train_step`` (forward of the seven tasks, backward, clipping,
+It times ``damt.training.step.train_step`` (forward of the seven tasks, backward, clipping,
 AdamW) on batches made by ``make_views`` from synthetic volumes; data loading is not timed.
 Head widths default to the original DAMT data (566 morphometry, 72 radiomics, 101 atlas classes).
 

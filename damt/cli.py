@@ -186,8 +186,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     several: `torchrun --standalone --nproc_per_node=N $(which damt) train ...`. An existing run
     in --out resumes from its latest checkpoint."""
     from damt.config import load_config
-    from damt.training.checkpoint import die_with_parent
-    from damt.training.loop import TrainInputs, run_pretraining
+    from damt.training.inputs import TrainInputs
+    from damt.training.process import die_with_parent
+    from damt.training.run import run_pretraining
 
     # torchrun starts each trainer in a session of its own: die with it, not after it.
     die_with_parent()

@@ -45,6 +45,21 @@ def _extend_with_default(validator_class):
 _DefaultFillingValidator = _extend_with_default(jsonschema.Draft202012Validator)
 
 
+# Keys renamed since a release: the old name is refused with a message that names the new one
+# (a silently ignored or generically refused key would hide what changed).
+RENAMED_KEYS = {("pretrain", "subjects"): "pretrain.subset_size"}
+
+
+def refuse_renamed_keys(config: Mapping, source: str = "config") -> None:
+    """Raise :class:`ConfigError` for every key of :data:`RENAMED_KEYS` that ``config`` uses."""
+    used = []
+    for (section, key), new in RENAMED_KEYS.items():
+        if isinstance(config.get(section), Mapping) and key in config[section]:
+            used.append(f"  {section}.{key}: renamed to {new} (same meaning); rename it")
+    if used:
+        raise ConfigError(f"invalid configuration in {source}:\n" + "\n".join(used))
+
+
 def _key_path(error: jsonschema.ValidationError) -> str:
     parts = []
     for p in error.absolute_path:
@@ -59,8 +74,10 @@ def validate_config(
 
     With ``sections``, only those top-level sections are validated and filled; the others may be
     absent (``damt train`` reads a file holding the ``pretrain`` section alone).
-    Raises :class:`ConfigError` listing every violation as ``key.path: message``.
+    Raises :class:`ConfigError` listing every violation as ``key.path: message`` (a renamed key
+    first: :func:`refuse_renamed_keys`).
     """
+    refuse_renamed_keys(config, source)
     schema = load_schema()
     if sections is not None:
         schema = {

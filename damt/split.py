@@ -7,7 +7,7 @@ held out. Nothing about the rest of the cohort enters, so adding or removing sub
 anyone (an incremental run keeps its split). An explicit list (``evaluation.holdout``, subject or
 participant ids) replaces the hashed choice.
 
-Data-scaling runs (``pretrain.subjects``) train on a subset of the training subjects picked the
+Data-scaling runs (``pretrain.subset_size``) train on a subset of the training subjects picked the
 same way: by a hash of the subject id, so subsets are nested across sizes and stable.
 """
 
@@ -93,10 +93,10 @@ def scaling_subset(training_ids: Sequence[str], size: int | None) -> list[str]:
     if size is None:
         return ids
     if size < 1:
-        raise ValueError(f"pretrain.subjects is {size}: a data-scaling subset needs at least 1")
+        raise ValueError(f"pretrain.subset_size is {size}: a data-scaling subset needs at least 1")
     if size > len(ids):
         raise ValueError(
-            f"pretrain.subjects is {size} but only {len(ids)} subjects train (pass/warn, with a "
+            f"pretrain.subset_size is {size} but only {len(ids)} subjects train (pass/warn, with a "
             "cache, not held out): lower it or remove the run"
         )
     return sorted(sorted(ids, key=lambda s: unit_hash(f"data-scaling:{s}"))[:size])

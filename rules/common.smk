@@ -1,6 +1,6 @@
 # Shared set-up of the workflow: results paths, subject discovery, shard lists and targets.
 # Functions only (rules live in the other .smk files); the logic is in `damt` (damt.paths,
-# damt.discovery.workflow, damt.demo.cohort, damt.training.launch.check_run_settings).
+# damt.discovery.workflow, damt.demo.cohort, damt.training.launch.checks).
 #
 # Parsing the workflow WRITES FILES, on purpose: the demo cohort (when `demo.enabled`, so that
 # `make demo` needs no download) and the discovery files under results/discovery/. Subjects are
@@ -26,14 +26,11 @@ from damt.experiments.plan import (
 )
 from damt.features import FEATURE_GROUPS, TASK_FEATURE_GROUPS
 from damt.paths import ENCODER_FILE, MODEL_CARD_FILE, ResultPaths
-from damt.qc.checks import check_severity, qc_params
+from damt.qc.checks import qc_params
+from damt.qc.severity import check_severity
 from damt.split import TRAIN, split_from_config
-from damt.training.launch import (
-    LaunchError,
-    check_nodes,
-    check_run_settings,
-    pretrain_resources,
-)
+from damt.training.launch.checks import LaunchError, check_nodes, check_run_settings
+from damt.training.launch.resources import pretrain_resources
 
 _handler = logging.StreamHandler()
 _handler.setFormatter(logging.Formatter("damt: %(message)s"))
@@ -106,7 +103,7 @@ def candidate_trainers():
     return int((split_from_config(frame, config["evaluation"]) == TRAIN).sum())
 
 
-if workflow.is_main_process and any(r.pretrain["subjects"] for r in RUNS.values()):
+if workflow.is_main_process and any(r.pretrain["subset_size"] for r in RUNS.values()):
     check_data_scaling(RUNS, candidate_trainers())
 
 
@@ -156,7 +153,7 @@ def pretrain_inputs(wildcards):
 
 
 def run_resources():
-    """The pretrain rule's resources (damt.training.launch.pretrain_resources), per run: each
+    """The pretrain rule's resources (damt.training.launch.resources), per run: each
     run asks for its own `gpus`, so runs compete for --resources gpu=N."""
     keys = sorted({k for run in RUNS.values() for k in pretrain_resources(run.pretrain)})
     return {

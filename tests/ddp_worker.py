@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 from damt.config import load_config
 from damt.features import FEATURE_GROUPS
 from damt.paths import normalized_table_file
-from damt.training.loop import TrainInputs, run_pretraining
+from damt.training.inputs import TrainInputs
+from damt.training.run import run_pretraining
 
 
 def main(config: str, data_root: str, out: str) -> None:

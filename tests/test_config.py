@@ -51,6 +51,15 @@ def test_invalid_config_names_the_key(config, expected):
     assert expected in str(err.value)
 
 
+def test_a_renamed_key_is_refused_naming_the_new_one():
+    config = {"subjects": {"dirs": [{"path": "x"}]}, "pretrain": {"subjects": 100}}
+    with pytest.raises(ConfigError) as err:
+        validate_config(config, source="my.yaml")
+    assert "in my.yaml" in str(err.value)
+    assert "pretrain.subjects: renamed to pretrain.subset_size" in str(err.value)
+    validate_config({**config, "pretrain": {"subset_size": 100}})
+
+
 def test_every_error_is_listed():
     with pytest.raises(ConfigError) as err:
         validate_config({"subjects": {"dirs": [{"path": 1}]}, "sharding": {"n_shards": "a"}})
@@ -86,6 +95,8 @@ def test_overrides_merge_deeply(tmp_path: Path):
     [
         # The schema (Snakefile's validate).
         ({"sharding": {"n_shards": 0, "n_shardz": 3}}, ["n_shardz"]),
+        # A renamed key (refuse_renamed_keys, before the schema).
+        ({"pretrain": {"subjects": 3}}, ["pretrain.subjects: renamed to pretrain.subset_size"]),
         # check_severity (issue 18, case 7): a misspelt code, with the known ones.
         (
             {"qc": {"severity": {"qc:surface_hole": "fail"}}},

@@ -17,7 +17,7 @@ from damt.experiments.plan import (
 )
 from damt.model.spec import TASKS
 from damt.split import scaling_subset
-from damt.training.launch import signature, training_subjects
+from damt.training.launch.signature import signature, training_subjects
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,8 @@ def test_a_switched_off_task_gets_no_ablation(base_config):
 def test_seeds_repeat_every_run_with_its_own_seed(base_config):
     runs = plan(base_config, data_scaling=[4, 8], seeds=[0, 1])
     assert set(runs) == {"data-4-s0", "data-4-s1", "data-8-s0", "data-8-s1"}
-    assert runs["data-8-s1"].pretrain["seed"] == 1 and runs["data-8-s1"].pretrain["subjects"] == 8
+    data8 = runs["data-8-s1"].pretrain
+    assert data8["seed"] == 1 and data8["subset_size"] == 8
     assert roles_table(runs)[0] == {"run": "data-4-s0", "kind": "data", "setting": "4", "seed": 0}
 
 
@@ -172,9 +173,9 @@ def test_the_subset_is_what_the_signature_and_the_trainer_see(tmp_path):
     data = load_training_data(files.manifest, files.label_table, tables, subjects=3)
     assert data.subjects == subset and data.summary["data_scaling_subset"] == 3
     pretrain = {"preset": "tiny", "epochs": 1}
-    every = signature({**pretrain, "subjects": None}, files.manifest, files.label_table, tables)
+    every = signature({**pretrain, "subset_size": None}, files.manifest, files.label_table, tables)
     assert every == signature(pretrain, files.manifest, files.label_table, tables)
-    three = signature({**pretrain, "subjects": 3}, files.manifest, files.label_table, tables)
+    three = signature({**pretrain, "subset_size": 3}, files.manifest, files.label_table, tables)
     assert three["n_subjects"] == 3 and three["subjects"] != every["subjects"]
     with pytest.raises(ValueError, match="is 99 but only 6 subjects train"):
         training_subjects(files.manifest, 99)
@@ -183,7 +184,7 @@ def test_the_subset_is_what_the_signature_and_the_trainer_see(tmp_path):
 def test_training_cost_sums_every_recorded_epoch():
     import torch
 
-    from damt.training.loop import training_cost
+    from damt.training.export import training_cost
 
     records = [
         {"epoch": 0, "epoch_time_s": 10.0, "samples_per_s": 2.0},

@@ -10,18 +10,17 @@ import pandas as pd
 import pytest
 import torch
 
-from damt.training.launch import (
+from damt.training.checkpoint import Checkpoint, save_checkpoint
+from damt.training.launch.checks import LaunchError, check_gpus, check_nodes
+from damt.training.launch.commands import torchrun_command
+from damt.training.launch.signature import (
     EXPORT,
     RESUME,
     SIGNATURE_FILE,
     TRAIN,
-    LaunchError,
-    check_gpus,
-    check_nodes,
     plan_run,
     signature,
     supersede,
-    torchrun_command,
     training_subjects,
 )
 from damt.training.report import plot_training
@@ -39,7 +38,8 @@ SIG = {
 def make_run(run_dir: Path, epoch: int | None, sig: dict | None = SIG) -> Path:
     if epoch is not None:
         (run_dir / "checkpoints").mkdir(parents=True)
-        torch.save({"epoch": epoch}, run_dir / "checkpoints" / "checkpoint.pt")
+        checkpoint = Checkpoint(epoch, epoch, 0, {}, {}, {}, {}, {}, None)
+        save_checkpoint(run_dir / "checkpoints", checkpoint, save_every=0)
         (run_dir / "metrics.jsonl").write_text('{"epoch": 0}\n')
     if sig is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,7 @@ def test_training_report_plots(tmp_path: Path):
 
 
 def test_one_trainer_per_run_folder(tmp_path: Path):
-    from damt.training.checkpoint import run_lock
+    from damt.training.process import run_lock
 
     busy = r"being trained by another process \(pid \d+"
     with run_lock(tmp_path), pytest.raises(RuntimeError, match=busy), run_lock(tmp_path):
@@ -229,7 +229,7 @@ def test_bad_settings_never_touch_a_trained_run(tmp_path: Path):
     """Issue 18, case 1: with epochs 1 and the inherited warmup_epochs 1, the job moved the
     checkpoints to superseded/ and only then failed; the settings are checked first now."""
     from damt.config import load_config
-    from damt.training.launch import launch
+    from damt.training.launch.job import launch
     from tests.training_data import write_config
 
     config = load_config(write_config(tmp_path / "c.yaml"))
@@ -244,7 +244,7 @@ def test_bad_settings_never_touch_a_trained_run(tmp_path: Path):
 
 
 def test_more_gpus_than_the_job_sees_is_refused_before_anything_moves(tmp_path: Path):
-    from damt.training.launch import check_hardware
+    from damt.training.launch.checks import check_hardware
 
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with pytest.raises(LaunchError, match=rf"sees {visible} GPU\(s\)"):
@@ -257,8 +257,8 @@ def test_live_lock_is_named_and_a_dead_ones_is_taken_over(tmp_path: Path):
     logs/pretrain/<run>.log) before anything moves; the lock file of a dead process is no lock."""
     import os
 
-    from damt.training.checkpoint import lock_holder, run_lock
-    from damt.training.launch import check_run_free
+    from damt.training.launch.checks import check_run_free
+    from damt.training.process import lock_holder, run_lock
 
     run = make_run(tmp_path / "run", 4, SIG)
     with run_lock(run), pytest.raises(LaunchError, match=rf"process \(pid {os.getpid()} on "):
@@ -280,7 +280,7 @@ def test_trainer_dies_with_its_parent(tmp_path: Path):
 
     code = (
         "import os, subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'from damt.training.checkpoint import "
+        "child = subprocess.Popen([sys.executable, '-c', 'from damt.training.process import "
         "die_with_parent; die_with_parent(); import time; time.sleep(60)'], "
         "start_new_session=True)\n"
         "print(child.pid, flush=True)\n"
@@ -305,7 +305,7 @@ def test_trainer_dies_with_its_parent(tmp_path: Path):
 
 def test_several_nodes_outside_slurm_are_refused_before_anything_moves(tmp_path, monkeypatch):
     from damt.config import load_config
-    from damt.training.launch import launch
+    from damt.training.launch.job import launch
     from tests.training_data import write_config
 
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
@@ -323,7 +323,7 @@ def test_several_nodes_outside_slurm_are_refused_before_anything_moves(tmp_path,
 
 
 def test_multinode_command_starts_one_torchrun_per_node(monkeypatch):
-    from damt.training import launch
+    from damt.training.launch import commands as launch
 
     monkeypatch.setattr(launch, "allocation_hosts", lambda environ: ["gpu07", "gpu08"])
     monkeypatch.setattr(launch, "node_address", lambda node: f"{node}.cluster")
@@ -358,7 +358,7 @@ def test_multinode_command_starts_one_torchrun_per_node(monkeypatch):
 
 
 def test_one_node_signatures_are_those_of_runs_before_nodes_existed():
-    from damt.training.launch import model_settings
+    from damt.training.launch.signature import model_settings
 
     base = {"gpus": 2, "epochs": 300}
     assert model_settings({**base, "nodes": 1}) == model_settings(base)
@@ -366,10 +366,23 @@ def test_one_node_signatures_are_those_of_runs_before_nodes_existed():
     assert model_settings({**base, "collective_timeout_s": 60}) == model_settings(base)
 
 
+def test_a_subset_signs_as_before_its_key_was_renamed():
+    """``pretrain.subset_size`` was ``pretrain.subjects``: the signature keeps the first name,
+    so data-scaling runs signed before the rename are neither retrained nor restarted."""
+    from damt.io import stable_hash
+    from damt.training.launch.signature import model_settings
+
+    base = {"gpus": 2, "epochs": 300}
+    signed_before = {**base, "subjects": 1000}  # what model_settings returned then
+    assert model_settings({**base, "subset_size": 1000}) == signed_before
+    assert stable_hash(model_settings({**base, "subset_size": 1000})) == stable_hash(signed_before)
+    assert model_settings({**base, "subset_size": None}) == model_settings(base) == base
+
+
 def test_run_settings_refuse_a_crop_the_network_cannot_halve(tmp_path: Path):
     """The crop-size check of the trainer, as the Snakefile calls it at parse time."""
     from damt.config import load_config
-    from damt.training.launch import check_run_settings
+    from damt.training.launch.checks import check_run_settings
     from tests.training_data import write_config
 
     config = load_config(write_config(tmp_path / "c.yaml", presets={"tiny": {"global_crop": 40}}))

@@ -10,7 +10,7 @@ from damt.manifest import HOLDOUT, TRAIN
 from damt.paths import normalized_table_file
 from damt.split import assign_split, unit_hash
 from damt.training.data import PretrainDataset, load_training_data
-from damt.training.launch import training_subjects
+from damt.training.launch.signature import training_subjects
 from tests.test_training_data import VIEWS
 from tests.training_data import write_training_set
 

@@ -23,10 +23,12 @@ from damt.features import FEATURE_GROUPS
 from damt.model import TASKS, load_encoder, pooled_features, read_encoder_spec
 from damt.model.network import DAMTNetwork
 from damt.paths import normalized_table_file
-from damt.training.checkpoint import load_latest, save_checkpoint
+from damt.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from damt.training.data import PretrainDataset
-from damt.training.loop import NonFiniteLossError, TrainInputs, network_spec, run_pretraining
+from damt.training.inputs import TrainInputs
+from damt.training.loop import NonFiniteLossError
 from damt.training.objective import PretrainObjective
+from damt.training.run import network_spec, run_pretraining
 from damt.training.settings import TrainSettings
 from damt.training.signals import SIGNALS
 from damt.training.step import param_groups, resolve_precision, train_step
@@ -158,14 +160,14 @@ def test_run_writes_encoder_card_metrics_tensorboard_checkpoints(finished_run):
     assert {p.name for p in (run / "checkpoints").iterdir()} == {
         "checkpoint.pt", "checkpoint_0001.pt", "checkpoint_0002.pt",
     }  # fmt: skip
-    state = load_latest(run / "checkpoints")
-    assert state["epoch"] == 2 and state["step"] == 4
-    assert set(state["model"]) >= {f"balancer.log_vars.{t}" for t in TASKS}
+    state = load_checkpoint(run / "checkpoints")
+    assert state.epoch == 2 and state.step == 4
+    assert set(state.model) >= {f"balancer.log_vars.{t}" for t in TASKS}
     # The learned task weights are in the checkpoint and are what the metrics report.
-    log_var = float(state["model"]["balancer.log_vars.mim"])
+    log_var = float(state.model["balancer.log_vars.mim"])
     assert records[-1]["weight/mim"] == pytest.approx(np.exp(-log_var), rel=1e-6)
     # The balancer's group kept its constant learning rate through warmup and cosine.
-    groups = state["optimizer"]["param_groups"]
+    groups = state.optimizer["param_groups"]
     assert [g["balancer"] for g in groups] == [False, False, True]
     assert groups[2]["lr"] == 0.01 and groups[2]["weight_decay"] == 0.0
     assert groups[0]["lr"] == pytest.approx(records[-1]["lr"])
@@ -184,7 +186,7 @@ def test_encoder_loads_into_monai_swinunetr_strictly(finished_run):
     net = SwinUNETR(out_channels=3, **card["architecture"]["swin_unetr_kwargs"])
     net.swinViT.load_state_dict(weights, strict=True)
     # The exported weights are the trained ones, not a fresh initialisation.
-    state = load_latest(run / "checkpoints")["model"]
+    state = load_checkpoint(run / "checkpoints").model
     for key, value in weights.items():
         torch.testing.assert_close(value, state[f"network.encoder.swinViT.{key}"])
     # What the probe uses gives the same features as SwinUNETR's own encoder.
@@ -282,7 +284,7 @@ def test_export_rebuilds_the_trained_network_and_keeps_the_training_facts(
     assert card["data"] == card_before["data"]
     assert card["pretraining"]["global_batch"] == 2 and card["pretraining"]["steps"] == 4
     assert card["data"]["morphometry"]["features"] == 12
-    state = load_latest(run / "checkpoints")["model"]
+    state = load_checkpoint(run / "checkpoints").model
     for key, value in load_file(str(run / "encoder.safetensors")).items():
         assert torch.equal(value, state[f"network.encoder.swinViT.{key}"])
 
@@ -340,8 +342,12 @@ def test_a_run_that_keeps_producing_nonfinite_losses_stops(tmp_path):
         run_pretraining(config, _inputs(files), tmp_path / "run")
 
 
+def _checkpoint(epoch: int, w: torch.Tensor) -> Checkpoint:
+    return Checkpoint(epoch, 2 * epoch, 0, {"w": w}, {}, {}, {}, {}, None)
+
+
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
-    save_checkpoint(tmp_path, {"epoch": 1, "w": torch.ones(3)}, epoch=1, save_every=0)
+    save_checkpoint(tmp_path, _checkpoint(1, torch.ones(3)), save_every=0)
 
     def broken_save(obj, path):
         Path(path).write_bytes(b"half a checkpoint")
@@ -349,8 +355,9 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(tmp_path, {"epoch": 2, "w": torch.zeros(3)}, epoch=2, save_every=0)
-    assert load_latest(tmp_path)["epoch"] == 1
+        save_checkpoint(tmp_path, _checkpoint(2, torch.zeros(3)), save_every=0)
+    kept = load_checkpoint(tmp_path)
+    assert kept.epoch == 1 and torch.equal(kept.model["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
@@ -363,7 +370,7 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     with open(tmp_path / "checkpoint.pt", "wb") as fh:
         torch.save({"epoch": 1, "payload": _Payload()}, fh)
     with pytest.raises(pickle.UnpicklingError):
-        load_latest(tmp_path)
+        load_checkpoint(tmp_path)
 
 
 @pytest.mark.slow
@@ -377,17 +384,17 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(files, tmp_path, caplo
     interrupted = tmp_path / "interrupted"
     proc = start_training(files, config, interrupted, "--cores", "1")
     kill_at_first_checkpoint(proc, interrupted)
-    assert load_latest(interrupted / "checkpoints")["epoch"] == 1
+    assert load_checkpoint(interrupted / "checkpoints").epoch == 1
     assert not (interrupted / "encoder.safetensors").exists()
 
     with caplog.at_level(logging.INFO, logger="damt"):
         train_in_process(files, config, interrupted)
     assert "resuming" in caplog.text
 
-    a = load_latest(tmp_path / "full" / "checkpoints")
-    b = load_latest(interrupted / "checkpoints")
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
+    a = load_checkpoint(tmp_path / "full" / "checkpoints")
+    b = load_checkpoint(interrupted / "checkpoints")
+    for key, value in a.model.items():
+        assert torch.equal(value, b.model[key]), key
     for key, value in load_file(str(tmp_path / "full" / "encoder.safetensors")).items():
         assert torch.equal(value, load_file(str(interrupted / "encoder.safetensors"))[key])
     records = [json.loads(x) for x in (interrupted / "metrics.jsonl").read_text().splitlines()]

@@ -21,8 +21,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from damt.config import load_config
-from damt.training.checkpoint import load_latest
-from damt.training.launch import LaunchError, check_run_settings, model_settings
+from damt.training.checkpoint import load_checkpoint
+from damt.training.launch.checks import LaunchError, check_run_settings
+from damt.training.launch.signature import model_settings
 from damt.training.losses import contrastive_logits, dino_loss, vicreg_terms
 from damt.training.schedules import momentum_schedule
 from damt.training.settings import TrainSettings
@@ -372,7 +373,7 @@ def test_each_method_trains_resumes_after_a_kill_and_exports(files, tmp_path, va
 
     interrupted = tmp_path / "interrupted"
     train_in_process(files, config, interrupted, interrupt=True)
-    assert load_latest(interrupted / "checkpoints")["epoch"] == 1
+    assert load_checkpoint(interrupted / "checkpoints").epoch == 1
     # Another method's settings do not resume this checkpoint.
     other = sorted(RUNS)[(sorted(RUNS).index(variant) + 1) % len(RUNS)]
     wrong = write_config(tmp_path / "o.yaml", epochs=2, **RUNS[other])
@@ -383,8 +384,8 @@ def test_each_method_trains_resumes_after_a_kill_and_exports(files, tmp_path, va
     assert "resuming" in caplog.text
 
     # The resumed run continued the method's state: it ends where the uninterrupted one does.
-    a = load_latest(tmp_path / "full" / "checkpoints")["model"]
-    b = load_latest(interrupted / "checkpoints")["model"]
+    a = load_checkpoint(tmp_path / "full" / "checkpoints").model
+    b = load_checkpoint(interrupted / "checkpoints").model
     assert a.keys() == b.keys()
     for prefix in STATE[variant]:
         assert any(k.startswith(prefix) for k in a), prefix

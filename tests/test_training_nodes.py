@@ -1,10 +1,11 @@
 """Pretraining across nodes without a cluster: two "nodes" on this machine.
 
 Each "node" is a launcher process running the command the pretrain job runs on every node of a
-SLURM allocation (:func:`damt.training.launch.torchrun_command` with a c10d rendezvous, here on
-127.0.0.1), one trainer process each, gloo. The test process hosts the rendezvous store, as the
-job's launcher does (:func:`damt.training.launch.host_rendezvous_store`). The SLURM side (the
-plugin's request for several nodes, srun in the job) is checked in tests/test_profile.py (the
+SLURM allocation (:func:`damt.training.launch.commands.torchrun_command` with a c10d
+rendezvous, here on 127.0.0.1), one trainer process each, gloo. The test process hosts the
+rendezvous store, as the job's launcher does
+(:func:`damt.training.launch.commands.host_rendezvous_store`). The SLURM side (the plugin's
+request for several nodes, srun in the job) is checked in tests/test_profile.py (the
 sbatch call for ``nodes: 2``) and tests/test_slurm.py (a real job over two slurmd on this
 machine).
 """
@@ -24,15 +25,10 @@ import torch
 from safetensors.torch import load_file
 from torch.distributed import TCPStore
 
-from damt.training.checkpoint import lock_holder
-from damt.training.launch import (
-    Rendezvous,
-    granted_gpus,
-    host_rendezvous_store,
-    pretrain_resources,
-    torchrun_command,
-)
+from damt.training.launch.commands import Rendezvous, host_rendezvous_store, torchrun_command
+from damt.training.launch.resources import granted_gpus, pretrain_resources
 from damt.training.metrics import read_records
+from damt.training.process import lock_holder
 from tests.conftest import REPO, run_snakemake, subprocess_env, workflow_config
 from tests.training_data import train_args, write_config, write_training_set
 
@@ -57,7 +53,7 @@ def _start_nodes(cmd: list[str], logs: Path, name: str) -> list[subprocess.Popen
 
 
 def _kill_node(proc: subprocess.Popen) -> None:
-    """SIGKILL a node's launcher; its trainers die with it (damt.training.checkpoint)."""
+    """SIGKILL a node's launcher; its trainers die with it (damt.training.process)."""
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
 

@@ -21,12 +21,13 @@ from damt.model import TASKS
 from damt.model.network import DAMTNetwork
 from damt.paths import normalized_table_file
 from damt.training.augment import Augmenter, CoarseElasticd
-from damt.training.checkpoint import load_latest
+from damt.training.checkpoint import load_checkpoint
 from damt.training.curriculum import Curriculum
 from damt.training.data import PretrainDataset
-from damt.training.launch import model_settings
-from damt.training.loop import TrainInputs, network_spec
+from damt.training.inputs import TrainInputs
+from damt.training.launch.signature import model_settings
 from damt.training.objective import PretrainObjective
+from damt.training.run import network_spec
 from damt.training.schedules import apply_schedules
 from damt.training.settings import AugmentSpec, ContrastiveSettings, DINOSettings, TrainSettings
 from damt.training.step import accumulated_step, param_groups
@@ -354,7 +355,7 @@ def test_a_run_with_every_variant_resumes_after_a_kill_and_exports(tmp_path, cap
     )  # fmt: skip
     out = tmp_path / "run"
     train_in_process(files, config, out, interrupt=True)
-    assert load_latest(out / "checkpoints")["epoch"] == 1
+    assert load_checkpoint(out / "checkpoints").epoch == 1
 
     caplog.clear()
     train_in_process(files, config, out)

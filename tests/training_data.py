@@ -107,13 +107,13 @@ def train_in_process(files, config: Path, out: Path, interrupt: bool = False):
     is on disk. The one real SIGKILL of a trainer is test_training_loop's
     (:func:`kill_at_first_checkpoint`)."""
     from damt.training import loop
+    from damt.training.inputs import TrainInputs
+    from damt.training.run import run_pretraining
 
     config_dict = load_config(config, sections=("pretrain", "probe"))
-    inputs = loop.TrainInputs.from_arguments(
-        files.manifest, files.label_table, files.tables_dir, {}
-    )
+    inputs = TrainInputs.from_arguments(files.manifest, files.label_table, files.tables_dir, {})
     if not interrupt:
-        return loop.run_pretraining(config_dict, inputs, out, cores=1)
+        return run_pretraining(config_dict, inputs, out, cores=1)
     save = loop.save_checkpoint
 
     def save_then_stop(*args, **kwargs):
@@ -122,7 +122,7 @@ def train_in_process(files, config: Path, out: Path, interrupt: bool = False):
 
     with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
         patch.setattr(loop, "save_checkpoint", save_then_stop)
-        loop.run_pretraining(config_dict, inputs, out, cores=1)
+        run_pretraining(config_dict, inputs, out, cores=1)
     return None
 
 

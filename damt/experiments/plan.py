@@ -2,7 +2,7 @@
 functions, no I/O).
 
 Each run is the ``pretrain`` section with a set of overrides: a named run's own, one switched-off
-task (``ablation: leave_one_task_out``), a data-scaling subset (``pretrain.subjects``) or a
+task (``ablation: leave_one_task_out``), a data-scaling subset (``pretrain.subset_size``) or a
 preset (``model_scaling``), repeated per seed. Run names are derived and stable
 (``ablate-mim-s0``, ``data-5000-s1``, ``model-full-s2``, ``<name>-s<seed>``). Two ways of
 asking for the same effective settings give one run (the first name wins) that keeps every
@@ -96,7 +96,7 @@ def _base_runs(experiments: Mapping, pretrain: Mapping) -> list[tuple[str, dict,
             raise ExperimentError(
                 f"experiments run 'data-{size}': data_scaling size {size} must be at least 1"
             )
-        asked.append((f"data-{int(size)}", {"subjects": int(size)}, DATA, str(int(size))))
+        asked.append((f"data-{int(size)}", {"subset_size": int(size)}, DATA, str(int(size))))
     presets = pretrain.get("presets") or {}
     for preset in experiments.get("model_scaling") or []:
         if preset not in presets:
@@ -192,10 +192,10 @@ def check_data_scaling(runs: Mapping[str, Run], n_training: int) -> None:
     subjects that can train (discovered and not held out; QC may exclude more later, and the
     pretrain job checks again)."""
     for run in runs.values():
-        size = run.pretrain.get("subjects")
+        size = run.pretrain.get("subset_size")
         if size is not None and size > n_training:
             raise ExperimentError(
-                f"experiments run {run.name!r}: pretrain.subjects is {size} but only "
+                f"experiments run {run.name!r}: pretrain.subset_size is {size} but only "
                 f"{n_training} discovered subjects are not held out for evaluation; lower the "
                 "data_scaling size or add subjects"
             )

@@ -1,4 +1,4 @@
 """Self-supervised pretraining of the DAMT encoder: data, views, losses, loop, checkpoints, export.
 
-Entry point: :func:`damt.training.loop.run_pretraining` (what ``damt train`` runs on every rank).
+Entry point: :func:`damt.training.run.run_pretraining` (what ``damt train`` runs on every rank).
 """

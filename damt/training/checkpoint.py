@@ -1,27 +1,52 @@
-"""Training checkpoints: atomic writes, the latest one for resuming, safe loading."""
+"""Training checkpoints: one :class:`Checkpoint`, written atomically, read through
+:func:`load_checkpoint` (safe loading, format checked)."""
 
 from __future__ import annotations
 
-import fcntl
-import os
 import shutil
-import socket
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
 from damt.io import atomic_path
 
+# 2: checkpoints also hold the network they train ("network", a NetworkSpec) and the facts of
+# the run for the model card ("run"), so a finished run is exported from them alone.
+# 3: the task balancer has a parameter group of its own (three optimizer groups, not two), its
+# terms follow each task's likelihood, and location classes bin the possible crop centres: a
+# format-2 run cannot continue meaningfully under this code.
+CHECKPOINT_FORMAT = 3
 LATEST = "checkpoint.pt"
 # The checkpoint of the best held-out k-NN score (pretrain.keep_best).
 BEST = "best.pt"
 
 
-def save_checkpoint(folder: str | Path, state: dict, epoch: int, save_every: int) -> Path:
-    """Write ``state`` as the latest checkpoint, and keep a copy every ``save_every`` epochs.
+@dataclass
+class Checkpoint:
+    """A run after ``epoch`` epochs: everything resuming and an export-only run read (tensors and
+    plain containers only, so that it loads with ``weights_only``)."""
+
+    epoch: int  # epochs done
+    step: int  # optimizer steps done
+    skipped_steps: int  # non-finite steps skipped so far
+    model: dict  # the objective's state dict: network, heads, balancer, teacher, queue
+    optimizer: dict
+    scaler: dict
+    network: dict  # the NetworkSpec trained (NetworkSpec.to_dict)
+    run: dict  # the run's facts for the model card (damt.training.run.run_facts)
+    eval_best: dict | None  # the best held-out k-NN score so far: epoch, metric, score
+
+    def to_state(self) -> dict:
+        """The dict saved on disk (with the format number)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            **{f.name: getattr(self, f.name) for f in fields(self)},
+        }
+
+
+def save_checkpoint(folder: str | Path, checkpoint: Checkpoint, save_every: int) -> Path:
+    """Write ``checkpoint`` as the latest one, and keep a copy every ``save_every`` epochs.
 
     Both go through a temporary file and a rename, so a run killed while writing leaves the
     previous checkpoint intact.
@@ -29,91 +54,33 @@ def save_checkpoint(folder: str | Path, state: dict, epoch: int, save_every: int
     folder = Path(folder)
     latest = folder / LATEST
     with atomic_path(latest) as tmp:
-        torch.save(state, tmp)
+        torch.save(checkpoint.to_state(), tmp)
+    epoch = checkpoint.epoch
     if save_every > 0 and epoch % save_every == 0:
         with atomic_path(folder / f"checkpoint_{epoch:04d}.pt") as tmp:
             shutil.copyfile(latest, tmp)
     return latest
 
 
-def load_latest(folder: str | Path) -> dict | None:
+def keep_as_best(latest: Path) -> None:
+    """Copy the latest checkpoint to :data:`BEST` beside it (atomically)."""
+    with atomic_path(latest.parent / BEST) as tmp:
+        shutil.copyfile(latest, tmp)
+
+
+def load_checkpoint(folder: str | Path) -> Checkpoint | None:
     """The latest checkpoint in ``folder`` (tensors on the CPU), or None when there is none.
 
     ``weights_only=True``: a checkpoint holds tensors and plain containers only, so loading one
-    cannot run code.
+    cannot run code. A checkpoint of another format is refused (ValueError).
     """
     path = Path(folder) / LATEST
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def die_with_parent() -> None:
-    """Ask the kernel to kill this process (SIGKILL) when its parent dies (Linux only).
-
-    The pretrain job's launcher starts torchrun with it, and ``damt train`` calls it first: torch
-    elastic starts each trainer in a session of its own, so a ``kill -9`` of Snakemake's process
-    group would otherwise leave the trainers running (and holding the run lock).
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent died before the request took effect
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def lock_holder(run_dir: str | Path) -> str | None:
-    """``"pid N on HOST"`` of the live process that holds the run lock, None when it is free.
-
-    A lock left by a dead process is no lock (the kernel released it with the process): it is
-    taken over by the next trainer.
-    """
-    path = Path(run_dir) / "train.lock"
-    if not path.exists():
-        return None
-    with open(path, "a+", encoding="utf-8") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            return fh.read().strip() or "unknown process"
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return None
-
-
-@contextmanager
-def run_lock(run_dir: str | Path) -> Iterator[None]:
-    """Hold an exclusive lock on a run folder while training writes to it.
-
-    Two trainers on one folder would interleave checkpoints and metrics (e.g. a worker left
-    running after its launcher was killed, and a resumed run). The kernel releases the lock
-    when the holder exits, however it exits.
-    """
-    path = Path(run_dir) / "train.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", encoding="utf-8") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            raise RuntimeError(
-                f"{run_dir} is being trained by another process ({holder}); wait for it to "
-                "finish or stop it, then run again"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{folder} holds checkpoints of format {state.get('format')}, this damt reads "
+            f"format {CHECKPOINT_FORMAT}: train into a new output folder (pretrain.run_name)"
+        )
+    return Checkpoint(**{f.name: state[f.name] for f in fields(Checkpoint)})

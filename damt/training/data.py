@@ -116,7 +116,7 @@ def load_training_data(
     data.summary = {
         "manifest": str(manifest),
         "subjects": len(subjects),
-        "data_scaling_subset": size,  # pretrain.subjects (None: every training subject)
+        "data_scaling_subset": size,  # pretrain.subset_size (None: every training subject)
         "subjects_by_status": used["status"].value_counts().sort_index().to_dict(),
         "manifest_rows": len(df),
         "atlas_classes": data.n_classes,

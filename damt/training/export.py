@@ -1,9 +1,12 @@
-"""Released artefacts of a run: ``encoder.safetensors`` and ``model_card.json``."""
+"""Released artefacts of a run: ``encoder.safetensors`` (and its EMA twin) and
+``model_card.json``, written at the end of a trained run or from a finished run's checkpoint."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import monai
@@ -13,7 +16,25 @@ from safetensors.torch import save_file
 import damt
 from damt.io import atomic_path, write_json_atomic
 from damt.model.encoder import SwinEncoder, encoder_metadata
-from damt.paths import ENCODER_FILE
+from damt.model.network import DAMTNetwork
+from damt.model.spec import NetworkSpec
+from damt.paths import ENCODER_EMA_FILE, ENCODER_FILE, MODEL_CARD_FILE
+from damt.training.checkpoint import BEST, Checkpoint
+from damt.training.distributed import DistEnv, barrier
+from damt.training.metrics import read_records
+from damt.training.objective import PretrainObjective
+from damt.training.settings import ContrastiveSettings, EmaSettings
+from damt.training.signals import card_summary
+
+log = logging.getLogger("damt.train")
+
+
+@dataclass
+class TrainResult:
+    """The trained module (unwrapped) and the last epoch's metrics record."""
+
+    objective: PretrainObjective
+    last_record: dict | None
 
 
 def export_encoder(encoder: SwinEncoder, path: str | Path) -> Path:
@@ -75,3 +96,128 @@ def write_model_card(
         **sections,
     }
     write_json_atomic(path, card)
+
+
+def export_finished(checkpoint: Checkpoint, run_dir: Path, env: DistEnv) -> TrainResult:
+    """Export a finished run from its checkpoint alone: the network it trained (not one rebuilt
+    from the current tables and label table) and the facts of its training for the model card.
+    """
+    facts = checkpoint.run
+    trained = facts["config"]
+    objective = PretrainObjective(
+        DAMTNetwork(NetworkSpec.from_dict(checkpoint.network)),
+        trained["balancing"],
+        trained["contrastive_temperature"],
+        ContrastiveSettings.from_pretrain(trained),
+        EmaSettings.from_pretrain(trained),
+    )
+    objective.load_state_dict(checkpoint.model)
+    log.info(
+        "%s finished its %d epochs: exporting its weights (no training)", run_dir, checkpoint.epoch
+    )
+    best = checkpoint.eval_best if trained.get("keep_best") else None
+    return finish_run(
+        run_dir, objective, facts, best, checkpoint.epoch, checkpoint.step,
+        checkpoint.skipped_steps, env,
+    )  # fmt: skip
+
+
+def training_cost(
+    records: list[dict], encoder: torch.nn.Module, world_size: int, device: str
+) -> dict:
+    """What the run cost, from its epoch records (every epoch, resumed ones included): encoder
+    parameters, training seconds, samples per second, and device-hours (GPU-hours on ``cuda``,
+    process-hours on the CPU) = seconds × processes / 3600."""
+    seconds = sum(float(r.get("epoch_time_s") or 0.0) for r in records)
+    samples = sum(
+        float(r.get("samples_per_s") or 0.0) * float(r.get("epoch_time_s") or 0.0) for r in records
+    )
+    return {
+        "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
+        "train_seconds": seconds,
+        "samples_per_s": samples / seconds if seconds > 0 else None,
+        "device_hours": seconds * world_size / 3600.0,
+        "device": device,
+        "epochs_recorded": len(records),
+    }
+
+
+def _ema_momentum(objective: PretrainObjective) -> str | float:
+    """The EMA's momentum as the model card states it."""
+    if objective.method == "dino":
+        start = objective.contrastive.dino.teacher_momentum
+        return f"dino teacher: cosine {start} -> 1"
+    return objective.ema.momentum
+
+
+def finish_run(
+    run_dir: Path,
+    objective: PretrainObjective,
+    facts: dict,
+    best: dict | None,
+    epochs: int,
+    steps: int,
+    skipped_steps: int,
+    env: DistEnv,
+) -> TrainResult:
+    """The end of a run, trained or exported: rank 0 writes ``encoder.safetensors`` (the student,
+    or dino's teacher with ``contrastive.export: teacher``), ``encoder_ema.safetensors`` with
+    ``pretrain.ema``, and ``model_card.json`` (``facts``: :func:`damt.training.run.run_facts`;
+    ``best``: the best held-out score under ``pretrain.keep_best``) with the last epoch's metrics
+    record.
+    """
+    records = read_records(run_dir)
+    last_record = records[-1] if records else None
+    if env.is_main:
+        encoder = objective.exported_encoder()
+        export_encoder(encoder, run_dir / ENCODER_FILE)
+        ema = objective.ema_encoder()
+        if ema is not None:
+            export_encoder(ema, run_dir / ENCODER_EMA_FILE)
+        contrastive = objective.contrastive
+        write_model_card(
+            run_dir / MODEL_CARD_FILE,
+            encoder,
+            ema_weights=ENCODER_EMA_FILE if ema is not None else None,
+            pretraining={
+                "epochs": epochs,
+                "steps": steps,
+                "world_size": facts["world_size"],
+                "nodes": facts.get("nodes", 1),  # checkpoints before multi-node runs: one
+                "device": facts["device"],
+                "precision": facts["precision"],
+                "global_batch": facts["global_batch"],
+                # Checkpoints before these settings: no accumulation, curriculum, augmentation.
+                "accumulate_steps": facts.get("accumulate_steps", 1),
+                "peak_lr": facts["peak_lr"],
+                "skipped_steps": skipped_steps,
+                "tasks": facts["tasks"],
+                "curriculum": facts.get("curriculum", []),
+                "augment": facts.get("augment", []),
+                "contrastive_method": objective.method,
+                "exported_encoder": (
+                    "teacher" if encoder is not objective.network.encoder else "student"
+                ),
+                "queue_size": contrastive.queue_size if objective.queue is not None else 0,
+                "ema": (
+                    {"file": ENCODER_EMA_FILE, "momentum": _ema_momentum(objective)}
+                    if ema is not None
+                    else None
+                ),
+                "config": facts["config"],
+                "cost": training_cost(records, encoder, facts["world_size"], facts["device"]),
+                "final_epoch": last_record,
+                "learning_signals": card_summary(last_record),
+                # pretrain.keep_best: the checkpoint of the best held-out k-NN score.
+                "best_checkpoint": {**best, "file": f"checkpoints/{BEST}"} if best else None,
+            },
+            data=facts["data"],
+        )
+        log.info(
+            "wrote %s%s and %s",
+            run_dir / ENCODER_FILE,
+            f", {run_dir / ENCODER_EMA_FILE}" if ema is not None else "",
+            run_dir / MODEL_CARD_FILE,
+        )
+    barrier()
+    return TrainResult(objective, last_record)

@@ -6,7 +6,8 @@ import _damt_path  # noqa: F401
 
 from damt.features import FEATURE_GROUPS
 from damt.logs import rule_log
-from damt.training.launch import granted_gpus, launch
+from damt.training.launch.job import launch
+from damt.training.launch.resources import granted_gpus
 
 with rule_log(snakemake.log[0]):
     launch(

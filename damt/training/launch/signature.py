@@ -1,0 +1,214 @@
+"""The run signature (what a trained model depends on) and the retrain policy that compares it
+with a run folder's (see :mod:`damt.training.launch`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from damt.io import HASH_CHARS, sha256_file, stable_hash
+from damt.manifest import trains
+from damt.split import scaling_subset
+from damt.training.launch.checks import LaunchError
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_FILE = "signature.json"
+TRAIN, RESUME, EXPORT = "train", "resume", "export"
+
+# Keys of `pretrain` that change how a run is carried out or kept, not the model it trains, so
+# they stay out of the signature: changing one neither trains a finished run again (retrain:
+# cohort) nor moves an interrupted run aside instead of resuming it. num_workers is one of them
+# because augmentation is seeded per item (seed, epoch, index), whatever worker draws it;
+# attention and compile because they compute the same step (tests/test_attention.py). gpus,
+# cpu_processes (global batch, learning rate), seed and deterministic do count.
+OPERATIONAL_KEYS = frozenset(
+    {
+        "threads",  # CPU threads of the job
+        "num_workers",  # DataLoader processes per training process
+        "log_every_steps",  # TensorBoard and progress-bar cadence
+        "save_every",  # which epochs' checkpoints are kept besides the latest
+        "max_consecutive_nonfinite",  # when a failing run gives up
+        "retrain",  # this policy
+        "run_name",  # the run folder itself
+        "attention",  # the same function and weights, computed by another kernel
+        "compile",  # the same step, compiled
+        "eval_every",  # a held-out k-NN score now and then: the model trains the same
+        "eval_subjects",
+        "keep_best",  # keeps a copy of one checkpoint
+        "collective_timeout_s",  # how long a rank waits for the others before failing
+    }
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the job will do, and why (logged)."""
+
+    action: str  # train | resume | export
+    reason: str
+    supersede: bool = False  # move the existing checkpoints aside first
+    # Write the current signature. Not when a kept run was trained on other inputs: its
+    # signature still says on which (so a later retrain: cohort sees the difference).
+    sign: bool = True
+
+
+def training_subjects(manifest: str | Path, size: int | None = None) -> list[str]:
+    """Subjects the trainer uses: status pass/warn with a training cache, not held out (sorted);
+    of those, the data-scaling subset of ``size`` (``pretrain.subset_size``)."""
+    wanted = ["subject_id", "status", "has_cache", "split"]
+    frame = pd.read_parquet(
+        manifest, columns=[c for c in wanted if c in pq.read_schema(manifest).names]
+    )
+    return scaling_subset(frame.loc[trains(frame), "subject_id"].astype(str), size)
+
+
+def model_settings(pretrain: dict) -> dict:
+    """The ``pretrain`` settings a trained model depends on: all but ``OPERATIONAL_KEYS``, and
+    of ``presets`` only the one in use, without its ``checkpointing``.
+    """
+    settings = {k: v for k, v in pretrain.items() if k not in OPERATIONAL_KEYS}
+    # One node is what every run was before `nodes` existed: leaving it out keeps their
+    # signatures, so an upgrade neither retrains finished runs nor restarts interrupted ones.
+    if settings.get("nodes") == 1:
+        del settings["nodes"]
+    # Likewise the switches that are off by default (runs before them trained without): no
+    # accumulation, no curriculum, and no augmentation with a probability of 0 (its ranges
+    # then shape nothing).
+    if settings.get("accumulate_steps") == 1:
+        del settings["accumulate_steps"]
+    # The subset itself enters through the training subjects' hash; its size is a setting, under
+    # its first name (pretrain.subjects), so that runs signed before the rename keep their
+    # signature.
+    if "subset_size" in settings:
+        size = settings.pop("subset_size")
+        if size is not None:
+            settings["subjects"] = size
+    if settings.get("curriculum") == []:
+        del settings["curriculum"]
+    if isinstance(settings.get("augment"), dict):
+        used = {k: v for k, v in settings["augment"].items() if v.get("prob", 0) > 0}
+        if used:
+            settings["augment"] = used
+        else:
+            del settings["augment"]
+    # Likewise today's NT-Xent without a queue and a switched-off EMA (what every run was before
+    # these sections existed); otherwise only the settings the method uses enter.
+    contrastive = _contrastive_signature(settings.pop("contrastive", None) or {})
+    if contrastive:
+        settings["contrastive"] = contrastive
+    ema = settings.pop("ema", None) or {}
+    if ema.get("enabled"):
+        settings["ema"] = ema
+    presets, preset = pretrain.get("presets"), pretrain.get("preset")
+    if isinstance(presets, dict) and preset in presets:
+        # Gradient checkpointing trades memory for time; the network and its steps are the same.
+        in_use = {k: v for k, v in presets[preset].items() if k != "checkpointing"}
+        settings["presets"] = {preset: in_use}
+    return settings
+
+
+def _contrastive_signature(section: dict) -> dict | None:
+    """The part of ``pretrain.contrastive`` the trained model depends on: None for NT-Xent
+    without a queue (the original), else the method, its own settings and what is exported."""
+    method = section.get("method", "ntxent")
+    if method == "ntxent":
+        queue = section.get("queue_size", 0)
+        return {"method": method, "queue_size": queue} if queue else None
+    kept = {"method": method, method: section.get(method, {})}
+    if method == "dino":
+        kept["export"] = section.get("export", "student")
+    return kept
+
+
+def signature(
+    pretrain: dict, manifest: str | Path, label_table: str | Path, tables: dict[str, Path | None]
+) -> dict:
+    """What a trained model depends on, beyond feature values: see the module docstring."""
+    subjects = training_subjects(manifest, pretrain.get("subset_size"))
+    columns = {
+        name: pq.read_schema(path).names
+        for name, path in sorted(tables.items())
+        if path is not None and Path(path).is_file()
+    }
+    return {
+        "subjects": hashlib.sha256("\n".join(subjects).encode()).hexdigest()[:HASH_CHARS],
+        "n_subjects": len(subjects),
+        "pretrain": stable_hash(model_settings(pretrain)),
+        "feature_columns": stable_hash(columns),
+        "label_table": sha256_file(label_table)[:HASH_CHARS],
+    }
+
+
+def _epochs_done(run_dir: Path) -> int | None:
+    """Epochs of the latest checkpoint; None when there is none."""
+    from damt.training.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(run_dir / "checkpoints")
+    return None if checkpoint is None else int(checkpoint.epoch)
+
+
+def previous_signature(run_dir: Path) -> dict | None:
+    """The run's ``signature.json``, or None when it is missing or unreadable."""
+    try:
+        previous = json.loads((run_dir / SIGNATURE_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return previous if isinstance(previous, dict) else None
+
+
+def plan_run(run_dir: Path, current: dict, policy: str, epochs: int) -> Plan:
+    """Decide what to do with the run folder (pure apart from reading its files)."""
+    done = _epochs_done(run_dir)
+    if done is None:
+        return Plan(TRAIN, "no checkpoint yet")
+    finished = done >= epochs
+    previous = previous_signature(run_dir)
+    changed = sorted(k for k in current if previous is None or previous.get(k) != current[k])
+    changed = [k for k in changed if k != "n_subjects"]
+    what = ", ".join(changed) if changed else "nothing"
+    if not finished:
+        if changed and policy != "never":
+            return Plan(
+                TRAIN, f"interrupted run trained on other inputs ({what} changed)", supersede=True
+            )
+        targets = [k for k in changed if k in ("feature_columns", "label_table")]
+        if targets:
+            # Its regression and atlas heads learnt the former columns and classes: training
+            # on, on other ones, would be meaningless (and fails when their number changed).
+            raise LaunchError(
+                f"pretrain.retrain: never keeps {run_dir}, but that run stopped after epoch "
+                f"{done} of {epochs} and its {' and '.join(targets)} changed since (the heads "
+                "learnt the former ones), so it cannot resume on the current inputs. Restore "
+                "the inputs it was trained with, set pretrain.retrain: cohort to train afresh "
+                f"(its checkpoints move to superseded/), or set pretrain.epochs: {done} to "
+                "keep it as it is (warmup_epochs must stay below it)."
+            )
+        return Plan(RESUME, "interrupted run: resuming from its latest checkpoint")
+    if policy == "never":
+        return Plan(EXPORT, f"finished run kept (retrain: never; {what} changed)", sign=not changed)
+    if policy == "always":
+        return Plan(TRAIN, "finished run trained again (retrain: always)", supersede=True)
+    if changed:
+        return Plan(TRAIN, f"{what} changed (retrain: cohort)", supersede=True)
+    return Plan(EXPORT, "same training subjects and settings: finished run kept (retrain: cohort)")
+
+
+def supersede(run_dir: Path) -> Path:
+    """Move the run's checkpoints, metrics and TensorBoard files to ``superseded/<time>/``."""
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    target = run_dir / "superseded" / stamp
+    target.mkdir(parents=True)
+    for name in ("checkpoints", "metrics.jsonl", "tb", SIGNATURE_FILE):
+        if (run_dir / name).exists():
+            shutil.move(str(run_dir / name), target / name)
+    log.info("moved the previous run's checkpoints and metrics to %s", target)
+    return target
