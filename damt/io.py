@@ -22,11 +22,23 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()
 
 
+def fsync(path: str | Path) -> None:
+    """Flush ``path`` (a file or a folder) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
-def atomic_path(path: str | Path):
+def atomic_path(path: str | Path, durable: bool = False):
     """Yield a temporary path next to ``path``; rename it over ``path`` on success.
 
     Readers never see a half-written file, and a crash leaves the previous version intact.
+    ``durable``: the file is on the disk before the rename and the rename after it (fsync), so
+    that not even a power cut leaves a truncated file under ``path`` (checkpoints, the exported
+    encoder and its model card: what a long run cannot afford to lose).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,15 +47,19 @@ def atomic_path(path: str | Path):
     try:
         yield Path(tmp)
         os.chmod(tmp, _FILE_MODE)
+        if durable:
+            fsync(tmp)
         os.replace(tmp, path)
+        if durable:
+            fsync(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
+def write_bytes_atomic(path: str | Path, data: bytes, durable: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (``durable``: see :func:`atomic_path`)."""
+    with atomic_path(path, durable) as tmp:
         tmp.write_bytes(data)
 
 
@@ -64,9 +80,10 @@ def write_text_if_changed(path: str | Path, text: str) -> bool:
     return True
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+def write_json_atomic(path: str | Path, obj: Any, durable: bool = False) -> None:
+    """Write ``obj`` as indented JSON, atomically (``durable``: see :func:`atomic_path`)."""
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"), durable)
 
 
 def write_atomic(path: str | Path, writer: Callable[[Path], None]) -> None:

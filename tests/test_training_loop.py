@@ -158,7 +158,7 @@ def test_run_writes_encoder_card_metrics_tensorboard_checkpoints(finished_run):
     assert card["code"]["torch"] == torch.__version__
     assert list((run / "tb").glob("events.out.tfevents.*"))
     assert {p.name for p in (run / "checkpoints").iterdir()} == {
-        "checkpoint.pt", "checkpoint_0001.pt", "checkpoint_0002.pt",
+        "checkpoint.pt", "checkpoint.prev.pt", "checkpoint_0001.pt", "checkpoint_0002.pt",
     }  # fmt: skip
     state = load_checkpoint(run / "checkpoints")
     assert state.epoch == 2 and state.step == 4
@@ -236,11 +236,35 @@ def test_resume_refuses_a_run_with_another_task_balancing(finished_run, files, t
 @pytest.mark.slow
 def test_checkpoints_of_another_format_are_refused(finished_run, files, tmp_path, capsys):
     run = _copy_run(finished_run[0], tmp_path / "run")
-    path = run / "checkpoints" / "checkpoint.pt"
-    state = torch.load(path, weights_only=True)
-    torch.save({**state, "format": 1}, path)
+    for path in (run / "checkpoints").glob("*.pt"):
+        state = torch.load(path, weights_only=True)
+        torch.save({**state, "format": 1}, path)
     assert damt_main(train_args(files, finished_run[1], run)) == 2
     assert "holds checkpoints of format 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_run_whose_last_checkpoint_was_cut_short_resumes_from_the_one_before(
+    finished_run, files, tmp_path, capsys
+):
+    """Issue 30, case 2, end to end: the finished run's last checkpoint and the last line of its
+    metrics cut short (a kill during their writes); the run trains its last epoch again from
+    the checkpoint before and ends with the same weights, bitwise."""
+    run = _copy_run(finished_run[0], tmp_path / "run")
+    for name in ("encoder.safetensors", "model_card.json"):
+        (run / name).unlink()
+    latest = run / "checkpoints" / "checkpoint.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    metrics = run / "metrics.jsonl"
+    metrics.write_text(metrics.read_text()[:-40])
+    assert damt_main(train_args(files, finished_run[1], run)) == 0
+    err = capsys.readouterr().err
+    assert "using checkpoint.prev.pt (epoch 1)" in err and "resuming" in err
+    assert "metrics.jsonl line 2 is not a whole epoch record" in err
+    records = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    for key, value in load_file(str(finished_run[0] / "encoder.safetensors")).items():
+        assert torch.equal(value, load_file(str(run / "encoder.safetensors"))[key]), key
 
 
 def _wider_inputs(files, root: Path) -> tuple[Path, Path]:
@@ -358,7 +382,53 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
         save_checkpoint(tmp_path, _checkpoint(2, torch.zeros(3)), save_every=0)
     kept = load_checkpoint(tmp_path)
     assert kept.epoch == 1 and torch.equal(kept.model["w"], torch.ones(3))
+    # The latest stays the latest: a failed write touches nothing that was there.
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_checkpoint_cut_short_falls_back_to_the_one_before(tmp_path, caplog):
+    """Issue 30, case 2: a latest checkpoint that a kill or a power cut left truncated, empty or
+    of another format is skipped for the newest readable one, both named; nothing is deleted."""
+    for epoch in (1, 2, 3):
+        save_checkpoint(tmp_path, _checkpoint(epoch, torch.full((3,), float(epoch))), save_every=2)
+    assert load_checkpoint(tmp_path).epoch == 3
+    latest = tmp_path / "checkpoint.pt"
+    whole = latest.read_bytes()
+    for broken in (whole[: len(whole) // 2], b""):
+        latest.write_bytes(broken)
+        with caplog.at_level(logging.WARNING, logger="damt"):
+            kept = load_checkpoint(tmp_path)
+        assert kept.epoch == 2 and torch.equal(kept.model["w"], torch.full((3,), 2.0))
+        assert "using checkpoint.prev.pt (epoch 2)" in caplog.text
+        assert "checkpoint.pt: " in caplog.text  # the skipped file, named with its error
+        caplog.clear()
+    (tmp_path / "checkpoint.prev.pt").write_bytes(b"")
+    assert load_checkpoint(tmp_path).epoch == 2  # the copy kept every save_every epochs
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "checkpoint.pt", "checkpoint.prev.pt", "checkpoint_0002.pt",
+    }  # fmt: skip
+    # Killed between the two renames of a save: the new checkpoint waits as checkpoint.next.pt.
+    latest.unlink()
+    save_checkpoint(tmp_path / "next", _checkpoint(4, torch.ones(3)), save_every=0)
+    (tmp_path / "next" / "checkpoint.pt").rename(tmp_path / "checkpoint.next.pt")
+    assert load_checkpoint(tmp_path).epoch == 4
+    # Nothing readable: the newest file's error, not a silent fresh start.
+    for path in tmp_path.glob("*.pt"):
+        path.write_bytes(b"")
+    with pytest.raises(EOFError):
+        load_checkpoint(tmp_path)
+
+
+def test_a_metrics_line_cut_short_is_skipped_and_named(tmp_path, caplog):
+    """Issue 30, case 4: the last line of metrics.jsonl cut in half by a kill; the records before
+    it are read (report, model card, resume) and the skipped line is named."""
+    from damt.training.metrics import read_records
+
+    lines = [json.dumps({"epoch": e, "loss": 1.0 / (e + 1)}) for e in range(3)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:9])
+    with caplog.at_level(logging.WARNING, logger="damt"):
+        assert [r["epoch"] for r in read_records(tmp_path)] == [0, 1]
+    assert "metrics.jsonl line 3 is not a whole epoch record" in caplog.text
 
 
 class _Payload:

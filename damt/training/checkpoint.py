@@ -1,15 +1,20 @@
-"""Training checkpoints: one :class:`Checkpoint`, written atomically, read through
-:func:`load_checkpoint` (safe loading, format checked)."""
+"""Training checkpoints: one :class:`Checkpoint`, written atomically and durably, read through
+:func:`load_checkpoint` (safe loading, format checked, the newest readable one)."""
 
 from __future__ import annotations
 
+import logging
+import os
+import pickle
 import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
-from damt.io import atomic_path
+from damt.io import atomic_path, fsync
+
+log = logging.getLogger("damt.train")
 
 # 2: checkpoints also hold the network they train ("network", a NetworkSpec) and the facts of
 # the run for the model card ("run"), so a finished run is exported from them alone.
@@ -18,6 +23,10 @@ from damt.io import atomic_path
 # format-2 run cannot continue meaningfully under this code.
 CHECKPOINT_FORMAT = 3
 LATEST = "checkpoint.pt"
+# The checkpoint LATEST replaced: what a resume falls back to when LATEST is unreadable.
+PREVIOUS = "checkpoint.prev.pt"
+# A new checkpoint, complete on the disk, until it replaces LATEST.
+NEXT = "checkpoint.next.pt"
 # The checkpoint of the best held-out k-NN score (pretrain.keep_best).
 BEST = "best.pt"
 
@@ -46,41 +55,80 @@ class Checkpoint:
 
 
 def save_checkpoint(folder: str | Path, checkpoint: Checkpoint, save_every: int) -> Path:
-    """Write ``checkpoint`` as the latest one, and keep a copy every ``save_every`` epochs.
+    """Write ``checkpoint`` as the latest one (the one it replaces becomes :data:`PREVIOUS`),
+    and keep a copy every ``save_every`` epochs (``pretrain.save_every``).
 
-    Both go through a temporary file and a rename, so a run killed while writing leaves the
-    previous checkpoint intact.
+    The new checkpoint is written whole (a temporary file, fsync, :data:`NEXT`) before it
+    replaces the latest: a run killed, a node losing power or a full disk at any moment leaves a
+    readable checkpoint of this or the previous epoch (:func:`load_checkpoint` finds it).
     """
     folder = Path(folder)
-    latest = folder / LATEST
-    with atomic_path(latest) as tmp:
+    latest, upcoming = folder / LATEST, folder / NEXT
+    with atomic_path(upcoming, durable=True) as tmp:
         torch.save(checkpoint.to_state(), tmp)
+    if latest.exists():
+        os.replace(latest, folder / PREVIOUS)
+    os.replace(upcoming, latest)
+    fsync(folder)
     epoch = checkpoint.epoch
     if save_every > 0 and epoch % save_every == 0:
-        with atomic_path(folder / f"checkpoint_{epoch:04d}.pt") as tmp:
+        with atomic_path(folder / f"checkpoint_{epoch:04d}.pt", durable=True) as tmp:
             shutil.copyfile(latest, tmp)
     return latest
 
 
 def keep_as_best(latest: Path) -> None:
     """Copy the latest checkpoint to :data:`BEST` beside it (atomically)."""
-    with atomic_path(latest.parent / BEST) as tmp:
+    with atomic_path(latest.parent / BEST, durable=True) as tmp:
         shutil.copyfile(latest, tmp)
 
 
-def load_checkpoint(folder: str | Path) -> Checkpoint | None:
-    """The latest checkpoint in ``folder`` (tensors on the CPU), or None when there is none.
+# What reading a truncated, empty, foreign or unsafe file raises.
+_UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError, pickle.PickleError)
 
-    ``weights_only=True``: a checkpoint holds tensors and plain containers only, so loading one
-    cannot run code. A checkpoint of another format is refused (ValueError).
-    """
-    path = Path(folder) / LATEST
-    if not path.exists():
-        return None
+
+def _read(path: Path) -> Checkpoint:
+    """One checkpoint file; an unreadable one raises one of ``_UNREADABLE``."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(
-            f"{folder} holds checkpoints of format {state.get('format')}, this damt reads "
+            f"{path.parent} holds checkpoints of format {found}, this damt reads "
             f"format {CHECKPOINT_FORMAT}: train into a new output folder (pretrain.run_name)"
         )
     return Checkpoint(**{f.name: state[f.name] for f in fields(Checkpoint)})
+
+
+def load_checkpoint(folder: str | Path) -> Checkpoint | None:
+    """The newest readable checkpoint in ``folder`` (tensors on the CPU), or None when there is
+    none: :data:`LATEST`, else :data:`NEXT` (a run killed between its two renames), else
+    :data:`PREVIOUS`, else the kept copies, newest first.
+
+    A file that cannot be read (cut short, empty, of another format) is skipped with a warning
+    naming it and the one used instead; none is deleted. When no file is readable, the error of
+    the newest is raised. ``weights_only=True``: a checkpoint holds tensors and plain containers
+    only, so loading one cannot run code.
+    """
+    folder = Path(folder)
+    kept = sorted(folder.glob("checkpoint_[0-9]*.pt"), reverse=True)
+    names = (LATEST, NEXT, PREVIOUS)
+    candidates = [p for p in (*(folder / n for n in names), *kept) if p.is_file()]
+    errors: list[tuple[Path, Exception]] = []
+    for path in candidates:
+        try:
+            checkpoint = _read(path)
+        except _UNREADABLE as exc:
+            errors.append((path, exc))
+            continue
+        if errors or path.name != LATEST:
+            why = "; ".join(f"{p.name}: {type(e).__name__}: {str(e)[:200]}" for p, e in errors)
+            log.warning(
+                "%s: using %s (epoch %d): %s", folder, path.name, checkpoint.epoch,
+                why or f"no {LATEST} (the run was killed while replacing it)",
+            )  # fmt: skip
+        return checkpoint
+    if len(errors) > 1:
+        log.error("no readable checkpoint in %s: %s", folder, ", ".join(p.name for p, _ in errors))
+    if errors:
+        raise errors[0][1]
+    return None

@@ -40,7 +40,7 @@ class TrainResult:
 def export_encoder(encoder: SwinEncoder, path: str | Path) -> Path:
     """Write the Swin weights with keys of ``SwinUNETR(...).swinViT`` (no mask token)."""
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.swinViT.state_dict().items()}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=True) as tmp:
         save_file(state, str(tmp), metadata=encoder_metadata(encoder.spec))
     return Path(path)
 
@@ -95,7 +95,7 @@ def write_model_card(
         "code": code_version(),
         **sections,
     }
-    write_json_atomic(path, card)
+    write_json_atomic(path, card, durable=True)
 
 
 def export_finished(checkpoint: Checkpoint, run_dir: Path, env: DistEnv) -> TrainResult:

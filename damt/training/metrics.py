@@ -3,17 +3,39 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from damt.io import write_bytes_atomic
 
+log = logging.getLogger("damt.train")
+
 
 def read_records(run_dir: str | Path) -> list[dict]:
-    """The epoch records of ``metrics.jsonl`` (empty when there is none yet)."""
+    """The epoch records of ``metrics.jsonl`` (empty when there is none yet).
+
+    A line that is not a whole record (the last one, cut short by a kill during its write) is
+    skipped with a warning naming it; a resume then rewrites the file without it.
+    """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            log.warning(
+                "%s line %d is not a whole epoch record (cut short by a kill?): skipped: %.80r",
+                path, number + 1, line,
+            )  # fmt: skip
+            continue
+        records.append(record)
+    return records
 
 
 class MetricsLog:
