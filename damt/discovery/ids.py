@@ -3,10 +3,11 @@ subjects list."""
 
 from __future__ import annotations
 
-import csv
 import re
 import zlib
 from pathlib import Path
+
+from damt.subject_tables import SubjectTableError, read_subject_table
 
 
 class DiscoveryError(RuntimeError):
@@ -50,20 +51,15 @@ def participant_from_name(subject_id: str, timepoints: dict[str, str] | None = N
 
 
 def read_participants(path: str | Path) -> dict[str, str]:
-    """A mapping file (TSV/CSV with ``subject_id`` and ``participant`` columns)."""
-    with open(path, encoding="utf-8", newline="") as fh:
-        delimiter = "," if str(path).endswith(".csv") else "\t"
-        reader = csv.DictReader(fh, delimiter=delimiter)
-        if not {"subject_id", "participant"} <= set(reader.fieldnames or ()):
-            raise DiscoveryError(
-                f"participants file {path} needs the columns subject_id and participant "
-                f"(found: {', '.join(reader.fieldnames or ()) or 'none'})"
-            )
-        return {
-            row["subject_id"].strip(): row["participant"].strip()
-            for row in reader
-            if row["subject_id"].strip() and row["participant"].strip()
-        }
+    """A mapping file with ``subject_id`` and ``participant`` columns, as spreadsheets write
+    them (:func:`damt.subject_tables.read_subject_table`); rows lacking either are ignored."""
+    try:
+        frame = read_subject_table(path, required=("subject_id", "participant"))
+    except SubjectTableError as exc:
+        raise DiscoveryError(f"participants file {exc}") from exc
+    frame = frame.dropna(subset=["subject_id", "participant"])
+    frame = frame[(frame["subject_id"] != "") & (frame["participant"] != "")]
+    return dict(zip(frame["subject_id"], frame["participant"], strict=True))
 
 
 def read_subjects_list(path: str | Path) -> list[str]:

@@ -23,6 +23,7 @@ from damt.discovery.ids import (
 )
 from damt.freesurfer.recon import FAILED, FASTSURFER, RUNNING, STATUS_FILES, recon_status
 from damt.io import HASH_CHARS
+from damt.subject_tables import SubjectTableError, match_subject_ids
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +249,22 @@ def _record(report: list[Finding], finding: Finding) -> None:
         log.warning("subject folder %s: %s", _printable(finding.folder), finding.detail)
 
 
+def _matched_participants(
+    participants: Mapping[str, str], subjects: Mapping[str, Subject]
+) -> dict[str, str]:
+    """``participants`` with its ids matched to the subjects found (``sub-`` prefix, leading
+    zeros a spreadsheet dropped: :func:`damt.subject_tables.match_subject_ids`)."""
+    import pandas as pd
+
+    try:
+        ids = match_subject_ids(
+            pd.Series(list(participants)), subjects, "subjects.participants", first_line=None
+        )
+    except SubjectTableError as exc:
+        raise DiscoveryError(str(exc)) from exc
+    return dict(zip(ids, participants.values(), strict=True))
+
+
 def discover_subjects(
     dirs: Sequence[dict],
     required_files: Sequence[str] = ("mri/brainmask.mgz", "mri/aparc+aseg.mgz"),
@@ -309,7 +326,7 @@ def discover_subjects(
             f"in {', '.join(str(d['path']) for d in dirs)}"
         )
         _record(report, Finding(sid, "", FLAGGED, "listed_not_found", detail))
-    mapping = participants or {}
+    mapping = _matched_participants(participants, subjects) if participants else {}
     ordered = [
         replace(s, participant=mapping.get(k) or participant_from_name(k, timepoints))
         for k, s in sorted(subjects.items())

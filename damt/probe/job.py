@@ -21,11 +21,13 @@ log = logging.getLogger(__name__)
 
 
 def probed_subjects(
-    manifest: str | Path, probe: Mapping, phenotypes: pd.DataFrame
-) -> tuple[pd.DataFrame, dict[str, Path], pd.Series]:
-    """The manifest rows probed (a status in ``probe.statuses``, a cache, a phenotype row), their
-    cache folders, and their split side (all ``train`` for a manifest without a split)."""
+    manifest: str | Path, probe: Mapping
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Path], pd.Series]:
+    """The phenotype table (its ids matched to the manifest's), the manifest rows probed (a
+    status in ``probe.statuses``, a cache, a phenotype row), their cache folders, and their split
+    side (all ``train`` for a manifest without a split)."""
     frame = pd.read_parquet(manifest)
+    phenotypes = read_phenotypes(probe["phenotypes"], frame[KEY].astype(str).tolist())
     chosen = frame[frame["status"].isin(probe["statuses"]) & frame["has_cache"]]
     chosen = chosen[chosen[KEY].isin(set(phenotypes[KEY]))].sort_values(KEY)
     base = Path(manifest).parent
@@ -38,7 +40,7 @@ def probed_subjects(
         len(chosen), "/".join(probe["statuses"]), int((split == TRAIN).sum()),
         int((split == HOLDOUT).sum()),
     )  # fmt: skip
-    return chosen, cache_dirs, split
+    return phenotypes, chosen, cache_dirs, split
 
 
 def feature_sets(
@@ -97,8 +99,7 @@ def run_probe(
     import torch
 
     torch.set_num_threads(probe["threads"])
-    phenotypes = read_phenotypes(probe["phenotypes"])
-    chosen, cache_dirs, split = probed_subjects(manifest, probe, phenotypes)
+    phenotypes, chosen, cache_dirs, split = probed_subjects(manifest, probe)
     sets, grid = feature_sets(
         encoder_path, cache_dirs, probe["random_init_seeds"], morphometry_tables
     )

@@ -11,17 +11,21 @@ import pandas as pd
 
 from damt.manifest import KEY
 from damt.probe.settings import CLASSIFICATION, REGRESSION, ProbeError, Target, listed
+from damt.subject_tables import SubjectTableError, match_subject_ids, read_subject_table
 
 log = logging.getLogger(__name__)
 
 
-def read_phenotypes(path: str | Path) -> pd.DataFrame:
-    """A phenotype table (TSV or CSV) with a ``subject_id`` column; rows without an id are
-    dropped with a warning. Values stay as read (each target checks its own column)."""
-    sep = "," if str(path).endswith(".csv") else "\t"
-    frame = pd.read_csv(path, sep=sep, dtype={KEY: str})
-    if KEY not in frame.columns:
-        raise ProbeError(f"phenotype table {path} has no '{KEY}' column")
+def read_phenotypes(path: str | Path, subjects: Sequence[str] | None = None) -> pd.DataFrame:
+    """A phenotype table with a ``subject_id`` column, as spreadsheets write them
+    (:func:`damt.subject_tables.read_subject_table`); rows without an id are dropped with a
+    warning, and with ``subjects`` the ids are matched to them
+    (:func:`damt.subject_tables.match_subject_ids`). Values stay as read (each target checks its
+    own column)."""
+    try:
+        frame = read_subject_table(path)
+    except SubjectTableError as exc:
+        raise ProbeError(f"phenotype table: {exc}") from exc
     no_id = frame[KEY].isna() | (frame[KEY].str.strip() == "")
     if no_id.any():
         log.warning(
@@ -32,6 +36,11 @@ def read_phenotypes(path: str | Path) -> pd.DataFrame:
         )
     frame = frame[~no_id].copy()
     frame[KEY] = frame[KEY].str.strip()
+    if subjects is not None:
+        try:
+            frame[KEY] = match_subject_ids(frame[KEY], subjects, f"phenotype table {path}")
+        except SubjectTableError as exc:
+            raise ProbeError(str(exc)) from exc
     return frame
 
 

@@ -71,7 +71,8 @@ def build_eval_set(
         log.info("evaluation during pretraining is off: the manifest holds no held-out subject")
         return None
     try:
-        pheno = read_phenotypes(phenotypes).drop_duplicates(KEY, keep=False).set_index(KEY)
+        pheno = read_phenotypes(phenotypes, frame[KEY].astype(str).tolist())
+        pheno = pheno.drop_duplicates(KEY, keep=False).set_index(KEY)
     except (OSError, ValueError) as exc:
         # An evaluation is a signal, not the training: a bad table never stops the run.
         log.warning("evaluation during pretraining is off: cannot read %s (%s)", phenotypes, exc)
