@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -365,13 +368,43 @@ def build_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Pa
     return path
 
 
+def file_checksums(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, by relative path."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def mount_read_only(path: Path) -> bool:
+    """Put a read-only bind mount of ``path`` over itself (root only; undone when this process
+    exits), so that not even root can write inside it; False where this process cannot mount."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    bind = ["mount", "--bind", str(path), str(path)]
+    for i, command in enumerate((bind, ["mount", "-o", "remount,bind,ro", str(path)])):
+        if subprocess.run(command, capture_output=True).returncode != 0:
+            if i:
+                subprocess.run(["umount", str(path)], capture_output=True)
+            return False
+    atexit.register(subprocess.run, ["umount", "--lazy", str(path)], capture_output=True)
+    return True
+
+
 @pytest.fixture(scope="session")
 def cohort8(tmp_path_factory) -> Path:
-    """Eight synthetic subjects (seed 11), generated once per test run. Do not modify."""
+    """Eight synthetic subjects (seed 11), generated once per test run, then read-only (a
+    read-only bind mount where the tests run as root: every workflow run of the session reads
+    its inputs from a read-only SUBJECTS_DIR). ``checksums.json`` and ``read_only.json`` beside
+    ``subjects/`` record what it held and how it was protected. Do not modify."""
     from damt.demo.cohort import generate_cohort
 
     def build(path: Path) -> None:
         generate_cohort(path / "subjects", COHORT_SIZE, seed=11)
+        (path / "checksums.json").write_text(json.dumps(file_checksums(path / "subjects")))
+        mounted = mount_read_only(path / "subjects")
+        (path / "read_only.json").write_text(json.dumps({"mounted": mounted}))
 
     return build_once(tmp_path_factory, "cohort8", build) / "subjects"
 

@@ -308,5 +308,5 @@ def test_longitudinal_and_bids_sessions_get_participants(tmp_path: Path):
 def test_participants_file_without_its_columns_is_refused(tmp_path: Path):
     bad = tmp_path / "p.tsv"
     bad.write_text("id\tperson\ns1\tP1\n")
-    with pytest.raises(DiscoveryError, match="needs the column.s. subject_id, participant"):
+    with pytest.raises(DiscoveryError, match=r"needs the column\(s\) subject_id, participant"):
         read_participants(bad)

@@ -22,6 +22,7 @@ from tests.conftest import (
     SHARED_SUBJECTS,
     UPSTREAM_SUBJECTS,
     Workdir,
+    file_checksums,
     jobs_of,
     run_snakemake,
     snakemake_command,
@@ -174,6 +175,19 @@ def test_incremental_reruns(trained_copy: Workdir, cohort8: Path):
     jobs = jobs_of(wd.dry_run())
     assert jobs["radiomics"] == 7 and jobs["radiomics_table"] == 1 and jobs["pretrain"] == 1
     assert "stats" not in jobs and "cache" not in jobs and "morphometry_tables" not in jobs
+
+
+def test_a_full_run_leaves_the_subjects_dirs_untouched(trained: Workdir, cohort8: Path):
+    """Issue 30, case 6: the session's whole workflow (discovery, stats, radiomics, cache, QC,
+    normalisation, manifest, pretraining, training report, probe) read a read-only SUBJECTS_DIR
+    (a read-only bind mount where the tests run as root) and changed no byte in it."""
+    assert (trained.results / "probe" / "default" / "probe.tsv").is_file()
+    recorded = json.loads((cohort8.parent / "checksums.json").read_text())
+    assert recorded and file_checksums(cohort8) == recorded
+    # Where the cohort could not be mounted read-only (not root), the checksums alone show it.
+    if json.loads((cohort8.parent / "read_only.json").read_text())["mounted"]:
+        with pytest.raises(OSError, match="Read-only file system"):
+            (cohort8 / "sub-001" / "probe").write_text("")
 
 
 def test_killed_workflow_kills_its_trainers_and_resumes(upstream_copy: Workdir):
