@@ -28,7 +28,7 @@ import pandas as pd
 
 from damt import __version__
 from damt.discovery.record import read_shard
-from damt.errors import SubjectError
+from damt.errors import SubjectError, disk_full
 from damt.io import stable_hash, write_json_atomic
 from damt.paths import ResultPaths
 from damt.results import FAILED, OK, RESULT_FILE, SUMMARY_COLUMNS
@@ -162,6 +162,10 @@ def _run_one(stage: Stage, task: SubjectTask, outdir: Path, key: str) -> Subject
     except SubjectError as exc:
         result = SubjectResult(task.subject_id, FAILED, exc.reason, exc.detail)
     except OSError as exc:  # the subject's files cannot be read: its reason, not a crash
+        full = disk_full(exc, target.parent)
+        if full is not None:  # not the subject's fault: stop the job, keep no partial result
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise full from exc
         where = exc.filename or task.path
         result = SubjectResult(
             task.subject_id,
