@@ -26,7 +26,7 @@ def read_phenotypes(path: str | Path, subjects: Sequence[str] | None = None) -> 
         frame = read_subject_table(path)
     except SubjectTableError as exc:
         raise ProbeError(f"phenotype table: {exc}") from exc
-    no_id = frame[KEY].isna() | (frame[KEY].str.strip() == "")
+    no_id = frame[KEY].isna() | (frame[KEY] == "")  # read_subject_table stripped the ids
     if no_id.any():
         log.warning(
             "phenotype table %s: %d row(s) without a subject_id (lines %s) are ignored",
@@ -35,7 +35,6 @@ def read_phenotypes(path: str | Path, subjects: Sequence[str] | None = None) -> 
             listed([i + 2 for i in np.flatnonzero(no_id)]),
         )
     frame = frame[~no_id].copy()
-    frame[KEY] = frame[KEY].str.strip()
     if subjects is not None:
         try:
             frame[KEY] = match_subject_ids(frame[KEY], subjects, f"phenotype table {path}")
