@@ -18,7 +18,7 @@ from damt.demo.cohort import generate_cohort
 from damt.discovery.scan import discover_subjects
 from damt.discovery.workflow import discover_from_config
 from damt.freesurfer.labels import read_label_table
-from damt.freesurfer.stats.long_table import read_long_metadata
+from damt.freesurfer.stats.long_table import long_table, read_long_metadata
 from damt.freesurfer.stats.subject import parse_subject_stats
 from damt.results import OK
 from damt.stages.cache import stage_from_settings
@@ -100,6 +100,23 @@ def test_fastsurfer_stats_parsed_and_harmonised(fs_cohort: Path):
     assert "ctx-lh-bankssts" not in deep.table.structures  # DKT has no bankssts
     dkt = next(f for f in full.files if f.name == "lh.aparc.DKTatlas.mapped.stats")
     assert len(dkt.table.structures) == 31
+
+    # Issue 30, case 7: FastSurfer 2.3's aseg.presurf.hypos.stats (segstats.py --empty, with
+    # the measures it imports from aseg.stats) is parsed, every one of its values into the long
+    # table: all 45 ASegStatsLUT rows (the empty ones as zeros) and all 21 measures.
+    hypos = next(f for f in full.files if f.name == "aseg.presurf.hypos.stats")
+    assert (hypos.kind, hypos.generating_program) == ("aseg.presurf.hypos", "segstats.py")
+    assert len(hypos.table.structures) == 45 and len(hypos.measures) == 21
+    text = (fs_cohort / "fs23full-001" / "stats" / "aseg.presurf.hypos.stats").read_text()
+    rows = [line.split() for line in text.splitlines() if not line.startswith("#")]
+    assert len(rows) == 45 and any(row[2] == "0" for row in rows)  # empty structures kept
+    written = 21 + sum(len(row) - 1 for row in rows)  # every cell but the structure name
+    long = long_table(full)
+    in_long = long[long["source_file"] == "aseg.presurf.hypos.stats"]
+    assert len(in_long) == written and in_long["value"].notna().all()
+    name = next(row[4] for row in rows if row[2] == "0")
+    empty = in_long[in_long["structure"] == name].set_index("measure")["value"]
+    assert empty["NVoxels"] == 0 and empty["Volume_mm3"] == 0 and empty["normMean"] == 0
 
     seg = parse_subject_stats(fs_cohort / "fs21seg-001")
     assert [f.name for f in seg.files] == ["aseg+DKT.stats"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 from damt.discovery.record import read_discovery, write_discovery
@@ -90,6 +91,86 @@ def test_running_recon_is_skipped_then_picked_up_when_done(tmp_path: Path, bert:
         "7.2.0-beta",
         "2.950",
     )
+
+
+def _age(folder: Path, hours: float) -> None:
+    """Set the modification time of ``folder/scripts`` and everything in it ``hours`` back."""
+    then = time.time() - hours * 3600
+    for path in [*(folder / "scripts").iterdir(), folder / "scripts"]:
+        os.utime(path, (then, then))
+
+
+def test_a_killed_recon_is_flagged_stale_with_the_time_of_its_last_change(tmp_path: Path):
+    """Issue 30, case 7: an IsRunning marker (recon-all) or a surface log without an end
+    (FastSurfer) that nothing touched for subjects.stale_after_hours is a stale run, flagged
+    with the time of the last change; a younger one is still skipped as running."""
+    deep = "Version: 2.3.0\nLog file for segmentation FastSurferCNN/run_prediction.py\n"
+    killed = {
+        "fs_killed": {"IsRunning.lh+rh": "recon-all running on node17\n"},
+        "fast_killed": {"deep-seg.log": deep, "recon-surf.log": "mris_sphere ...\n"},
+        "fs_busy": {"IsRunning.lh+rh": "recon-all running on node18\n"},
+    }
+    for name, files in killed.items():
+        _scripts(make_subject(tmp_path, name), files)
+    _age(tmp_path / "fs_killed", 72.5)
+    _age(tmp_path / "fast_killed", 49)
+    _age(tmp_path / "fs_busy", 47)
+    d = discover_subjects([{"path": str(tmp_path)}], stale_after_hours=48)
+    found = by_id(d)
+    assert d.subject_ids == []
+    assert (found["fs_busy"].status, found["fs_busy"].reason) == ("skipped", "recon_running")
+    for name, segmenter in (("fs_killed", "freesurfer"), ("fast_killed", "fastsurfer")):
+        f = found[name]
+        assert (f.status, f.reason) == ("flagged", "recon_stale"), f
+        assert f.detail.startswith(f"{segmenter}: "), f.detail
+        assert "nothing in scripts/ changed for over 48 hours (subjects.stale_after_hours)" in (
+            f.detail
+        )
+        last = os.stat(tmp_path / name / "scripts").st_mtime
+        assert time.strftime("since %Y-%m-%d %H:%M UTC", time.gmtime(last)) in f.detail
+    # The report stays the same between discoveries (it is a QC input): no growing age in it.
+    again = by_id(discover_subjects([{"path": str(tmp_path)}], stale_after_hours=48))
+    assert again["fs_killed"].detail == found["fs_killed"].detail
+    # Without the setting a marker never goes stale.
+    assert by_id(discover_subjects([{"path": str(tmp_path)}]))["fs_killed"].reason == (
+        "recon_running"
+    )
+
+
+def test_fastsurfer_before_2_1_is_named_with_the_file_it_lacks(tmp_path: Path):
+    """Issue 30, case 7: FastSurfer v1.x and v2.0 write no Version line and no orig_nu.mgz:
+    the version comes from the command deep-seg.log echoes, and the missing_required reason
+    names it and what to read instead; with those settings the subject is read."""
+    header = "Log file for segmentation FastSurferCNN/run_prediction.py\nTue Jan 10 2023\n\n"
+    logs = {
+        "v1": "Log file for fastsurfercnn eval.py\nMon Sep 19 2022\n\n"
+        "python eval.py --in_name t1.nii.gz --out_name mri/aparc.DKTatlas+aseg.deep.mgz\n",
+        "v20": header + "python run_prediction.py --t1 t1.nii.gz --aparc_aseg_segfile "
+        "mri/aparc.DKTatlas+aseg.deep.mgz --sid v20\n",
+        "v21": header + "python run_prediction.py --t1 t1.nii.gz --asegdkt_segfile "
+        "mri/aparc.DKTatlas+aseg.deep.mgz --sid v21\n",
+    }
+    volumes = ["mri/aparc.DKTatlas+aseg.deep.mgz", "mri/nu.mgz"]
+    for name, text in logs.items():
+        folder = make_subject(tmp_path, name, volumes)
+        _scripts(folder, {"deep-seg.log": text, "recon-surf.done": "SUBJECT x\n"})
+    assert [recon_status(tmp_path / n).segmenter_version for n in logs] == ["1.x", "2.0", "2.1"]
+    found = by_id(
+        discover_subjects(
+            [{"path": str(tmp_path)}],
+            fastsurfer_required_files=["mri/orig_nu.mgz", "mri/aparc.DKTatlas+aseg.deep.mgz"],
+        )
+    )
+    for name, version in (("v1", "1.x"), ("v20", "2.0")):
+        f = found[name]
+        assert (f.status, f.reason) == ("flagged", "missing_required")
+        assert f"lacks required file(s): mri/orig_nu.mgz (FastSurfer {version}" in f.detail
+        assert "mri/nu.mgz: name it in subjects.fastsurfer_required_files" in f.detail
+    # v2.1 writes orig_nu.mgz: a v2.1 folder without it is just missing a file.
+    assert found["v21"].detail.endswith("lacks required file(s): mri/orig_nu.mgz")
+    d = discover_subjects([{"path": str(tmp_path)}], fastsurfer_required_files=volumes)
+    assert d.subject_ids == sorted(logs)
+    assert [s.segmenter_version for s in d.subjects] == ["1.x", "2.0", "2.1"]
 
 
 def test_version_from_build_stamp_when_no_done_file(tmp_path: Path):

@@ -27,6 +27,7 @@ import numpy as np
 from damt.demo.anatomy import SyntheticSubject
 from damt.demo.stats_writer import (
     ASEG_COLUMNS,
+    LabelStats,
     _table_cols,
     aparc_stats,
     aseg_stats,
@@ -73,47 +74,88 @@ def _segstats_name(label: int) -> str:
     return f"ctx-{hemi}-{DESIKAN_PARCELS[label - HEMI_OFFSET[hemi]]}"
 
 
-def segstats_text(sub: SyntheticSubject, seg: np.ndarray, image: np.ndarray, version: str) -> str:
-    """``stats/aseg+DKT.stats`` as FastSurfer's ``segstats.py`` writes it."""
-    stats = label_stats(seg, image)
-    labels = [
-        lab
-        for lab in sorted(set(ASEG_STATS_ROWS) | {HEMI_OFFSET[h] + i for h in HEMI_OFFSET
-                                                   for i in DKT_PARCELS})
-        if lab < len(stats.count) and stats.count[lab] > 0
-    ]  # fmt: skip
+def _segstats_file(
+    version: str,
+    cmdline: str,
+    segfile: str,
+    measures: list[str],
+    rows: list[tuple[int, int, float, float, float, float, float]],
+    report_empty: bool,
+    volume_precision: int,
+) -> str:
+    """A stats file as FastSurfer's ``segstats.py`` writes it: ``rows`` are ``(label, voxels,
+    volume, mean, sd, min, max)``, ``measures`` its ``# Measure`` lines (imported ones)."""
     head = ["# Title Segmentation Statistics \n", "# \n", "# generating_program segstats.py\n"]
     if version >= "2.3":
         head.append(f"# FastSurfer_version {version}\n")
-    sid = sub.phenotype.subject_id
     head += [
-        f"# cmdline segstats.py --segfile mri/aparc.DKTatlas+aseg.deep.mgz --sid {sid} "
-        "(synthetic: damt demo-data)\n",
+        f"# cmdline {cmdline} (synthetic: damt demo-data)\n",
         "# sysname  Linux\n# hostname damt-demo\n# machine  x86_64\n# user       damt\n",
         "# anatomy_type volume\n# \n",
-        "# SegVolFile mri/aparc.DKTatlas+aseg.deep.mgz\n",
+        *measures,
+        f"# SegVolFile {segfile}\n",
         "# SegVolFileTimestamp 2024/01/01 00:00:00\n",
         "# PVVolFile mri/orig_nu.mgz\n# PVVolFileTimestamp 2024/01/01 00:00:00\n",
         "# Excluding Cortical Gray and White Matter\n# ExcludeSegId 0 2 3 41 42\n",
     ]
     fixed = "# compatibility with freesurfer's mri_segstats: fixed\n"
+    # segstats.py writes this line whenever it has a colour table, --empty or not.
     only = "# Only reporting non-empty segmentations\n"
     head += [only, fixed] if version >= "2.3" else [fixed, only]
+    rows = [row for row in rows if row[1] > 0 or report_empty]
     head += [
         "# VoxelVolume_mm3 1.0\n",
         _table_cols(ASEG_COLUMNS),
-        f"# NRows {len(labels)} \n# NTableCols {len(ASEG_COLUMNS)} \n",
+        f"# NRows {len(rows)} \n# NTableCols {len(ASEG_COLUMNS)} \n",
         "# ColHeaders  " + " ".join(c[0] for c in ASEG_COLUMNS) + "\n",
     ]
+    body = [
+        f"{idx:3d} {lab:4d} {cnt:9d} {vol:10.{volume_precision}f}  {_segstats_name(lab):<40s} "
+        f"{mean:10.4f} {sd:10.4f} {lo:10.4f} {hi:10.4f} {hi - lo:10.4f}\n"
+        for idx, (lab, cnt, vol, mean, sd, lo, hi) in enumerate(rows, 1)
+    ]
+    return "".join(head + body)
+
+
+def _label_rows(stats: LabelStats, labels: list[int]) -> list[tuple]:
+    """``(label, voxels, volume, mean, sd, min, max)`` of ``labels``; zeros for absent ones."""
     rows = []
-    for idx, lab in enumerate(labels, 1):
-        cnt, mean, sd = int(stats.count[lab]), stats.mean[lab], stats.std[lab]
-        lo, hi = stats.vmin[lab], stats.vmax[lab]
-        rows.append(
-            f"{idx:3d} {lab:4d} {cnt:9d} {float(cnt):10.3f}  {_segstats_name(lab):<40s} "
-            f"{mean:10.4f} {sd:10.4f} {lo:10.4f} {hi:10.4f} {hi - lo:10.4f}\n"
-        )
-    return "".join(head + rows)
+    for lab in labels:
+        cnt = int(stats.count[lab]) if lab < len(stats.count) else 0
+        if cnt == 0:
+            rows.append((lab, 0, 0.0, 0.0, 0.0, 0.0, 0.0))
+            continue
+        rows.append((lab, cnt, float(cnt), stats.mean[lab], stats.std[lab],
+                     stats.vmin[lab], stats.vmax[lab]))  # fmt: skip
+    return rows
+
+
+def segstats_text(sub: SyntheticSubject, seg: np.ndarray, image: np.ndarray, version: str) -> str:
+    """``stats/aseg+DKT.stats`` as FastSurfer's ``segstats.py`` writes it."""
+    labels = sorted(
+        set(ASEG_STATS_ROWS) | {HEMI_OFFSET[h] + i for h in HEMI_OFFSET for i in DKT_PARCELS}
+    )
+    cmdline = (
+        f"segstats.py --segfile mri/aparc.DKTatlas+aseg.deep.mgz --sid {sub.phenotype.subject_id}"
+    )
+    rows = _label_rows(label_stats(seg, image), labels)
+    return _segstats_file(version, cmdline, "mri/aparc.DKTatlas+aseg.deep.mgz", [], rows, False, 3)
+
+
+def presurf_hypos_text(sub: SyntheticSubject, stats: LabelStats, aseg_text: str) -> str:
+    """``stats/aseg.presurf.hypos.stats`` as FastSurfer 2.3's recon-surf writes it:
+    ``segstats.py --empty`` over every row of FreeSurfer's ASegStatsLUT (the empty ones
+    with zeros), with the ``# Measure`` lines it imports from ``aseg.stats`` and its voxel
+    volume (the layout of that call, run on a demo subject)."""
+    imported = [line + "\n" for line in aseg_text.splitlines() if line.startswith("# Measure ")]
+    imported.append("# Measure vox_vol, Voxel volume, The volume of a voxel, 1.000000, mm^3\n")
+    cmdline = (
+        f"segstats.py --sid {sub.phenotype.subject_id} --segfile mri/aseg.presurf.hypos.mgz "
+        "--excludeid 0 2 3 41 42 --empty --volume_precision 1 "
+        "measures --file stats/aseg.stats --import all"
+    )
+    rows = _label_rows(stats, sorted(ASEG_STATS_ROWS))
+    return _segstats_file("2.3.0", cmdline, "mri/aseg.presurf.hypos.mgz", imported, rows, True, 1)
 
 
 def _deep_seg_log(version: str) -> str:
@@ -187,7 +229,12 @@ def write_fastsurfer_files(
     link.symlink_to("aparc.DKTatlas+aseg.mapped.mgz")
     stats = label_stats(mapped, sub.t1)
     measures = volume_measures(sub, stats)
-    (stats_dir / "aseg.stats").write_text(aseg_stats(sub, stats, measures))
+    aseg_text = aseg_stats(sub, stats, measures)
+    (stats_dir / "aseg.stats").write_text(aseg_text)
+    if version >= "2.3":
+        (stats_dir / "aseg.presurf.hypos.stats").write_text(
+            presurf_hypos_text(sub, stats, aseg_text)
+        )
     (stats_dir / "brainvol.stats").write_text(brainvol_stats(measures))
     for hemi in ("lh", "rh"):
         (stats_dir / f"{hemi}.aparc.DKTatlas.mapped.stats").write_text(

@@ -10,6 +10,7 @@ import fnmatch
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,15 @@ from damt.discovery.ids import (
     participant_from_name,
     shard_of,
 )
-from damt.freesurfer.recon import FAILED, FASTSURFER, RUNNING, STATUS_FILES, recon_status
+from damt.freesurfer.recon import (
+    FAILED,
+    FASTSURFER,
+    FASTSURFER_BEFORE_ORIG_NU,
+    RUNNING,
+    STATUS_FILES,
+    ReconStatus,
+    recon_status,
+)
 from damt.io import HASH_CHARS
 from damt.subject_tables import SubjectTableError, match_subject_ids
 
@@ -132,6 +141,7 @@ class _Search:
     fastsurfer_required_files: Sequence[str] | None
     fastsurfer_input_files: Sequence[str]
     include_templates: bool
+    stale_after_hours: float | None  # None: a running recon is never stale
 
     def excluded(self, name: str) -> bool:
         """A name matching ``subjects.exclude`` (a subjects list overrides the patterns)."""
@@ -188,12 +198,32 @@ def _classify(
     return _recon_subject(name, folder, root, search), tps
 
 
+def _running_recon(
+    name: str, folder: Path, recon: ReconStatus, stale_after_hours: float | None
+) -> Finding:
+    """A running recon: skipped until it ends, or flagged once nothing in its ``scripts/``
+    changed for ``stale_after_hours`` (a killed run leaves its marker behind)."""
+    age_h = (time.time() - recon.last_change) / 3600
+    if stale_after_hours is None or age_h <= stale_after_hours:
+        return Finding(name, str(folder), SKIPPED, "recon_running", recon.detail)
+    since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(recon.last_change))
+    log.warning("%s: no change in scripts/ for %.1f hours, a stale run", name, age_h)
+    # The age as a bound and a date, not a number that grows: the report (a QC input) then
+    # stays the same from one discovery to the next.
+    detail = (
+        f"{recon.segmenter}: {recon.detail}, but nothing in scripts/ changed for over "
+        f"{stale_after_hours:g} hours (subjects.stale_after_hours), since {since}: a killed "
+        "run? Rerun the recon, or remove its IsRunning marker if it did finish"
+    )
+    return Finding(name, str(folder), FLAGGED, "recon_stale", detail)
+
+
 def _recon_subject(name: str, folder: Path, root: Path, search: _Search) -> Subject | Finding:
     """A candidate folder by its recon: a subject when the recon is done and every required
     file is there, else the report row saying why not."""
     recon = recon_status(folder)
     if recon.state == RUNNING:
-        return Finding(name, str(folder), SKIPPED, "recon_running", recon.detail)
+        return _running_recon(name, folder, recon, search.stale_after_hours)
     if recon.state == FAILED:
         detail = f"{recon.segmenter}: {recon.detail}"
         return Finding(name, str(folder), FLAGGED, "recon_failed", detail)
@@ -211,6 +241,13 @@ def _recon_subject(name: str, folder: Path, root: Path, search: _Search) -> Subj
         return Finding(name, str(folder), FLAGGED, "unreadable", detail)
     if missing:
         detail = f"{folder} lacks required file(s): {', '.join(missing)}"
+        if recon.segmenter == FASTSURFER and recon.segmenter_version in FASTSURFER_BEFORE_ORIG_NU:
+            detail += (
+                f" (FastSurfer {recon.segmenter_version}, from scripts/deep-seg.log: releases "
+                "before 2.1 write no mri/orig_nu.mgz; a surface run's bias-corrected image is "
+                "mri/nu.mgz: name it in subjects.fastsurfer_required_files and the cache and "
+                "radiomics fastsurfer.image settings, see docs/inputs.md)"
+            )
         return Finding(name, str(folder), FLAGGED, "missing_required", detail)
     return Subject(
         name,
@@ -276,13 +313,15 @@ def discover_subjects(
     fastsurfer_input_files: Sequence[str] = (),
     include_templates: bool = False,
     participants: Mapping[str, str] | None = None,
+    stale_after_hours: float | None = None,
 ) -> Discovery:
     """Search ``dirs`` (``[{"path": ..., "optional": bool}]``) for subject folders.
 
     A folder is a subject when its name is a legal id and it holds every ``required_files``
     entry. Everything else that looks like a candidate is written to the report with a reason:
     ``illegal_id``, ``missing_required``, ``broken_link``, ``unreadable``, ``duplicate_id``,
-    ``listed_not_found``, ``recon_failed`` (flagged: the QC manifest fails them),
+    ``listed_not_found``, ``recon_failed``, ``recon_stale`` (a running recon whose ``scripts/``
+    did not change for ``stale_after_hours``; flagged: the QC manifest fails them),
     ``excluded_pattern``, ``not_listed`` and ``longitudinal_template`` (skipped by
     configuration) or ``recon_running`` (skipped until the run is over: a later discovery picks
     the subject up). ``input_files`` (relative paths the per-subject stages read besides the
@@ -293,6 +332,7 @@ def discover_subjects(
     search = _Search(
         required_files, exclude, None if listed is None else frozenset(listed), n_shards,
         input_files, fastsurfer_required_files, fastsurfer_input_files, include_templates,
+        stale_after_hours,
     )  # fmt: skip
     subjects: dict[str, Subject] = {}
     report: list[Finding] = []

@@ -28,6 +28,7 @@ def discover_from_config(config: dict) -> Discovery:
         fastsurfer_input_files=stage_input_files(config, layout="fastsurfer"),
         include_templates=sub.get("include_templates", False),
         participants=read_participants(sub["participants"]) if sub.get("participants") else None,
+        stale_after_hours=sub["stale_after_hours"],
     )
 
 

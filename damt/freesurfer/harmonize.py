@@ -28,14 +28,23 @@ from damt.freesurfer.labels import ASEG_STATS_ROWS, DESIKAN_PARCELS
 
 # Part of the stats stage's cache key: bump when a table below changes, so cached per-subject
 # results are recomputed with the new names.
-HARMONIZATION_VERSION = "2"  # 2: label-based stats (label.NAME kinds), FastSurfer's files
+# 2: label-based stats (label.NAME kinds), FastSurfer's files; 3: aseg.presurf.hypos
+HARMONIZATION_VERSION = "3"
 
 HEMISPHERES = ("lh", "rh")
 
 # Stats files recon-all writes, by canonical kind (file name without hemisphere and ".stats").
 # mri_segstats tables over a volume segmentation, and FastSurfer's segstats.py ones (aseg+DKT:
-# its deep segmentation; the CerebNet and HypVINN modules).
-SEGSTATS_KINDS = ("aseg", "wmparc", "aseg+DKT", "cerebellum.CerebNet", "hypothalamus.HypVINN")
+# its deep segmentation; the CerebNet and HypVINN modules; aseg.presurf.hypos: the surface
+# module's aseg before the surface correction, every ASegStatsLUT row, empty ones included).
+SEGSTATS_KINDS = (
+    "aseg",
+    "wmparc",
+    "aseg+DKT",
+    "cerebellum.CerebNet",
+    "hypothalamus.HypVINN",
+    "aseg.presurf.hypos",
+)
 VOLUME_KINDS = (*SEGSTATS_KINDS, "brainvol")
 SURFACE_KINDS = (
     "aparc",

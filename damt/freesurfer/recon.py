@@ -14,8 +14,14 @@ to do with the answer. What is read, per segmenter:
   even when the FastSurfer run failed, so ``recon-all.done`` says nothing here: a surface run is
   complete with ``scripts/recon-surf.done``, failed when ``recon-surf.log`` ends in an error, and
   otherwise still running. A segmentation-only run (``--seg_only``) has no ``recon-surf.*`` at
-  all. The version is the last ``Version:`` line of ``deep-seg.log`` (one block per invocation),
-  else ``# FastSurfer_version`` of ``aseg+DKT.stats`` (v2.3+).
+  all. The version is the last ``Version:`` line of ``deep-seg.log`` (one block per invocation,
+  v2.2+), else ``# FastSurfer_version`` of ``aseg+DKT.stats`` (v2.3+), else the release series
+  that the command echoed into ``deep-seg.log`` tells (``1.x``: ``eval.py``; ``2.0``:
+  ``--aparc_aseg_segfile``; ``2.1``: ``--asegdkt_segfile``).
+
+A running recon (either segmenter) also tells when anything in ``scripts/`` last changed
+(``ReconStatus.last_change``): a killed run leaves its ``IsRunning.*`` marker, or a surface log
+without an end, behind, and only its age tells it from a live one.
 """
 
 from __future__ import annotations
@@ -53,6 +59,16 @@ _TAIL_LINES = 25  # a failed run stops right after its error
 _FS_VERSION_LINE = re.compile(r"^\s*Version:\s*(\S+)", re.M)
 _FS_VERSION_HEADER = re.compile(r"^# FastSurfer_version\s+(\S+)", re.M)
 _DONE_IGNORED_KEYS = ("CMDARGS", "CMDPATH", "SUBJECT", "UNAME", "USER", "HOST")
+# What run_fastsurfer.sh of the releases before v2.2 (no ``Version:`` line) echoed into
+# deep-seg.log, newest first: v1.x ran eval.py, v2.0 passed --aparc_aseg_segfile, v2.1 renamed
+# it --asegdkt_segfile (v2.1 still accepts the old name, but echoes the new one).
+_LEGACY_SEG_LOG = (
+    ("Log file for fastsurfercnn eval.py", "1.x"),
+    ("--asegdkt_segfile", "2.1"),
+    ("--aparc_aseg_segfile", "2.0"),
+)
+# Series whose segmentation module writes no mri/orig_nu.mgz (v2.1 added it).
+FASTSURFER_BEFORE_ORIG_NU = ("1.x", "2.0")
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,7 @@ class ReconStatus:
     segmenter_version: str = ""  # FreeSurfer release, or FastSurfer's version
     fs_version: str = ""  # FreeSurfer release (for FastSurfer: of its bundled recon-all)
     recon_hours: str = ""  # wall time of the recon in hours, as the done file writes it
+    last_change: float = 0.0  # running: newest mtime in scripts/ (seconds since the epoch)
 
 
 def _read(path: str | Path, tail: bool = False) -> str | None:
@@ -138,7 +155,8 @@ def is_fastsurfer(subject_dir: str | Path) -> bool:
 
 
 def fastsurfer_version(subject_dir: str | Path) -> str:
-    """FastSurfer's version: last ``Version:`` of ``deep-seg.log``, else the stats header."""
+    """FastSurfer's version: last ``Version:`` of ``deep-seg.log``, else the stats header, else
+    the release series (``1.x``, ``2.0``, ``2.1``) the log's echoed command tells."""
     folder = Path(subject_dir)
     log_text = _read(folder / "scripts" / "deep-seg.log")
     if log_text:
@@ -150,7 +168,17 @@ def fastsurfer_version(subject_dir: str | Path) -> str:
         match = _FS_VERSION_HEADER.search(stats)
         if match:
             return match.group(1)
-    return ""
+    return next((series for mark, series in _LEGACY_SEG_LOG if mark in (log_text or "")), "")
+
+
+def last_change(scripts: str | Path) -> float:
+    """Newest modification time of ``scripts/`` and its entries (0.0 if it cannot be read)."""
+    try:
+        with os.scandir(scripts) as entries:
+            times = [e.stat(follow_symlinks=False).st_mtime for e in entries]
+        return max([os.stat(scripts).st_mtime, *times])
+    except OSError:
+        return 0.0
 
 
 def _running(scripts: str | Path) -> str:
@@ -177,7 +205,10 @@ def recon_status(subject_dir: str | Path) -> ReconStatus:
     base = {"segmenter": FREESURFER, "segmenter_version": version, "fs_version": version}
     if running:
         return ReconStatus(
-            state=RUNNING, detail=f"scripts/{running} exists: recon-all is running", **base
+            state=RUNNING,
+            detail=f"scripts/{running} exists: recon-all is running",
+            last_change=last_change(scripts),
+            **base,
         )
     error_path = os.path.join(scripts, "recon-all.error")
     if os.path.exists(error_path) and not _newer(
@@ -229,7 +260,13 @@ def _fastsurfer_status(folder: Path, running: str, stamp: str) -> ReconStatus:
         detail = (
             f"scripts/{running} exists" if running else "scripts/recon-surf.log has no error"
         ) + " and there is no recon-surf.done yet: the surface module is running"
-        return ReconStatus(state=RUNNING, detail=detail, fs_version=stamp, **base)
+        return ReconStatus(
+            state=RUNNING,
+            detail=detail,
+            fs_version=stamp,
+            last_change=last_change(scripts),
+            **base,
+        )
     seg_log = _read(scripts / "deep-seg.log", tail=True)
     if seg_log is not None:
         # The segmentation log's last invocation is what counts (the log is appended to).

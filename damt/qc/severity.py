@@ -33,6 +33,7 @@ KNOWN_CODES: tuple[str, ...] = tuple(
                     "duplicate_id",
                     "listed_not_found",
                     "recon_failed",
+                    "recon_stale",
                 )
             ),
             *(
