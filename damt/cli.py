@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from damt import __version__
+from damt.errors import reported_disk_full
 from damt.features import FEATURE_GROUPS
 from damt.logs import setup_logging
 from damt.paths import normalized_table_file
@@ -294,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError) as exc:
         # Expected failures (bad input, bad config) get one clear line, not a traceback.
         log.debug("traceback", exc_info=True)
-        print(f"damt {args.command}{_rank_label()}: error: {exc}", file=sys.stderr)
+        out = getattr(args, "out", None)
+        reported = reported_disk_full(exc, Path(out).parent if out else Path.cwd())
+        print(f"damt {args.command}{_rank_label()}: error: {reported}", file=sys.stderr)
         return 2
 
 

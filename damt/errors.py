@@ -15,10 +15,13 @@ class DiskFullError(OSError):
     subject would fail the same way; the message names the path and the space left."""
 
 
-def disk_full(exc: OSError, where: str | Path) -> DiskFullError | None:
+def disk_full(
+    exc: OSError, where: str | Path, kept: str = "nothing of this job was kept"
+) -> DiskFullError | None:
     """A :class:`DiskFullError` for an ``ENOSPC``/``EDQUOT`` error while writing under
     ``where``, or for a short write (numpy reports one as ``N requested and M written``, without
-    an errno: on a regular file only a full disk or quota cuts a write short); None otherwise."""
+    an errno: on a regular file only a full disk or quota cuts a write short); None otherwise.
+    ``kept`` says what survived, for the message."""
     short = exc.errno is None and _SHORT_WRITE.search(str(exc)) is not None
     if exc.errno not in (errno.ENOSPC, errno.EDQUOT) and not short:
         return None
@@ -27,11 +30,24 @@ def disk_full(exc: OSError, where: str | Path) -> DiskFullError | None:
     except OSError:
         free = "free space unknown"
     reason = "no quota left" if exc.errno == errno.EDQUOT else "no space left"
+    writing = f"writing {exc.filename}" if exc.filename else f"writing under {where}"
     return DiskFullError(
         exc.errno,
-        f"{reason} writing {exc.filename or where} ({free} on the file system of {where}); "
-        "free space or raise the quota, then rerun: nothing of this job was kept",
+        f"{reason} {writing} ({free} on the file system of {where}); "
+        f"free space or raise the quota, then rerun: {kept}",
     )
+
+
+def reported_disk_full(exc: BaseException, where: str | Path) -> BaseException:
+    """``exc`` as a :class:`DiskFullError` when it is a full disk or quota, with the space left
+    on the file system of the file it names (else of ``where``, the folder the job writes
+    under: pyarrow and plain writes name no file); ``exc`` itself otherwise."""
+    if not isinstance(exc, OSError) or isinstance(exc, DiskFullError):
+        return exc
+    folder = Path(exc.filename).parent if isinstance(exc.filename, str) else Path(where)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return disk_full(exc, folder) or exc
 
 
 class SubjectError(Exception):

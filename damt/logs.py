@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+
+from damt.errors import reported_disk_full
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -27,13 +30,20 @@ def setup_logging(verbose: bool = False, log_file: str | None = None, stderr: bo
 
 
 @contextmanager
-def rule_log(log_file: str) -> Iterator[None]:
-    """Log a rule job to its log file; a failure is written there too, then re-raised."""
+def rule_log(log_file: str, outputs: Iterable[str] = ()) -> Iterator[None]:
+    """Log a rule job to its log file; a failure is written there too, then re-raised (a full
+    disk as a :class:`damt.errors.DiskFullError` naming the folder of ``outputs``)."""
     setup_logging(log_file=log_file, stderr=False)
     try:
         yield
     except Exception as exc:
+        # A full disk or quota in any stage names the path and the space left (the error's
+        # own message names neither the space nor, for numpy's short writes, the cause).
+        parents = [os.path.dirname(os.path.abspath(f)) for f in outputs or [log_file]]
+        reported = reported_disk_full(exc, os.path.commonpath(parents))
         logging.getLogger("damt").error(
-            "job failed: %s: %s", type(exc).__name__, exc, exc_info=True
+            "job failed: %s: %s", type(reported).__name__, reported, exc_info=True
         )
-        raise
+        if reported is exc:
+            raise
+        raise reported from exc

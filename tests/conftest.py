@@ -386,10 +386,31 @@ def mount_read_only(path: Path) -> bool:
     for i, command in enumerate((bind, ["mount", "-o", "remount,bind,ro", str(path)])):
         if subprocess.run(command, capture_output=True).returncode != 0:
             if i:
-                subprocess.run(["umount", str(path)], capture_output=True)
+                subprocess.run(["umount", "--lazy", str(path)], capture_output=True)
             return False
     atexit.register(subprocess.run, ["umount", "--lazy", str(path)], capture_output=True)
     return True
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """A real 1 MB file system (tmpfs) to fill up: mounting one takes root, so the test skips
+    without it. Unmounted afterwards."""
+    path = tmp_path / "small_fs"
+    path.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("a small file system to fill needs root (mount -t tmpfs)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], capture_output=True)
+
+
+def fill(path: Path, leave_bytes: int) -> None:
+    """Fill the file system of ``path`` until ``leave_bytes`` (about) are free."""
+    free = shutil.disk_usage(path).free
+    (path / "filler").write_bytes(b"\0" * max(free - leave_bytes, 0))
 
 
 @pytest.fixture(scope="session")

@@ -349,26 +349,15 @@ def test_all_background_atlas_is_excluded_from_training(tmp_path: Path):
     assert status_of(codes, {}) == "fail"
 
 
-def test_a_full_disk_stops_the_job_and_keeps_no_partial_result(bert: Path, tmp_path: Path):
+def test_a_full_disk_stops_the_job_and_keeps_no_partial_result(bert: Path, small_fs: Path):
     """Issue 30, case 3: the cache of FreeSurfer's bert written to a real, nearly full file
-    system (a 1 MB tmpfs; mounting one takes root): the job stops with the path and the space
-    left named, instead of recording the subject as failed, and leaves no result a rerun would
-    take as complete."""
-    import os
-    import subprocess
-
+    system (a 1 MB tmpfs): the job stops with the path and the space left named, instead of
+    recording the subject as failed, and leaves no result a rerun would take as complete."""
     from damt.errors import DiskFullError
 
-    out = tmp_path / "out"
-    out.mkdir()
-    mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(out)]
-    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
-        pytest.skip("a small file system to fill needs root (mount -t tmpfs)")
-    try:
-        with pytest.raises(DiskFullError, match=r"no space left writing .*MB free") as err:
-            _run(_stage(), bert, out)
-        assert str(out) in str(err.value)
-        assert not stage_dir(out, bert.name, "cache").exists()
-        assert not [p for p in out.rglob("*") if p.is_file()], "a partial result was left"
-    finally:
-        subprocess.run(["umount", str(out)], capture_output=True)
+    out = small_fs
+    with pytest.raises(DiskFullError, match=r"no space left writing .*MB free") as err:
+        _run(_stage(), bert, out)
+    assert str(out) in str(err.value)
+    assert not stage_dir(out, bert.name, "cache").exists()
+    assert not [p for p in out.rglob("*") if p.is_file()], "a partial result was left"

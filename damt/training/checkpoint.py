@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from damt.errors import disk_full
 from damt.io import atomic_path, fsync
 
 log = logging.getLogger("damt.train")
@@ -64,17 +66,43 @@ def save_checkpoint(folder: str | Path, checkpoint: Checkpoint, save_every: int)
     """
     folder = Path(folder)
     latest, upcoming = folder / LATEST, folder / NEXT
-    with atomic_path(upcoming, durable=True) as tmp:
-        torch.save(checkpoint.to_state(), tmp)
-    if latest.exists():
-        os.replace(latest, folder / PREVIOUS)
-    os.replace(upcoming, latest)
-    fsync(folder)
-    epoch = checkpoint.epoch
-    if save_every > 0 and epoch % save_every == 0:
-        with atomic_path(folder / f"checkpoint_{epoch:04d}.pt", durable=True) as tmp:
-            shutil.copyfile(latest, tmp)
+    state = checkpoint.to_state()
+    try:
+        with atomic_path(upcoming, durable=True) as tmp:
+            try:
+                torch.save(state, tmp)
+            except RuntimeError as exc:
+                # torch's zip writer reports a short write as "unexpected pos N vs M", with no
+                # errno: a full disk when there is less room than the tensors need.
+                if shutil.disk_usage(folder).free >= _tensor_bytes(state):
+                    raise
+                raise OSError(errno.ENOSPC, str(exc), str(upcoming)) from exc
+        if latest.exists():
+            os.replace(latest, folder / PREVIOUS)
+        os.replace(upcoming, latest)
+        fsync(folder)
+        epoch = checkpoint.epoch
+        if save_every > 0 and epoch % save_every == 0:
+            with atomic_path(folder / f"checkpoint_{epoch:04d}.pt", durable=True) as tmp:
+                shutil.copyfile(latest, tmp)
+    except OSError as exc:
+        kept = "the checkpoints written before are kept, and the rerun resumes from the newest"
+        full = disk_full(exc, folder, kept)
+        if full is None:
+            raise
+        raise full from exc
     return latest
+
+
+def _tensor_bytes(obj: object) -> int:
+    """Bytes of the tensors in nested dicts and lists (what a checkpoint's file must hold)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def keep_as_best(latest: Path) -> None:

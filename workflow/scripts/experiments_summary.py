@@ -5,7 +5,7 @@ import _damt_path  # noqa: F401
 from damt.experiments.summary import write_summary
 from damt.logs import rule_log
 
-with rule_log(snakemake.log[0]):
+with rule_log(snakemake.log[0], snakemake.output):
     write_summary(
         snakemake.params.roles,
         dict(zip(snakemake.params.runs, snakemake.input.probes, strict=True)),

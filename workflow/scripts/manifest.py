@@ -6,7 +6,7 @@ from damt.features import FEATURE_GROUPS
 from damt.logs import rule_log
 from damt.qc.steps import write_manifest
 
-with rule_log(snakemake.log[0]):
+with rule_log(snakemake.log[0], snakemake.output):
     write_manifest(
         snakemake.params.qc,
         snakemake.params.evaluation,

@@ -5,7 +5,7 @@ import _damt_path  # noqa: F401
 from damt.features.morphometry import build_morphometry_tables
 from damt.logs import rule_log
 
-with rule_log(snakemake.log[0]):
+with rule_log(snakemake.log[0], snakemake.output):
     build_morphometry_tables(
         snakemake.input.summaries,
         snakemake.input.subjects,

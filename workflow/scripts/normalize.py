@@ -5,7 +5,7 @@ import _damt_path  # noqa: F401
 from damt.features.normalize import write_normalized
 from damt.logs import rule_log
 
-with rule_log(snakemake.log[0]):
+with rule_log(snakemake.log[0], snakemake.output):
     write_normalized(
         snakemake.params.normalize,
         snakemake.wildcards.group,

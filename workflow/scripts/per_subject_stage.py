@@ -5,7 +5,7 @@ import _damt_path  # noqa: F401
 from damt.logs import rule_log
 from damt.stages.registry import run_stage_shard
 
-with rule_log(snakemake.log[0]):
+with rule_log(snakemake.log[0], snakemake.output):
     run_stage_shard(
         snakemake.params.stage,
         snakemake.params.settings,

@@ -9,7 +9,7 @@ from damt.logs import rule_log
 from damt.training.launch.job import launch
 from damt.training.launch.resources import granted_gpus
 
-with rule_log(snakemake.log[0]):
+with rule_log(snakemake.log[0], snakemake.output):
     launch(
         snakemake.params.pretrain,
         Path(snakemake.input.manifest),

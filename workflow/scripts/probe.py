@@ -5,7 +5,7 @@ import _damt_path  # noqa: F401
 from damt.logs import rule_log
 from damt.probe.job import run_probe
 
-with rule_log(snakemake.log[0]):
+with rule_log(snakemake.log[0], snakemake.output):
     run_probe(
         snakemake.params.probe,
         snakemake.input.manifest,

@@ -6,7 +6,7 @@ from damt.discovery.record import read_discovery_subject_ids
 from damt.features.radiomics import build_radiomics_table
 from damt.logs import rule_log
 
-with rule_log(snakemake.log[0]):
+with rule_log(snakemake.log[0], snakemake.output):
     build_radiomics_table(
         snakemake.input.summaries,
         read_discovery_subject_ids(snakemake.input.subjects),
