@@ -28,3 +28,17 @@ def test_relative_links_resolve():
         if not (doc.parent / target).exists()
     ]
     assert not broken, broken
+
+
+def test_the_troubleshooting_page_covers_each_fault():
+    """Issue 30, case 8: one page says, for each fault the workflow handles, what it does and
+    what the user runs next; the README points to it."""
+    page = REPO / "docs" / "troubleshooting.md"
+    text = page.read_text()
+    faults = (
+        "preempted", "checkpoint cut short", "full disk", "`metrics.jsonl`", "spreadsheet",
+        "read-only", "`recon_stale`", "FastSurfer 1.x", "`pretrain.collective_timeout_s`",
+        "non-finite", "Snakemake killed", "another process still trains",
+    )  # fmt: skip
+    assert [f for f in faults if f not in text] == []
+    assert "](docs/troubleshooting.md)" in README.read_text()
