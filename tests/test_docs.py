@@ -37,7 +37,7 @@ def test_the_troubleshooting_page_covers_each_fault():
     text = page.read_text()
     faults = (
         "preempted", "checkpoint cut short", "full disk", "`metrics.jsonl`", "spreadsheet",
-        "read-only", "`recon_stale`", "FastSurfer 1.x", "`pretrain.collective_timeout_s`",
+        "read-only", "`discovery:recon_stale`", "FastSurfer 1.x", "`pretrain.collective_timeout_s`",
         "non-finite", "Snakemake killed", "another process still trains",
     )  # fmt: skip
     assert [f for f in faults if f not in text] == []
