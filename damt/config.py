@@ -94,6 +94,17 @@ def validate_config(
     return config
 
 
+def schema_defaults(section: str) -> dict:
+    """The schema's defaults of one top-level section (a new dict on every call)."""
+    return validate_config({}, sections=(section,))[section]
+
+
+def with_schema_defaults(section: str, stored: Mapping[str, Any]) -> dict:
+    """``stored`` (a section as a run recorded it, maybe before newer keys existed) with the
+    schema's defaults under it, not validated: a finished run stays readable."""
+    return deep_update(schema_defaults(section), stored)
+
+
 def deep_update(base: dict, overrides: Mapping[str, Any]) -> dict:
     """Recursively merge ``overrides`` into ``base`` (dicts merge, everything else replaces)."""
     for key, value in overrides.items():

@@ -130,3 +130,21 @@ def test_the_workflow_refuses_bad_settings_at_parse_time(
         assert word in out, out[-3000:]
     if "data_scaling" not in str(sections):  # the only check that needs the discovered cohort
         assert not (tmp_path / "results").exists()  # refused before anything was written
+
+
+def test_a_recorded_pretrain_section_gets_the_schema_defaults_of_keys_added_since():
+    """A checkpoint's config from before ``contrastive`` and ``ema`` existed (and with the
+    subset size under its first name) reads with today's defaults under it; its own values
+    win, and nothing is refused: a finished run stays exportable."""
+    from damt.config import schema_defaults, with_schema_defaults
+    from damt.training.settings import ContrastiveSettings, EmaSettings
+
+    stored = {"balancing": "equal", "epochs": 3, "subjects": 10, "augment": {"noise": {"prob": 1}}}
+    filled = with_schema_defaults("pretrain", stored)
+    defaults = schema_defaults("pretrain")
+    assert filled["contrastive"] == defaults["contrastive"] and filled["ema"] == defaults["ema"]
+    assert (filled["balancing"], filled["epochs"], filled["subjects"]) == ("equal", 3, 10)
+    assert filled["augment"]["noise"] == {**defaults["augment"]["noise"], "prob": 1}
+    assert ContrastiveSettings.from_pretrain(filled).method == defaults["contrastive"]["method"]
+    assert EmaSettings.from_pretrain(filled).enabled is defaults["ema"]["enabled"]
+    assert "contrastive" not in stored  # the recorded section itself is left as it was

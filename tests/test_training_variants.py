@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from monai.transforms import Rand3DElastic
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, default_collate
 
-from damt.config import ConfigError, load_config
+from damt.config import ConfigError, load_config, schema_defaults
 from damt.features import FEATURE_GROUPS
 from damt.model import TASKS
 from damt.model.network import DAMTNetwork
@@ -29,7 +30,7 @@ from damt.training.launch.signature import model_settings
 from damt.training.objective import PretrainObjective
 from damt.training.run import network_spec
 from damt.training.schedules import apply_schedules
-from damt.training.settings import AugmentSpec, ContrastiveSettings, DINOSettings, TrainSettings
+from damt.training.settings import AugmentSpec, ContrastiveSettings, TrainSettings
 from damt.training.step import accumulated_step, param_groups
 from tests.conftest import REPO, subprocess_env
 from tests.training_data import train_in_process, write_config, write_training_set
@@ -188,7 +189,8 @@ def test_a_phase_freezes_the_other_tasks_heads_and_weights(files):
 def test_a_phase_without_the_contrastive_task_freezes_dinos_prototypes(files):
     settings, _ = _settings(files, "freeze-dino")
     data = _inputs(files).load(settings.tasks)
-    method = ContrastiveSettings(method="dino", dino=DINOSettings(out_dim=64))
+    defaults = ContrastiveSettings.from_pretrain(schema_defaults("pretrain"))
+    method = replace(defaults, method="dino", dino=replace(defaults.dino, out_dim=64))
     network = DAMTNetwork(network_spec(settings, data))
     objective = PretrainObjective(network, "uncertainty", 0.5, contrastive=method)
     objective.set_active(("rotation", "mim"))
@@ -274,7 +276,10 @@ def test_the_elastic_field_moves_image_and_atlas_together():
     classes = np.kron(np.arange(16**3).reshape(16, 16, 16) % 5, np.ones((4, 4, 4)))
     classes = classes.astype(np.uint8)
     image = (classes.astype(np.float32) + 1) / 6
-    spec = AugmentSpec(elastic_prob=1.0, elastic_sigma=(4.0, 6.0), elastic_magnitude=(100.0, 200.0))
+    spec = replace(
+        AugmentSpec.from_config(schema_defaults("pretrain")["augment"]),
+        elastic_prob=1.0, elastic_sigma=(4.0, 6.0), elastic_magnitude=(100.0, 200.0),
+    )  # fmt: skip
     moved_image, moved_atlas = Augmenter(spec)(image, classes, np.random.default_rng(3))
     assert moved_atlas.dtype == np.uint8 and moved_image.shape == classes.shape
     assert (moved_atlas != classes).mean() > 0.2  # it did deform

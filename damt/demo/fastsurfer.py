@@ -10,11 +10,11 @@ surfaces or labels, to keep it fast): the segmentation module's ``mri/orig_nu.mg
 ``# FastSurfer_version``), ``scripts/deep-seg.log`` (``Version:`` per invocation) and, v2.2+,
 ``scripts/build.log``; a surface run adds ``aseg.stats``, ``brainvol.stats``,
 ``?h.aparc.DKTatlas.mapped.stats`` (v2.3: also ``aseg.presurf.hypos.stats``, every row of
-FreeSurfer's ASegStatsLUT as ``segstats.py --empty`` writes it), the symbolic link ``mri/aparc+aseg.mgz`` →
-``aparc.DKTatlas+aseg.mapped.mgz``, ``scripts/recon-surf.log`` and, when it finished,
-``scripts/recon-surf.done``. A failed surface run keeps the ``recon-all.done`` and the
-"finished without error" of ``recon-all-status.log`` that FastSurfer's single-step ``recon-all``
-calls leave behind.
+FreeSurfer's ASegStatsLUT as ``segstats.py --empty`` writes it), the symbolic link
+``mri/aparc+aseg.mgz`` → ``aparc.DKTatlas+aseg.mapped.mgz``, ``scripts/recon-surf.log``
+and, when it finished, ``scripts/recon-surf.done``. A failed surface run keeps the
+``recon-all.done`` and the "finished without error" of ``recon-all-status.log`` that
+FastSurfer's single-step ``recon-all`` calls leave behind.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from damt.config import schema_defaults
 from damt.features import TASK_FEATURE_GROUPS
 from damt.freesurfer.labels import read_label_table
 from damt.io import HASH_CHARS
@@ -152,7 +153,9 @@ class PretrainDataset(Dataset):
         self.spec = spec
         self.seed = seed
         self.epoch = 0
-        self.augmenter = Augmenter(augment or AugmentSpec())
+        self.augmenter = Augmenter(
+            augment or AugmentSpec.from_config(schema_defaults("pretrain")["augment"])
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation stream of ``epoch`` (call before creating the iterator)."""

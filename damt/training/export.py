@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 import damt
+from damt.config import with_schema_defaults
 from damt.io import atomic_path, write_json_atomic
 from damt.model.encoder import SwinEncoder, encoder_metadata
 from damt.model.network import DAMTNetwork
@@ -103,7 +104,8 @@ def export_finished(checkpoint: Checkpoint, run_dir: Path, env: DistEnv) -> Trai
     from the current tables and label table) and the facts of its training for the model card.
     """
     facts = checkpoint.run
-    trained = facts["config"]
+    # The run's settings as it recorded them, under today's defaults for keys added since.
+    trained = with_schema_defaults("pretrain", facts["config"])
     objective = PretrainObjective(
         DAMTNetwork(NetworkSpec.from_dict(checkpoint.network)),
         trained["balancing"],
@@ -115,7 +117,7 @@ def export_finished(checkpoint: Checkpoint, run_dir: Path, env: DistEnv) -> Trai
     log.info(
         "%s finished its %d epochs: exporting its weights (no training)", run_dir, checkpoint.epoch
     )
-    best = checkpoint.eval_best if trained.get("keep_best") else None
+    best = checkpoint.eval_best if trained["keep_best"] else None
     return finish_run(
         run_dir, objective, facts, best, checkpoint.epoch, checkpoint.step,
         checkpoint.skipped_steps, env,

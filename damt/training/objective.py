@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from damt.config import schema_defaults
 from damt.model.network import DAMTNetwork
 from damt.training import signals
 from damt.training.losses import (
@@ -51,8 +52,9 @@ class PretrainObjective(nn.Module):
         super().__init__()
         self.network = network
         self.temperature = temperature
-        self.contrastive = contrastive or ContrastiveSettings()
-        self.ema = ema or EmaSettings()
+        defaults = schema_defaults("pretrain") if contrastive is None or ema is None else {}
+        self.contrastive = contrastive or ContrastiveSettings.from_pretrain(defaults)
+        self.ema = ema or EmaSettings.from_pretrain(defaults)
         self.balancer: nn.Module = make_balancer(balancing, network.spec.tasks)
         self.active: tuple[str, ...] = network.spec.tasks
         c, spec = self.contrastive, network.spec

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from damt.config import with_schema_defaults
 from damt.model.network import DAMTNetwork
 from damt.model.spec import NetworkSpec
 from damt.training.checkpoint import Checkpoint, load_checkpoint
@@ -91,7 +92,7 @@ def _check_resumable(
 ) -> None:
     """Refuse to resume a checkpoint of another network or another task balancing."""
     changed = NetworkSpec.from_dict(checkpoint.network).differences(spec)
-    trained = checkpoint.run["config"]
+    trained = with_schema_defaults("pretrain", checkpoint.run["config"])
     if trained["balancing"] != settings.balancing:
         changed.append(("balancing", trained["balancing"], settings.balancing))
     old_c, old_ema = ContrastiveSettings.from_pretrain(trained), EmaSettings.from_pretrain(trained)

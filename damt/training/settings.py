@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from damt.model.spec import (
     TASKS,
@@ -32,16 +32,16 @@ def _range(name: str, values, low: float | None = None, positive: bool = False) 
 class AugmentSpec:
     """Probabilities and ranges of ``pretrain.augment`` (all probabilities 0: no augmentation)."""
 
-    elastic_prob: float = 0.0
-    elastic_sigma: tuple[float, float] = (5.0, 8.0)
-    elastic_magnitude: tuple[float, float] = (20.0, 60.0)
-    bias_field_prob: float = 0.0
-    bias_field_degree: int = 3
-    bias_field_coeff: tuple[float, float] = (0.0, 0.1)
-    contrast_prob: float = 0.0
-    contrast_gamma: tuple[float, float] = (0.7, 1.5)
-    noise_prob: float = 0.0
-    noise_std: float = 0.05
+    elastic_prob: float
+    elastic_sigma: tuple[float, float]
+    elastic_magnitude: tuple[float, float]
+    bias_field_prob: float
+    bias_field_degree: int
+    bias_field_coeff: tuple[float, float]
+    contrast_prob: float
+    contrast_gamma: tuple[float, float]
+    noise_prob: float
+    noise_std: float
 
     @classmethod
     def from_config(cls, augment: dict) -> AugmentSpec:
@@ -72,11 +72,11 @@ class VICRegSettings:
     """VICReg's coefficients (Bardes et al. 2022, the paper's defaults): λ invariance, μ
     variance, ν covariance; the variance hinge's target γ and the ε under its square root."""
 
-    invariance: float = 25.0
-    variance: float = 25.0
-    covariance: float = 1.0
-    variance_target: float = 1.0
-    eps: float = 1e-4
+    invariance: float
+    variance: float
+    covariance: float
+    variance_target: float
+    eps: float
 
 
 @dataclass(frozen=True)
@@ -84,34 +84,34 @@ class DINOSettings:
     """DINO's self-distillation (Caron et al. 2021): prototypes, temperatures, centre and teacher
     momentum (the paper's defaults except ``out_dim``, 65536 there)."""
 
-    out_dim: int = 4096
-    teacher_temperature: float = 0.04
-    student_temperature: float = 0.1
-    center_momentum: float = 0.9
-    teacher_momentum: float = 0.996  # start of the cosine schedule to 1
+    out_dim: int
+    teacher_temperature: float
+    student_temperature: float
+    center_momentum: float
+    teacher_momentum: float  # start of the cosine schedule to 1
 
 
 @dataclass(frozen=True)
 class ContrastiveSettings:
     """``pretrain.contrastive``: which loss the contrastive task uses and its settings."""
 
-    method: str = "ntxent"
-    queue_size: int = 0
-    export: str = "student"
-    vicreg: VICRegSettings = field(default_factory=VICRegSettings)
-    dino: DINOSettings = field(default_factory=DINOSettings)
+    method: str
+    queue_size: int
+    export: str
+    vicreg: VICRegSettings
+    dino: DINOSettings
 
     @classmethod
     def from_pretrain(cls, pretrain: dict) -> ContrastiveSettings:
-        """From a ``pretrain`` section; a section without ``contrastive`` (a checkpoint's config
-        from before it existed) gives the defaults, today's NT-Xent."""
-        c = pretrain.get("contrastive") or {}
+        """From a validated ``pretrain`` section (a checkpoint's: through
+        :func:`damt.config.with_schema_defaults`)."""
+        c = pretrain["contrastive"]
         return cls(
-            method=c.get("method", "ntxent"),
-            queue_size=c.get("queue_size", 0),
-            export=c.get("export", "student"),
-            vicreg=VICRegSettings(**(c.get("vicreg") or {})),
-            dino=DINOSettings(**(c.get("dino") or {})),
+            method=c["method"],
+            queue_size=c["queue_size"],
+            export=c["export"],
+            vicreg=VICRegSettings(**c["vicreg"]),
+            dino=DINOSettings(**c["dino"]),
         )
 
 
@@ -119,13 +119,13 @@ class ContrastiveSettings:
 class EmaSettings:
     """``pretrain.ema``: an exponential moving average of the encoder, exported as well."""
 
-    enabled: bool = False
-    momentum: float = 0.999
+    enabled: bool
+    momentum: float
 
     @classmethod
     def from_pretrain(cls, pretrain: dict) -> EmaSettings:
-        """From a ``pretrain`` section (defaults where it has no ``ema``)."""
-        return cls(**(pretrain.get("ema") or {}))
+        """From a validated ``pretrain`` section."""
+        return cls(**pretrain["ema"])
 
 
 @dataclass(frozen=True)
