@@ -85,15 +85,31 @@ def demo_copy(demo_cohort: Path, tmp_path: Path) -> Path:
     return dst
 
 
+def discover(dirs: list[dict], **options):
+    """:func:`damt.discovery.scan.discover_subjects` with the schema's ``subjects`` settings
+    (``options`` change them; the optional ones stay off unless given)."""
+    from damt.config import validate_config
+    from damt.discovery.scan import discover_subjects
+
+    config = validate_config({"subjects": {"dirs": dirs}}, sections=("subjects", "sharding"))
+    sub = config["subjects"]
+    schema = {
+        "required_files": sub["required_files"],
+        "exclude": sub["exclude"],
+        "include_templates": sub["include_templates"],
+        "n_shards": config["sharding"]["n_shards"],
+    }
+    return discover_subjects(dirs, **{**schema, **options})
+
+
 def run_stage_shards(stage, subjects_dir: Path, outdir: Path, **discovery_options) -> list[Path]:
     """Run a per-subject stage over a folder's subjects as the workflow's shard jobs do
     (discovery files, then one job per shard); returns the shard summaries."""
     from damt.discovery.record import write_discovery
-    from damt.discovery.scan import discover_subjects
     from damt.paths import ResultPaths
     from damt.stages.store import run_shard
 
-    discovery = discover_subjects([{"path": str(subjects_dir)}], **discovery_options)
+    discovery = discover([{"path": str(subjects_dir)}], **discovery_options)
     write_discovery(discovery, outdir)
     paths = ResultPaths(str(outdir))
     summaries = []

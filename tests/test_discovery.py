@@ -18,9 +18,8 @@ from damt.discovery.ids import (
     shard_of,
 )
 from damt.discovery.record import read_discovery, read_shard, write_discovery
-from damt.discovery.scan import discover_subjects
 from damt.paths import ResultPaths
-from tests.conftest import unprivileged
+from tests.conftest import discover, unprivileged
 
 REQUIRED = ("mri/brainmask.mgz", "mri/aparc+aseg.mgz")
 
@@ -52,7 +51,7 @@ def test_basic_discovery_sorted_with_report(tmp_path: Path):
     for name in ("s2", "s1"):
         make_subject(tmp_path, name)
     (tmp_path / "README").write_text("not a subject")
-    d = discover_subjects([{"path": str(tmp_path)}])
+    d = discover([{"path": str(tmp_path)}])
     assert d.subject_ids == ["s1", "s2"]
     assert {f.status for f in d.report} == {"included"}
     assert d.subjects[0].path == str(tmp_path / "s1")
@@ -63,7 +62,7 @@ def test_illegal_id_is_refused_with_folder_named(tmp_path: Path, caplog):
     make_subject(tmp_path, "good")
     make_subject(tmp_path, "bad id")
     make_subject(tmp_path, ".hidden")
-    d = discover_subjects([{"path": str(tmp_path)}])
+    d = discover([{"path": str(tmp_path)}])
     assert d.subject_ids == ["good"]
     rep = by_id(d)
     assert rep["bad id"].reason == "illegal_id" and rep["bad id"].status == "flagged"
@@ -77,7 +76,7 @@ def test_missing_required_volume_and_empty_folder_are_reported(tmp_path: Path):
     make_subject(tmp_path, "full")
     make_subject(tmp_path, "half", files=("mri/brainmask.mgz",))
     (tmp_path / "empty").mkdir()
-    d = discover_subjects([{"path": str(tmp_path)}])
+    d = discover([{"path": str(tmp_path)}])
     assert d.subject_ids == ["full"]
     rep = by_id(d)
     assert rep["half"].reason == "missing_required"
@@ -89,7 +88,7 @@ def test_missing_required_volume_and_empty_folder_are_reported(tmp_path: Path):
 
 def test_required_file_names_are_configurable(tmp_path: Path):
     make_subject(tmp_path, "a", files=("mri/T1.mgz",))
-    d = discover_subjects([{"path": str(tmp_path)}], required_files=["mri/T1.mgz"])
+    d = discover([{"path": str(tmp_path)}], required_files=["mri/T1.mgz"])
     assert d.subject_ids == ["a"]
 
 
@@ -99,7 +98,7 @@ def test_symlinked_subject_is_followed_and_broken_link_flagged(tmp_path: Path):
     root.mkdir()
     os.symlink(real, root / "linked")
     os.symlink(tmp_path / "nowhere", root / "dangling")
-    d = discover_subjects([{"path": str(root)}])
+    d = discover([{"path": str(root)}])
     assert d.subject_ids == ["linked"]
     assert by_id(d)["dangling"].reason == "broken_link"
 
@@ -108,14 +107,14 @@ def test_templates_excluded_by_default_unless_listed(tmp_path: Path):
     make_subject(tmp_path, "fsaverage")
     make_subject(tmp_path, "fsaverage5")
     make_subject(tmp_path, "s1")
-    d = discover_subjects([{"path": str(tmp_path)}])
+    d = discover([{"path": str(tmp_path)}])
     assert d.subject_ids == ["s1"]
     assert by_id(d)["fsaverage"].reason == "excluded_pattern"
     assert by_id(d)["fsaverage"].status == "skipped"
-    d = discover_subjects([{"path": str(tmp_path)}], subjects_list=["s1", "fsaverage"])
+    d = discover([{"path": str(tmp_path)}], subjects_list=["s1", "fsaverage"])
     assert d.subject_ids == ["fsaverage", "s1"]
     assert by_id(d)["fsaverage5"].reason == "not_listed"
-    d = discover_subjects([{"path": str(tmp_path)}], exclude=[])
+    d = discover([{"path": str(tmp_path)}], exclude=[])
     assert d.subject_ids == ["fsaverage", "fsaverage5", "s1"]
 
 
@@ -126,7 +125,7 @@ def test_subjects_list_restricts_and_reports_absent_subjects(tmp_path: Path):
     lst.write_text("# cohort A\ns3\n\ns1  # trailing comment\nghost\ns1\n")
     ids = read_subjects_list(lst)
     assert ids == ["s3", "s1", "ghost"]
-    d = discover_subjects([{"path": str(tmp_path)}], subjects_list=ids)
+    d = discover([{"path": str(tmp_path)}], subjects_list=ids)
     assert d.subject_ids == ["s1", "s3"]
     rep = by_id(d)
     assert rep["ghost"].reason == "listed_not_found" and rep["ghost"].status == "flagged"
@@ -138,7 +137,7 @@ def test_several_dirs_first_wins_duplicates_reported(tmp_path: Path):
     make_subject(a, "s1")
     make_subject(b, "s1")
     make_subject(b, "s2")
-    d = discover_subjects([{"path": str(a)}, {"path": str(b)}])
+    d = discover([{"path": str(a)}, {"path": str(b)}])
     assert d.subject_ids == ["s1", "s2"]
     assert d.subjects[0].source == str(a)
     dup = [f for f in d.report if f.reason == "duplicate_id"]
@@ -147,8 +146,8 @@ def test_several_dirs_first_wins_duplicates_reported(tmp_path: Path):
 
 def test_missing_dir_is_an_error_unless_optional(tmp_path: Path):
     with pytest.raises(DiscoveryError, match="does not exist"):
-        discover_subjects([{"path": str(tmp_path / "nope")}])
-    d = discover_subjects([{"path": str(tmp_path / "nope"), "optional": True}])
+        discover([{"path": str(tmp_path / "nope")}])
+    d = discover([{"path": str(tmp_path / "nope"), "optional": True}])
     assert d.subjects == [] and "does not exist" in d.notices[0]
 
 
@@ -161,8 +160,10 @@ def test_unreadable_subject_folder_is_flagged(open_tmp: Path):
         p.chmod(0o755 if p.is_dir() else 0o644)
     locked.chmod(0)
     code = (
-        "import json; from damt.discovery.scan import discover_subjects; "
-        f"d = discover_subjects([{{'path': {str(root)!r}}}]); "
+        "import json; from damt.config import validate_config; "
+        "from damt.discovery.workflow import discover_from_config; "
+        f"c = validate_config({{'subjects': {{'dirs': [{{'path': {str(root)!r}}}]}}, "
+        "'outdir': 'unused'}); d = discover_from_config(c); "
         "print(json.dumps({f.subject_id: [f.status, f.reason, f.detail] for f in d.report}))"
     )
     proc = unprivileged([sys.executable, "-c", code], open_tmp)
@@ -187,15 +188,15 @@ def test_write_discovery_touches_only_changed_files(tmp_path: Path):
     for name in ("s1", "s2"):
         make_subject(root, name)
     out = tmp_path / "results"
-    d = discover_subjects([{"path": str(root)}])
+    d = discover([{"path": str(root)}])
     written = write_discovery(d, out)
     assert len(written) == 4  # subjects, report and two shards
     before = {p: p.stat().st_mtime_ns for p in (out / "discovery").rglob("*.tsv")}
-    assert write_discovery(discover_subjects([{"path": str(root)}]), out) == []
+    assert write_discovery(discover([{"path": str(root)}]), out) == []
     assert before == {p: p.stat().st_mtime_ns for p in (out / "discovery").rglob("*.tsv")}
 
     make_subject(root, "s3")
-    written = write_discovery(discover_subjects([{"path": str(root)}]), out)
+    written = write_discovery(discover([{"path": str(root)}]), out)
     assert set(written) == {
         out / "discovery" / "subjects.tsv",
         out / "discovery" / "report.tsv",
@@ -206,7 +207,7 @@ def test_write_discovery_touches_only_changed_files(tmp_path: Path):
     assert read_shard(Path(ResultPaths(str(out)).shard_members("s3")))[0]["subject_id"] == "s3"
 
     (root / "s1" / "mri" / "brainmask.mgz").unlink()
-    write_discovery(discover_subjects([{"path": str(root)}]), out)
+    write_discovery(discover([{"path": str(root)}]), out)
     assert not Path(
         ResultPaths(str(out)).shard_members("s1")
     ).exists()  # a removed subject's shard disappears
@@ -214,18 +215,18 @@ def test_write_discovery_touches_only_changed_files(tmp_path: Path):
 
 def test_changed_volume_changes_the_fingerprint(tmp_path: Path):
     make_subject(tmp_path, "s1")
-    first = discover_subjects([{"path": str(tmp_path)}]).subjects[0].fingerprint
+    first = discover([{"path": str(tmp_path)}]).subjects[0].fingerprint
     target = tmp_path / "s1" / "mri" / "aparc+aseg.mgz"
     target.write_bytes(b"changed")
-    second = discover_subjects([{"path": str(tmp_path)}]).subjects[0].fingerprint
+    second = discover([{"path": str(tmp_path)}]).subjects[0].fingerprint
     assert first != second
 
 
 def test_real_subjects_dir(shared_subjects: Path):
-    d = discover_subjects([{"path": str(shared_subjects)}])
+    d = discover([{"path": str(shared_subjects)}])
     assert d.subject_ids == ["bert"]
     assert by_id(d)["fsaverage"].reason == "excluded_pattern"
-    d = discover_subjects([{"path": str(shared_subjects)}], exclude=[])
+    d = discover([{"path": str(shared_subjects)}], exclude=[])
     assert d.subject_ids == ["bert", "fsaverage"]
 
 
@@ -236,7 +237,7 @@ def test_symlink_loop_marker_flags_only_that_subject(tmp_path: Path, marker: str
     bad = make_subject(tmp_path, "loop")
     (bad / marker).parent.mkdir(parents=True, exist_ok=True)
     os.symlink(bad / marker, bad / marker)  # points at itself
-    d = discover_subjects([{"path": str(tmp_path)}])
+    d = discover([{"path": str(tmp_path)}])
     assert d.subject_ids == ["good"]
     f = by_id(d)["loop"]
     assert (f.status, f.reason) == ("flagged", "unreadable")
@@ -247,11 +248,11 @@ def test_fixed_input_with_kept_mtime_changes_the_fingerprint(tmp_path: Path):
     """Issue 18, case 3: a subject whose volume was replaced must be recomputed, even when the
     replacement keeps size and mtime (``cp -p``); stage inputs beyond the required files count."""
     folder = make_subject(tmp_path, "s1", files=(*REQUIRED, "mri/T1.mgz"))
-    first = discover_subjects([{"path": str(tmp_path)}], input_files=["mri/T1.mgz"])
+    first = discover([{"path": str(tmp_path)}], input_files=["mri/T1.mgz"])
     st = os.stat(folder / "mri/T1.mgz")
     (folder / "mri/T1.mgz").write_bytes(b"y")  # same size
     os.utime(folder / "mri/T1.mgz", ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime
-    second = discover_subjects([{"path": str(tmp_path)}], input_files=["mri/T1.mgz"])
+    second = discover([{"path": str(tmp_path)}], input_files=["mri/T1.mgz"])
     assert first.subjects[0].fingerprint != second.subjects[0].fingerprint
 
 
@@ -276,7 +277,7 @@ def test_longitudinal_and_bids_sessions_get_participants(tmp_path: Path):
     for name in ("sub-01_ses-01", "sub-01_ses-02", "sub-02_ses-01"):
         make_subject(tmp_path, name)
     (tmp_path / "base" / "base-tps").write_text("tp1\ntp2\n")
-    d = discover_subjects([{"path": str(tmp_path)}])
+    d = discover([{"path": str(tmp_path)}])
     got = {s.subject_id: s.participant for s in d.subjects}
     assert got == {
         "tp1": "base",
@@ -292,12 +293,12 @@ def test_longitudinal_and_bids_sessions_get_participants(tmp_path: Path):
     assert (template.status, template.reason) == ("skipped", "longitudinal_template")
     assert "tp1, tp2" in template.detail
 
-    d = discover_subjects([{"path": str(tmp_path)}], include_templates=True)
+    d = discover([{"path": str(tmp_path)}], include_templates=True)
     assert {s.subject_id: s.participant for s in d.subjects}["base"] == "base"
     # A mapping file wins over the names; ids it lacks keep the name's participant.
     mapping = tmp_path.parent / "participants.tsv"
     mapping.write_text("subject_id\tparticipant\ns9\tP9\ntp1\tP1\n")
-    d = discover_subjects([{"path": str(tmp_path)}], participants=read_participants(mapping))
+    d = discover([{"path": str(tmp_path)}], participants=read_participants(mapping))
     got = {s.subject_id: s.participant for s in d.subjects}
     assert (got["s9"], got["tp1"], got["tp2"]) == ("P9", "P1", "base")
     write_discovery(d, tmp_path.parent / "out")

@@ -15,7 +15,6 @@ import pytest
 
 from damt.config import validate_config
 from damt.demo.cohort import generate_cohort
-from damt.discovery.scan import discover_subjects
 from damt.discovery.workflow import discover_from_config
 from damt.freesurfer.labels import read_label_table
 from damt.freesurfer.stats.long_table import long_table, read_long_metadata
@@ -25,7 +24,7 @@ from damt.stages.cache import stage_from_settings
 from damt.stages.registry import build_stage
 from damt.stages.stats import StatsStage
 from damt.stages.store import SubjectTask, run_tasks
-from tests.conftest import REPO
+from tests.conftest import REPO, discover
 
 CASES = {  # subject id prefix → (FastSurfer version, run)
     "fs23full-": ("2.3.0", "full"),
@@ -77,11 +76,11 @@ def test_fastsurfer_required_files_per_layout(fs_cohort: Path, tmp_path: Path):
     seg = tmp_path / "s" / "fs-seg"
     shutil.copytree(fs_cohort / "fs21seg-001", seg)
     (seg / "mri" / "orig_nu.mgz").unlink()
-    d = discover_subjects([{"path": str(seg.parent)}], fastsurfer_required_files=FS_REQUIRED)
+    d = discover([{"path": str(seg.parent)}], fastsurfer_required_files=FS_REQUIRED)
     (finding,) = d.report
     assert finding.reason == "missing_required" and "mri/orig_nu.mgz" in finding.detail
     # Without the FastSurfer list, a segmentation-only run lacks FreeSurfer's files.
-    d = discover_subjects([{"path": str(fs_cohort)}])
+    d = discover([{"path": str(fs_cohort)}])
     assert "fs21seg-001" not in d.subject_ids
 
 

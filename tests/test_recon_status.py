@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from damt.discovery.record import read_discovery, write_discovery
-from damt.discovery.scan import discover_subjects
 from damt.freesurfer.recon import UNKNOWN, last_error_line, recon_status
+from tests.conftest import discover
 from tests.test_discovery import by_id, make_subject
 
 FAILED_LOG_TAIL = """\
@@ -42,7 +42,7 @@ def test_recon_all_error_fails_with_the_log_line_that_says_why(tmp_path: Path):
         },
     )
     make_subject(tmp_path, "s_ok")
-    d = discover_subjects([{"path": str(tmp_path)}])
+    d = discover([{"path": str(tmp_path)}])
     assert d.subject_ids == ["s_ok"]
     f = by_id(d)["s_err"]
     assert (f.status, f.reason) == ("flagged", "recon_failed")
@@ -56,7 +56,7 @@ def test_error_older_than_a_later_successful_run_is_ignored(tmp_path: Path, bert
     shutil.copy(bert / "scripts" / "recon-all.done", scripts / "recon-all.done")
     old = os.stat(scripts / "recon-all.done").st_mtime_ns - 10**9
     os.utime(scripts / "recon-all.error", ns=(old, old))
-    assert discover_subjects([{"path": str(tmp_path)}]).subject_ids == ["rerun"]
+    assert discover([{"path": str(tmp_path)}]).subject_ids == ["rerun"]
 
 
 def test_done_file_that_reports_errors_fails(tmp_path: Path):
@@ -64,7 +64,7 @@ def test_done_file_that_reports_errors_fails(tmp_path: Path):
         make_subject(tmp_path, "s"),
         {"recon-all.done": "SUBJECT s\nrecon-all -s s exited with ERRORS at Tue Jul 13 2021\n"},
     )
-    f = by_id(discover_subjects([{"path": str(tmp_path)}]))["s"]
+    f = by_id(discover([{"path": str(tmp_path)}]))["s"]
     assert (f.status, f.reason) == ("flagged", "recon_failed")
     assert "recon-all.done reports a failure" in f.detail and "exited with ERRORS" in f.detail
 
@@ -72,7 +72,7 @@ def test_done_file_that_reports_errors_fails(tmp_path: Path):
 def test_running_recon_is_skipped_then_picked_up_when_done(tmp_path: Path, bert: Path):
     folder = make_subject(tmp_path, "busy")
     scripts = _scripts(folder, {"IsRunning.lh+rh": "recon-all running on node17\n"})
-    d = discover_subjects([{"path": str(tmp_path)}])
+    d = discover([{"path": str(tmp_path)}])
     assert d.subject_ids == []
     f = by_id(d)["busy"]
     assert (f.status, f.reason) == ("skipped", "recon_running")
@@ -82,7 +82,7 @@ def test_running_recon_is_skipped_then_picked_up_when_done(tmp_path: Path, bert:
 
     (scripts / "IsRunning.lh+rh").unlink()
     shutil.copy(bert / "scripts" / "recon-all.done", scripts / "recon-all.done")
-    d = discover_subjects([{"path": str(tmp_path)}])
+    d = discover([{"path": str(tmp_path)}])
     assert d.subject_ids == ["busy"]
     write_discovery(d, outdir)
     (subject,) = read_discovery(outdir).subjects
@@ -115,7 +115,7 @@ def test_a_killed_recon_is_flagged_stale_with_the_time_of_its_last_change(tmp_pa
     _age(tmp_path / "fs_killed", 72.5)
     _age(tmp_path / "fast_killed", 49)
     _age(tmp_path / "fs_busy", 47)
-    d = discover_subjects([{"path": str(tmp_path)}], stale_after_hours=48)
+    d = discover([{"path": str(tmp_path)}], stale_after_hours=48)
     found = by_id(d)
     assert d.subject_ids == []
     assert (found["fs_busy"].status, found["fs_busy"].reason) == ("skipped", "recon_running")
@@ -129,12 +129,10 @@ def test_a_killed_recon_is_flagged_stale_with_the_time_of_its_last_change(tmp_pa
         last = os.stat(tmp_path / name / "scripts").st_mtime
         assert time.strftime("since %Y-%m-%d %H:%M UTC", time.gmtime(last)) in f.detail
     # The report stays the same between discoveries (it is a QC input): no growing age in it.
-    again = by_id(discover_subjects([{"path": str(tmp_path)}], stale_after_hours=48))
+    again = by_id(discover([{"path": str(tmp_path)}], stale_after_hours=48))
     assert again["fs_killed"].detail == found["fs_killed"].detail
     # Without the setting a marker never goes stale.
-    assert by_id(discover_subjects([{"path": str(tmp_path)}]))["fs_killed"].reason == (
-        "recon_running"
-    )
+    assert by_id(discover([{"path": str(tmp_path)}]))["fs_killed"].reason == ("recon_running")
 
 
 def test_fastsurfer_before_2_1_is_named_with_the_file_it_lacks(tmp_path: Path):
@@ -156,7 +154,7 @@ def test_fastsurfer_before_2_1_is_named_with_the_file_it_lacks(tmp_path: Path):
         _scripts(folder, {"deep-seg.log": text, "recon-surf.done": "SUBJECT x\n"})
     assert [recon_status(tmp_path / n).segmenter_version for n in logs] == ["1.x", "2.0", "2.1"]
     found = by_id(
-        discover_subjects(
+        discover(
             [{"path": str(tmp_path)}],
             fastsurfer_required_files=["mri/orig_nu.mgz", "mri/aparc.DKTatlas+aseg.deep.mgz"],
         )
@@ -168,7 +166,7 @@ def test_fastsurfer_before_2_1_is_named_with_the_file_it_lacks(tmp_path: Path):
         assert "mri/nu.mgz: name it in subjects.fastsurfer_required_files" in f.detail
     # v2.1 writes orig_nu.mgz: a v2.1 folder without it is just missing a file.
     assert found["v21"].detail.endswith("lacks required file(s): mri/orig_nu.mgz")
-    d = discover_subjects([{"path": str(tmp_path)}], fastsurfer_required_files=volumes)
+    d = discover([{"path": str(tmp_path)}], fastsurfer_required_files=volumes)
     assert d.subject_ids == sorted(logs)
     assert [s.segmenter_version for s in d.subjects] == ["1.x", "2.0", "2.1"]
 
@@ -178,7 +176,7 @@ def test_version_from_build_stamp_when_no_done_file(tmp_path: Path):
         make_subject(tmp_path, "s5"),
         {"build-stamp.txt": "freesurfer-Linux-centos4_x86_64-stable-pub-v5.3.0\n"},
     )
-    (subject,) = discover_subjects([{"path": str(tmp_path)}]).subjects
+    (subject,) = discover([{"path": str(tmp_path)}]).subjects
     assert (subject.fs_version, subject.recon_hours) == ("5.3.0", "")
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from damt.discovery.ids import DiscoveryError, read_participants
-from damt.discovery.scan import discover_subjects
 from damt.probe.phenotypes import read_phenotypes
 from damt.probe.settings import ProbeError
 from damt.subject_tables import SubjectTableError, match_subject_ids, read_subject_table
+from tests.conftest import discover
 from tests.test_discovery import make_subject
 
 
@@ -76,9 +76,9 @@ def test_a_participants_table_from_a_spreadsheet_names_the_people(tmp_path: Path
         "\ufeffsubject_id;participant\r\nsub-001_ses-1;P1\r\nsub-001_ses-2;P1\r\n42;P2\r\n".encode()
     )
     participants = read_participants(mapping)
-    found = discover_subjects([{"path": str(root)}], participants=participants)
+    found = discover([{"path": str(root)}], participants=participants)
     got = {s.subject_id: s.participant for s in found.subjects}
     assert got == {"sub-001_ses-1": "P1", "sub-001_ses-2": "P1", "0042": "P2"}
     make_subject(root, "042")
     with pytest.raises(DiscoveryError, match=r"42 \((0042 or 042|042 or 0042)\)"):
-        discover_subjects([{"path": str(root)}], participants=participants)
+        discover([{"path": str(root)}], participants=participants)

@@ -304,18 +304,24 @@ def _matched_participants(
 
 def discover_subjects(
     dirs: Sequence[dict],
-    required_files: Sequence[str] = ("mri/brainmask.mgz", "mri/aparc+aseg.mgz"),
-    exclude: Sequence[str] = ("fsaverage*",),
+    *,
+    required_files: Sequence[str],
+    exclude: Sequence[str],
+    n_shards: int,
+    include_templates: bool,
     subjects_list: Iterable[str] | None = None,
-    n_shards: int = 0,
     input_files: Sequence[str] = (),
     fastsurfer_required_files: Sequence[str] | None = None,
     fastsurfer_input_files: Sequence[str] = (),
-    include_templates: bool = False,
     participants: Mapping[str, str] | None = None,
     stale_after_hours: float | None = None,
 ) -> Discovery:
     """Search ``dirs`` (``[{"path": ..., "optional": bool}]``) for subject folders.
+
+    The settings are the ``subjects`` section's (and ``sharding.n_shards``;
+    :func:`damt.discovery.workflow.discover_from_config` passes them): ``None`` or an empty
+    sequence switches the optional ones off (FastSurfer subjects then need ``required_files``
+    too, and a running recon never goes stale).
 
     A folder is a subject when its name is a legal id and it holds every ``required_files``
     entry. Everything else that looks like a candidate is written to the report with a reason:

@@ -16,18 +16,17 @@ log = logging.getLogger(__name__)
 def discover_from_config(config: dict) -> Discovery:
     """Run :func:`discover_subjects` with the settings of a validated configuration."""
     sub = config["subjects"]
-    listed = read_subjects_list(sub["list"]) if sub.get("list") else None
     return discover_subjects(
         sub["dirs"],
         required_files=sub["required_files"],
         exclude=sub["exclude"],
-        subjects_list=listed,
         n_shards=config["sharding"]["n_shards"],
+        include_templates=sub["include_templates"],
+        subjects_list=read_subjects_list(sub["list"]) if sub["list"] else None,
         input_files=stage_input_files(config),
-        fastsurfer_required_files=sub.get("fastsurfer_required_files"),
+        fastsurfer_required_files=sub["fastsurfer_required_files"],
         fastsurfer_input_files=stage_input_files(config, layout="fastsurfer"),
-        include_templates=sub.get("include_templates", False),
-        participants=read_participants(sub["participants"]) if sub.get("participants") else None,
+        participants=read_participants(sub["participants"]) if sub["participants"] else None,
         stale_after_hours=sub["stale_after_hours"],
     )
 
