@@ -33,7 +33,7 @@ import torch
 from monai.transforms import Rand3DElastic
 from torch.utils.data import DataLoader
 
-from damt.config import validate_config
+from damt.config import schema_defaults, validate_config
 from damt.demo.cohort import generate_cohort
 from damt.freesurfer.labels import read_label_table
 from damt.model.spec import view_spec_from_config
@@ -175,7 +175,7 @@ def main() -> None:
         {"subjects": {"dirs": [{"path": "."}]}, "pretrain": {"preset": args.preset}}
     )
     spec = view_spec_from_config(config["pretrain"])
-    settings = CacheSettings()
+    settings = CacheSettings.from_config(schema_defaults("cache"))
     manifest, sources = prepare(args.subjects, settings)
     data = load_training_data(manifest, LABELS, {})
     print(

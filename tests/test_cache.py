@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from damt.config import validate_config
+from damt.config import schema_defaults, validate_config
 from damt.freesurfer.labels import LabelTable, read_label_table
 from damt.results import FAILED, OK
 from damt.stages.cache import (
@@ -25,8 +26,13 @@ from tests.volume_fixtures import blob_volumes, make_subject, save_mgz
 TABLE = REPO / "config" / "labels" / "freesurfer7_aparc+aseg.tsv"
 
 
+def _settings(**changes) -> CacheSettings:
+    """The schema's cache settings, with ``changes``."""
+    return replace(CacheSettings.from_config(schema_defaults("cache")), **changes)
+
+
 def _stage(settings: CacheSettings | None = None) -> CacheStage:
-    stage = CacheStage(TABLE, settings or CacheSettings(min_size=48))
+    stage = CacheStage(TABLE, settings or _settings(min_size=48))
     stage.setup()
     return stage
 
@@ -125,7 +131,7 @@ def test_cache_matches_original_monai_chain_on_bert(tmp_path: Path, bert: Path):
     """The stage's arrays equal the original per-sample MONAI chain (LoadImaged from file)."""
     from monai import transforms as T
 
-    settings = CacheSettings()
+    settings = _settings()
     res = _run(_stage(settings), bert, tmp_path)
     where = stage_dir(tmp_path, "bert", "cache")
     load = T.Compose(
@@ -155,7 +161,7 @@ def test_cache_matches_original_monai_chain_on_bert(tmp_path: Path, bert: Path):
 
 @pytest.mark.slow
 def test_fsaverage_labels_outside_the_table_are_reported(tmp_path: Path, fsaverage: Path):
-    res = _run(_stage(CacheSettings()), fsaverage, tmp_path)
+    res = _run(_stage(_settings()), fsaverage, tmp_path)
     assert res.status == OK
     # Issue 18, case 9: 1000/2000 (ctx-?h-unknown) are in the label table, as background.
     assert set(res.info["unexpected_labels"]) == {"1004", "2004"}
@@ -231,7 +237,7 @@ def test_settings_change_recomputes(tmp_path: Path):
     ((_, reused),) = run_tasks(_stage(), [SubjectTask("s1", subject)], out)
     assert reused
     ((res, reused),) = run_tasks(
-        _stage(CacheSettings(spacing=2.0, min_size=16)), [SubjectTask("s1", subject)], out
+        _stage(_settings(spacing=2.0, min_size=16)), [SubjectTask("s1", subject)], out
     )
     assert not reused
     assert max(res.info["cache_shape"]) < 25  # 2 mm voxels: about half of the 40-voxel blob

@@ -34,10 +34,16 @@ from damt.volumes import Volume, check_pair, grid_difference, load_volume
 class CacheSettings:
     """Preprocessing settings (all part of the cache key)."""
 
-    spacing: float = 1.25
-    min_size: int = 128
-    percentiles: tuple[float, float] = (0.05, 99.95)
-    orientation: str = "RAS"
+    spacing: float
+    min_size: int
+    percentiles: tuple[float, float]
+    orientation: str
+
+    @classmethod
+    def from_config(cls, cache: Mapping) -> CacheSettings:
+        """From the validated ``cache`` section."""
+        lo, hi = cache["percentiles"]
+        return cls(cache["spacing"], cache["min_size"], (lo, hi), cache["orientation"])
 
 
 def monai_chain(settings: CacheSettings):
@@ -194,9 +200,10 @@ class CacheStage(ImageAtlasStage):
 
 def stage_from_settings(cache: Mapping) -> CacheStage:
     """The cache stage with the config's ``cache`` section."""
-    settings = CacheSettings(
-        cache["spacing"], cache["min_size"], tuple(cache["percentiles"]), cache["orientation"]
-    )
     return CacheStage(
-        cache["label_table"], settings, cache["image"], cache["atlas"], cache.get("fastsurfer")
+        cache["label_table"],
+        CacheSettings.from_config(cache),
+        cache["image"],
+        cache["atlas"],
+        cache["fastsurfer"],
     )
