@@ -267,7 +267,7 @@ def _entries(entry: Mapping, notices: list[str]) -> list[os.DirEntry] | None:
     missing optional folder. A missing or unlistable folder otherwise is a DiscoveryError."""
     root = Path(entry["path"])
     if not root.is_dir():
-        if entry.get("optional", False):
+        if entry["optional"]:
             notices.append(f"optional subjects folder {root} does not exist; skipped")
             return None
         raise DiscoveryError(
