@@ -14,11 +14,9 @@ from damt.training.checkpoint import Checkpoint, save_checkpoint
 from damt.training.launch.checks import LaunchError, check_gpus, check_nodes
 from damt.training.launch.commands import torchrun_command
 from damt.training.launch.signature import (
-    EXPORT,
-    RESUME,
     SIGNATURE_FILE,
-    TRAIN,
-    plan_run,
+    Action,
+    plan_pretraining,
     signature,
     supersede,
     training_subjects,
@@ -50,25 +48,25 @@ def make_run(run_dir: Path, epoch: int | None, sig: dict | None = SIG) -> Path:
 @pytest.mark.parametrize(
     ("epoch", "stored", "policy", "action", "supersede_"),
     [
-        (None, None, "cohort", TRAIN, False),  # nothing trained yet
-        (2, SIG, "cohort", RESUME, False),  # interrupted: resume
-        (2, {**SIG, "subjects": "b"}, "cohort", TRAIN, True),  # interrupted, other cohort
-        (2, {**SIG, "subjects": "b"}, "never", RESUME, False),
-        (4, SIG, "cohort", EXPORT, False),  # finished, same cohort: keep
-        (4, {**SIG, "n_subjects": 9}, "cohort", EXPORT, False),
-        (4, {**SIG, "subjects": "b"}, "cohort", TRAIN, True),  # the cohort changed
-        (4, {**SIG, "pretrain": "q"}, "cohort", TRAIN, True),  # the settings changed
-        (4, SIG, "always", TRAIN, True),
-        (4, {**SIG, "subjects": "b"}, "never", EXPORT, False),
-        (4, None, "cohort", TRAIN, True),  # checkpoints of unknown provenance
+        (None, None, "cohort", Action.TRAIN, False),  # nothing trained yet
+        (2, SIG, "cohort", Action.RESUME, False),  # interrupted: resume
+        (2, {**SIG, "subjects": "b"}, "cohort", Action.TRAIN, True),  # interrupted, other cohort
+        (2, {**SIG, "subjects": "b"}, "never", Action.RESUME, False),
+        (4, SIG, "cohort", Action.EXPORT, False),  # finished, same cohort: keep
+        (4, {**SIG, "n_subjects": 9}, "cohort", Action.EXPORT, False),
+        (4, {**SIG, "subjects": "b"}, "cohort", Action.TRAIN, True),  # the cohort changed
+        (4, {**SIG, "pretrain": "q"}, "cohort", Action.TRAIN, True),  # the settings changed
+        (4, SIG, "always", Action.TRAIN, True),
+        (4, {**SIG, "subjects": "b"}, "never", Action.EXPORT, False),
+        (4, None, "cohort", Action.TRAIN, True),  # checkpoints of unknown provenance
     ],
 )
 def test_plan(tmp_path: Path, epoch, stored, policy, action, supersede_):
     run = make_run(tmp_path / "run", epoch, stored)
-    plan = plan_run(run, SIG, policy, epochs=4)
+    plan = plan_pretraining(run, SIG, policy, epochs=4)
     assert (plan.action, plan.supersede) == (action, supersede_), plan.reason
     # The signature on file describes what the checkpoints were trained on.
-    kept_on_other_inputs = action == EXPORT and policy == "never" and stored != SIG
+    kept_on_other_inputs = action == Action.EXPORT and policy == "never" and stored != SIG
     assert plan.sign == (not kept_on_other_inputs), plan.reason
 
 
@@ -219,7 +217,7 @@ def test_never_refuses_to_resume_on_other_targets(tmp_path: Path, key):
     """
     run = make_run(tmp_path / "run", 2, {**SIG, key: "other"})
     with pytest.raises(LaunchError) as err:
-        plan_run(run, SIG, "never", epochs=4)
+        plan_pretraining(run, SIG, "never", epochs=4)
     msg = str(err.value)
     assert "retrain: never" in msg and key in msg and "epoch 2 of 4" in msg
     assert "retrain: cohort" in msg and "epochs: 2" in msg

@@ -14,10 +14,10 @@ from damt.io import write_json_atomic
 from damt.training.launch.checks import LaunchError, check_run_free, check_run_settings
 from damt.training.launch.commands import host_rendezvous_store, multinode_command, torchrun_command
 from damt.training.launch.signature import (
-    EXPORT,
     SIGNATURE_FILE,
+    Action,
     Plan,
-    plan_run,
+    plan_pretraining,
     signature,
     supersede,
 )
@@ -52,7 +52,7 @@ def launch(
         current = signature(pretrain, manifest, label_table, tables)
     except ValueError as exc:  # a data-scaling subset larger than the training subjects
         raise LaunchError(f"{exc} (nothing was trained, moved or deleted)") from exc
-    plan = plan_run(run_dir, current, pretrain["retrain"], pretrain["epochs"])
+    plan = plan_pretraining(run_dir, current, pretrain["retrain"], pretrain["epochs"])
     log.info("pretrain plan: %s (%s)", plan.action, plan.reason)
     if plan.supersede:
         supersede(run_dir)
@@ -83,7 +83,7 @@ def _run_trainer(
     """Start ``damt train`` as the plan says: one exporting process, torchrun on this node, or
     srun over the allocation's nodes; a failure is a LaunchError saying how the run resumes."""
     n_processes = pretrain["gpus"] if pretrain["gpus"] > 0 else pretrain["cpu_processes"]
-    if plan.action == EXPORT:
+    if plan.action == Action.EXPORT:
         # No training: one process on this node exports the weights of the last checkpoint.
         cmd = torchrun_command(1, train_args)
         n_processes = 1

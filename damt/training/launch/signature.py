@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +23,15 @@ from damt.training.launch.checks import LaunchError
 log = logging.getLogger(__name__)
 
 SIGNATURE_FILE = "signature.json"
-TRAIN, RESUME, EXPORT = "train", "resume", "export"
+
+
+class Action(StrEnum):
+    """What a pretrain job does with its run folder (the log's "pretrain plan: ...")."""
+
+    TRAIN = "train"
+    RESUME = "resume"
+    EXPORT = "export"
+
 
 # Keys of `pretrain` that change how a run is carried out or kept, not the model it trains, so
 # they stay out of the signature: changing one neither trains a finished run again (retrain:
@@ -53,7 +62,7 @@ OPERATIONAL_KEYS = frozenset(
 class Plan:
     """What the job will do, and why (logged)."""
 
-    action: str  # train | resume | export
+    action: Action
     reason: str
     supersede: bool = False  # move the existing checkpoints aside first
     # Write the current signature. Not when a kept run was trained on other inputs: its
@@ -165,11 +174,11 @@ def previous_signature(run_dir: Path) -> dict | None:
     return previous if isinstance(previous, dict) else None
 
 
-def plan_run(run_dir: Path, current: dict, policy: str, epochs: int) -> Plan:
+def plan_pretraining(run_dir: Path, current: dict, policy: str, epochs: int) -> Plan:
     """Decide what to do with the run folder (pure apart from reading its files)."""
     done = _epochs_done(run_dir)
     if done is None:
-        return Plan(TRAIN, "no checkpoint yet")
+        return Plan(Action.TRAIN, "no checkpoint yet")
     finished = done >= epochs
     previous = previous_signature(run_dir)
     changed = sorted(k for k in current if previous is None or previous.get(k) != current[k])
@@ -178,7 +187,9 @@ def plan_run(run_dir: Path, current: dict, policy: str, epochs: int) -> Plan:
     if not finished:
         if changed and policy != "never":
             return Plan(
-                TRAIN, f"interrupted run trained on other inputs ({what} changed)", supersede=True
+                Action.TRAIN,
+                f"interrupted run trained on other inputs ({what} changed)",
+                supersede=True,
             )
         targets = [k for k in changed if k in ("feature_columns", "label_table")]
         if targets:
@@ -192,14 +203,18 @@ def plan_run(run_dir: Path, current: dict, policy: str, epochs: int) -> Plan:
                 f"(its checkpoints move to superseded/), or set pretrain.epochs: {done} to "
                 "keep it as it is (warmup_epochs must stay below it)."
             )
-        return Plan(RESUME, "interrupted run: resuming from its latest checkpoint")
+        return Plan(Action.RESUME, "interrupted run: resuming from its latest checkpoint")
     if policy == "never":
-        return Plan(EXPORT, f"finished run kept (retrain: never; {what} changed)", sign=not changed)
+        return Plan(
+            Action.EXPORT, f"finished run kept (retrain: never; {what} changed)", sign=not changed
+        )
     if policy == "always":
-        return Plan(TRAIN, "finished run trained again (retrain: always)", supersede=True)
+        return Plan(Action.TRAIN, "finished run trained again (retrain: always)", supersede=True)
     if changed:
-        return Plan(TRAIN, f"{what} changed (retrain: cohort)", supersede=True)
-    return Plan(EXPORT, "same training subjects and settings: finished run kept (retrain: cohort)")
+        return Plan(Action.TRAIN, f"{what} changed (retrain: cohort)", supersede=True)
+    return Plan(
+        Action.EXPORT, "same training subjects and settings: finished run kept (retrain: cohort)"
+    )
 
 
 def supersede(run_dir: Path) -> Path:
