@@ -73,8 +73,10 @@ def save_checkpoint(folder: str | Path, checkpoint: Checkpoint, save_every: int)
                 torch.save(state, tmp)
             except RuntimeError as exc:
                 # torch's zip writer reports a short write as "unexpected pos N vs M", with no
-                # errno: a full disk when there is less room than the tensors need.
-                if shutil.disk_usage(folder).free >= _tensor_bytes(state):
+                # errno: a full disk when the room it had (free now, plus what it wrote) is
+                # less than the tensors need.
+                room = shutil.disk_usage(folder).free + tmp.stat().st_size
+                if room >= _tensor_bytes(state):
                     raise
                 raise OSError(errno.ENOSPC, str(exc), str(upcoming)) from exc
         if latest.exists():

@@ -52,9 +52,11 @@ class PretrainObjective(nn.Module):
         super().__init__()
         self.network = network
         self.temperature = temperature
-        defaults = schema_defaults("pretrain") if contrastive is None or ema is None else {}
-        self.contrastive = contrastive or ContrastiveSettings.from_pretrain(defaults)
-        self.ema = ema or EmaSettings.from_pretrain(defaults)
+        if contrastive is None or ema is None:  # the schema's settings for what is not given
+            defaults = schema_defaults("pretrain")
+            contrastive = contrastive or ContrastiveSettings.from_pretrain(defaults)
+            ema = ema or EmaSettings.from_pretrain(defaults)
+        self.contrastive, self.ema = contrastive, ema
         self.balancer: nn.Module = make_balancer(balancing, network.spec.tasks)
         self.active: tuple[str, ...] = network.spec.tasks
         c, spec = self.contrastive, network.spec
