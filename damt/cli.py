@@ -185,10 +185,12 @@ def stats_to_file(
 def _cmd_train(args: argparse.Namespace) -> int:
     """Pretrain the 3D Swin encoder on the training cache. Single process: `damt train ...`;
     several: `torchrun --standalone --nproc_per_node=N $(which damt) train ...`. An existing run
-    in --out resumes from its latest checkpoint."""
+    in --out resumes from its latest checkpoint. SIGTERM or SIGUSR1 (a cluster's preemption or
+    time limit) stops it at the next step with a checkpoint, exit status 75."""
     from damt.config import load_config
     from damt.training.inputs import TrainInputs
-    from damt.training.process import die_with_parent
+    from damt.training.loop import TrainingStopped
+    from damt.training.process import STOPPED_EXIT, die_with_parent
     from damt.training.run import run_pretraining
 
     # torchrun starts each trainer in a session of its own: die with it, not after it.
@@ -200,7 +202,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.tables_dir,
         {group: getattr(args, group) for group in FEATURE_GROUPS},
     )
-    run_pretraining(config, inputs, Path(args.out), cores=args.cores)
+    try:
+        run_pretraining(config, inputs, Path(args.out), cores=args.cores)
+    except TrainingStopped as stopped:
+        print(f"damt train{_rank_label()}: {stopped}; run it again to resume", file=sys.stderr)
+        return STOPPED_EXIT
     return 0
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -101,6 +104,91 @@ def test_torchrun_command_uses_this_interpreter():
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--standalone" in cmd and "--nproc_per_node=3" in cmd
     assert cmd[-5:] == ["-m", "damt", "train", "--out", "x"]
+
+
+def _dispositions(cmd: list[str], **popen) -> str:
+    """Whether a Python started by ``cmd`` (+ its ``-c`` code) ignores SIGTERM and SIGUSR1
+    (SIG_IGN, 1)."""
+    code = "import signal as s; print(s.getsignal(s.SIGTERM) == s.getsignal(s.SIGUSR1) == 1)"
+    out = subprocess.run([*cmd, "-c", code], capture_output=True, text=True, **popen)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_torchrun_and_its_nodes_leave_the_stop_signals_to_the_trainers(monkeypatch):
+    """Issue 30, case 1: torchrun would kill the trainers on SIGTERM before their checkpoint is
+    written; the launcher makes it (on this node, and on every node of an srun) ignore the stop
+    signals and handle only the others."""
+    from damt.training.launch import commands
+    from damt.training.launch.job import _launched_process
+
+    assert "--signals-to-handle=SIGINT,SIGHUP,SIGQUIT" in torchrun_command(1, [])
+    ignored = "True"
+    assert _dispositions([sys.executable], preexec_fn=_launched_process) == ignored
+    monkeypatch.setattr(commands, "allocation_hosts", lambda environ: ["a", "b"])
+    monkeypatch.setattr(commands, "node_address", lambda node: node)
+    pretrain = {"nodes": 2, "gpus": 0, "collective_timeout_s": 60}
+    cmd = commands.multinode_command(pretrain, 1, 1, [], {"SLURM_JOB_ID": "1"}, 1)
+    shield = cmd[cmd.index("sh") : cmd.index(sys.executable)]
+    assert _dispositions([*shield, sys.executable]) == ignored
+
+
+def test_a_stop_signal_to_the_job_reaches_every_trainer_under_it(tmp_path: Path):
+    """Issue 30, case 1: a stop signal sent to the pretrain job's process alone is passed on to
+    the trainers (in sessions of their own, under a torchrun that ignores it), and the job
+    waits for them instead of dying."""
+    import signal
+
+    from damt.training.launch.job import _forwarding_stop_signals
+
+    stopped, ready = tmp_path / "stopped", tmp_path / "ready"
+    trainer = (
+        "import pathlib, signal, sys, time\n"
+        "def stop(*_):\n"
+        f"    pathlib.Path({str(stopped)!r}).write_text('stopped'); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "time.sleep(60)\n"
+    )
+    torchrun = (
+        "import signal, subprocess, sys\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"subprocess.Popen([sys.executable, '-c', {trainer!r}], start_new_session=True).wait()\n"
+    )
+    before = signal.getsignal(signal.SIGTERM)
+    proc = subprocess.Popen([sys.executable, "-c", torchrun], env=subprocess_env())
+    with _forwarding_stop_signals(proc.pid):
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # to this process (the job) only
+        assert proc.wait(timeout=30) == 0
+    assert stopped.read_text() == "stopped"
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_stop_is_kept_in_the_run_folder_and_the_job_says_how_to_resume(tmp_path, monkeypatch):
+    """Issue 30, case 1: the trainers' stop record becomes a line of the run's stops.jsonl
+    (a requeued job's rule log starts anew); outside SLURM the job ends saying how to resume."""
+    from damt.training.launch.job import PretrainingStopped, _requeue
+    from damt.training.process import STOPPED_FILE, read_stops, take_stopped, write_stopped
+
+    assert take_stopped(tmp_path) is None
+    write_stopped(tmp_path, {"signal": "SIGTERM", "epoch": 2, "steps": 3, "iters": 5})
+    stop = take_stopped(tmp_path, slurm_job=None)
+    assert stop == {"signal": "SIGTERM", "epoch": 2, "steps": 3, "iters": 5, "slurm_job": None}
+    (tmp_path / STOPPED_FILE).write_text('{"signal": "SIGTE')  # cut short by a kill: a stop
+    assert take_stopped(tmp_path) == {}
+    assert read_stops(tmp_path) == [stop, {}]
+    assert not (tmp_path / STOPPED_FILE).exists()
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(PretrainingStopped) as err:
+        _requeue(stop, tmp_path)
+    assert str(err.value) == (
+        "training stopped by SIGTERM in epoch 3, step 3 of 5, checkpoint saved; run the "
+        f"workflow again to resume in {tmp_path} (the profile's retries resubmit a failed job)"
+    )
 
 
 def test_signature_follows_the_training_subjects(tmp_path: Path):
@@ -338,6 +426,7 @@ def test_multinode_command_starts_one_torchrun_per_node(monkeypatch):
         "--gres=gpu:4",
         "--kill-on-bad-exit=1",
         "--label",
+        *("sh", "-c", 'trap "" TERM USR1; exec "$0" "$@"'),  # each node's torchrun ignores them
     ]
     options = cmd[torchrun:]
     assert options[:3] == [sys.executable, "-m", "torch.distributed.run"]

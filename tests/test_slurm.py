@@ -21,6 +21,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -66,8 +67,11 @@ def cluster():
         yield running
 
 
-def run_with_profile(cluster: SlurmCluster, workdir: Path, *args: str) -> str:
-    """Run the repository's Snakefile through the profile in ``workdir``; its combined output.
+def profile_command(
+    cluster: SlurmCluster, workdir: Path, *args: str
+) -> tuple[list[str], dict[str, str]]:
+    """The Snakemake command running the repository's Snakefile through the profile in
+    ``workdir``, and its environment.
 
     ``workdir`` links to the repository's config/ (the config's relative paths) and keeps
     Snakemake's state (.snakemake/: locks, metadata, SLURM logs) out of the repository, so a
@@ -89,6 +93,12 @@ def run_with_profile(cluster: SlurmCluster, workdir: Path, *args: str) -> str:
         "--verbose",
         *args,
     )
+    return cmd, env
+
+
+def run_with_profile(cluster: SlurmCluster, workdir: Path, *args: str) -> str:
+    """Run :func:`profile_command` to its end; its combined output."""
+    cmd, env = profile_command(cluster, workdir, *args)
     try:
         proc = subprocess.run(
             cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
@@ -289,3 +299,65 @@ def test_pretrain_spans_two_nodes(cluster, slurm_run):
     assert re.search(r"^[01]: .*training \d+ subjects on 2 cpu process", rule_log, re.MULTILINE)
     card = json.loads((run_dir / "model_card.json").read_text())["pretraining"]
     assert (card["world_size"], card["nodes"]) == (2, 2)
+
+
+def test_a_signalled_pretrain_job_checkpoints_requeues_itself_and_resumes(cluster, slurm_run):
+    """Issue 30, case 1: SIGTERM to the pretrain job's processes (what SLURM sends on preemption
+    and, with the profile's ``--signal=TERM@600``, before the time limit; sent here with
+    ``scancel --signal``): the two trainers stop at the same step with a checkpoint, the job
+    requeues itself, and the same SLURM job runs again and resumes to the end."""
+    base = slurm_run.out.parent
+    config = yaml.safe_load((base / "config.override.yaml").read_text())
+    # Two trainers (their stop decision is all-reduced), three epochs: the signal lands while
+    # the run is under way.
+    config["pretrain"] |= {
+        "run_name": "requeued", "epochs": 3, "batch_size_per_gpu": 1, "cpu_processes": 2,
+    }  # fmt: skip
+    override = base / "config.requeue.yaml"
+    override.write_text(yaml.safe_dump(config))
+    run_dir = slurm_run.out / "pretrain" / "requeued"
+    cmd, env = profile_command(
+        cluster, base / "work", "--configfile", str(override), "--set-threads", "pretrain=2",
+        "--", str(run_dir / "encoder.safetensors"),
+    )  # fmt: skip
+    output = base / "requeue.out"
+    with open(output, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=base / "work", env=env, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not (run_dir / "checkpoints" / "checkpoint.pt").exists():
+            assert proc.poll() is None, output.read_text()[-6000:]
+            assert time.monotonic() < deadline, output.read_text()[-6000:]
+            time.sleep(0.2)
+        (job_id,) = submitted_ids(output.read_text())
+        cluster.run("scancel", "--signal=TERM", job_id)
+        # SLURM holds a requeued job for two minutes; release it at once.
+        while cluster.jobs()[job_id]["JobState"] != "PENDING":
+            assert proc.poll() is None, output.read_text()[-6000:]
+            time.sleep(0.5)
+        cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+        proc.wait(timeout=RUN_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = output.read_text()
+    assert proc.returncode == 0, f"{log[-8000:]}\n{cluster.logs()}"
+    assert submitted_ids(log) == {job_id}, "requeued, not submitted again"
+    assert re.search(r"^sbatch call: .* --requeue --signal=TERM@600", log, re.MULTILINE)
+    job = cluster.jobs()[job_id]
+    assert (job["JobState"], job["Restarts"]) == ("COMPLETED", "1"), job
+    # The requeued job's rule log starts anew (Snakemake's), and so does SLURM's job log; the
+    # run folder keeps the stop.
+    (stop,) = [json.loads(line) for line in (run_dir / "stops.jsonl").read_text().splitlines()]
+    assert (stop["signal"], stop["slurm_job"]) == ("SIGTERM", job_id), stop
+    rule_log = (slurm_run.out / "logs" / "pretrain" / "requeued.log").read_text()
+    assert "the run was stopped 1 time(s) by a signal" in rule_log, rule_log[-6000:]
+    resumed = f"in epoch {stop['epoch'] + 1} after step {stop['steps']} of {stop['iters']}"
+    if not stop["steps"]:  # stopped at an epoch's end
+        resumed = f"after epoch {stop['epoch']}"
+    assert re.search(rf"resuming \S+ {resumed}", rule_log), rule_log[-6000:]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    card = json.loads((run_dir / "model_card.json").read_text())["pretraining"]
+    assert card["world_size"] == 2
+    assert not (run_dir / "stopped.json").exists()

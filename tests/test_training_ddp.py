@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from torch.utils.data import DistributedSampler
 
+from damt.training.distributed import DistEnv
+from damt.training.loop import agreed_stop
 from damt.training.losses import contrastive_logits, nt_xent
 from tests.conftest import REPO, subprocess_env
 from tests.test_training_losses import _nt_xent_reference
@@ -119,6 +122,32 @@ def test_padded_epoch_duplicates_are_no_negatives_across_ranks(tmp_path):
     # Counting the copy as a negative (no ids) gives another loss: the mask matters here.
     blind = (ranks[0]["blind"] + ranks[1]["blind"]) / 2
     assert abs(float(blind) - expected) > 1e-3
+
+
+def _stop_rank(rank: int, store: str, received: list, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    env = DistEnv(rank, 2, rank, 2, torch.device("cpu"))
+    answers = [agreed_stop(pair[rank], env) for pair in received]
+    torch.save(answers, f"{out}/stop{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_stop_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """Issue 30, case 1: a signal that reached one trainer only (or two different ones) is the
+    same decision on both ranks, so no rank waits for a step the other never takes."""
+    received = [
+        (None, None),
+        (None, int(signal.SIGTERM)),
+        (int(signal.SIGUSR1), None),
+        (int(signal.SIGUSR1), int(signal.SIGTERM)),
+    ]
+    mp.spawn(_stop_rank, args=(str(tmp_path / "store"), received, str(tmp_path)), nprocs=2)
+    expected = [None, "SIGTERM", "SIGUSR1", "SIGTERM"]
+    assert [torch.load(tmp_path / f"stop{r}.pt") for r in (0, 1)] == [expected, expected]
+    alone = DistEnv(0, 1, 0, 1, torch.device("cpu"))
+    assert agreed_stop(int(signal.SIGUSR1), alone) == "SIGUSR1"
+    assert agreed_stop(None, alone) is None
 
 
 @pytest.mark.slow

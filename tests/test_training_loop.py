@@ -7,6 +7,7 @@ import logging
 import os
 import pickle
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,9 @@ from damt.paths import normalized_table_file
 from damt.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from damt.training.data import PretrainDataset
 from damt.training.inputs import TrainInputs
-from damt.training.loop import NonFiniteLossError
+from damt.training.loop import NonFiniteLossError, TrainingStopped
 from damt.training.objective import PretrainObjective
+from damt.training.process import STOPPED_EXIT, STOPPED_FILE
 from damt.training.run import network_spec, run_pretraining
 from damt.training.settings import TrainSettings
 from damt.training.signals import SIGNALS
@@ -443,14 +445,41 @@ def test_checkpoints_load_with_weights_only(tmp_path):
         load_checkpoint(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(files, tmp_path_factory):
+    """A two-epoch run trained in this process on one thread, and its config: what every
+    interrupted and resumed run must end as."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    config = write_config(root / "c.yaml", epochs=2, save_every=0)
+    train_in_process(files, config, root / "full")
+    return root / "full", config
+
+
+def _same_run(a: Path, b: Path) -> None:
+    """Runs ``a`` and ``b`` ended with equal weights, optimiser-visible state and epoch records
+    (timings aside)."""
+    ca, cb = load_checkpoint(a / "checkpoints"), load_checkpoint(b / "checkpoints")
+    for key, value in ca.model.items():
+        assert torch.equal(value, cb.model[key]), key
+    for key, value in load_file(str(a / "encoder.safetensors")).items():
+        assert torch.equal(value, load_file(str(b / "encoder.safetensors"))[key])
+    timing = ("epoch_time_s", "samples_per_s", "eval/seconds")
+    for ra, rb in zip(_records(a), _records(b), strict=True):
+        assert {k: v for k, v in ra.items() if k not in timing} == {
+            k: v for k, v in rb.items() if k not in timing
+        }
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.slow
-def test_resume_after_a_kill_matches_an_uninterrupted_run(files, tmp_path, caplog):
+def test_resume_after_a_kill_matches_an_uninterrupted_run(files, uninterrupted, tmp_path, caplog):
     """The trainer's one real SIGKILL: a ``damt train`` process killed after the first
     checkpoint and resumed ends where an uninterrupted run does. The uninterrupted run and the
     resume train in this process, on the killed process's one thread (``--cores 1``)."""
-    config = write_config(tmp_path / "c.yaml", epochs=2, save_every=0)
-    train_in_process(files, config, tmp_path / "full")
-
+    full, config = uninterrupted
     interrupted = tmp_path / "interrupted"
     proc = start_training(files, config, interrupted, "--cores", "1")
     kill_at_first_checkpoint(proc, interrupted)
@@ -460,15 +489,65 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(files, tmp_path, caplo
     with caplog.at_level(logging.INFO, logger="damt"):
         train_in_process(files, config, interrupted)
     assert "resuming" in caplog.text
+    _same_run(full, interrupted)
+    assert [r["epoch"] for r in _records(interrupted)] == [0, 1]
 
-    a = load_checkpoint(tmp_path / "full" / "checkpoints")
-    b = load_checkpoint(interrupted / "checkpoints")
-    for key, value in a.model.items():
-        assert torch.equal(value, b.model[key]), key
-    for key, value in load_file(str(tmp_path / "full" / "encoder.safetensors")).items():
-        assert torch.equal(value, load_file(str(interrupted / "encoder.safetensors"))[key])
-    records = [json.loads(x) for x in (interrupted / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [0, 1]
+
+def _signal_after(steps: int, monkeypatch) -> None:
+    """Send this process SIGTERM (for real) right after its ``steps``-th optimisation step."""
+    from damt.training import loop
+
+    step, done = loop.accumulated_step, []
+
+    def step_then_signal(*args, **kwargs):
+        out = step(*args, **kwargs)
+        done.append(1)
+        if len(done) == steps:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(loop, "accumulated_step", step_then_signal)
+
+
+@pytest.mark.slow
+def test_a_stop_signal_checkpoints_the_step_and_the_resume_matches_an_uninterrupted_run(
+    files, uninterrupted, tmp_path, monkeypatch, capsys
+):
+    """Issue 30, case 1: SIGTERM (a cluster's preemption or time limit) in the middle of an
+    epoch, and then in its last step: each time the run stops at the next step boundary with a
+    checkpoint and exit status 75, and the resumes end where an uninterrupted run does (two
+    steps per epoch: 4 subjects, batch 2)."""
+    full, config = uninterrupted
+    run = tmp_path / "stopped"
+    handler = signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as patch:
+        _signal_after(1, patch)
+        assert damt_main(train_args(files, config, run, "--cores", "1")) == STOPPED_EXIT
+    said = "stopped by SIGTERM after step 1 of 2 in epoch 1; run it again to resume"
+    assert said in capsys.readouterr().err
+    checkpoint = load_checkpoint(run / "checkpoints")
+    assert (checkpoint.epoch, checkpoint.step, checkpoint.partial["steps"]) == (0, 1, 1)
+    assert checkpoint.partial["sums"]["applied_steps"] == 1
+    assert json.loads((run / STOPPED_FILE).read_text()) == {
+        "signal": "SIGTERM", "epoch": 0, "steps": 1, "iters": 2,
+    }  # fmt: skip
+    assert not (run / "metrics.jsonl").exists()
+    assert signal.getsignal(signal.SIGTERM) == handler  # the handler before the run is back
+
+    # Resumed inside epoch 1, then stopped by a signal in its last step: epoch 1 ends with its
+    # checkpoint, and the run stops before epoch 2.
+    with monkeypatch.context() as patch:
+        _signal_after(1, patch)
+        with pytest.raises(TrainingStopped, match="after step 0 of 2 in epoch 2"):
+            train_in_process(files, config, run)
+    assert "resuming" in (said := capsys.readouterr().err), said
+    assert "in epoch 1 after step 1 of 2" in said
+    checkpoint = load_checkpoint(run / "checkpoints")
+    assert (checkpoint.epoch, checkpoint.step, checkpoint.partial) == (1, 2, None)
+    assert [r["epoch"] for r in _records(run)] == [0]
+
+    train_in_process(files, config, run)
+    _same_run(full, run)
 
 
 @pytest.mark.gpu

@@ -36,7 +36,13 @@ BEST = "best.pt"
 @dataclass
 class Checkpoint:
     """A run after ``epoch`` epochs: everything resuming and an export-only run read (tensors and
-    plain containers only, so that it loads with ``weights_only``)."""
+    plain containers only, so that it loads with ``weights_only``).
+
+    A run stopped by a signal in the middle of an epoch (damt.training.process) also saves how
+    far into the next epoch it got (``partial``), so that its resume continues there and ends
+    where an uninterrupted run does: ``steps`` (optimizer steps done in that epoch), ``sums``
+    (the epoch meter's sums over all ranks so far) and ``skipped`` (its non-finite steps).
+    """
 
     epoch: int  # epochs done
     step: int  # optimizer steps done
@@ -47,6 +53,7 @@ class Checkpoint:
     network: dict  # the NetworkSpec trained (NetworkSpec.to_dict)
     run: dict  # the run's facts for the model card (damt.training.run.run_facts)
     eval_best: dict | None  # the best held-out k-NN score so far: epoch, metric, score
+    partial: dict | None = None  # a stopped epoch's progress: steps, sums, skipped
 
     def to_state(self) -> dict:
         """The dict saved on disk (with the format number)."""
@@ -84,7 +91,8 @@ def save_checkpoint(folder: str | Path, checkpoint: Checkpoint, save_every: int)
         os.replace(upcoming, latest)
         fsync(folder)
         epoch = checkpoint.epoch
-        if save_every > 0 and epoch % save_every == 0:
+        # A stopped epoch's checkpoint is no epoch's: the kept copy of `epoch` is the one before.
+        if save_every > 0 and epoch % save_every == 0 and checkpoint.partial is None:
             with atomic_path(folder / f"checkpoint_{epoch:04d}.pt", durable=True) as tmp:
                 shutil.copyfile(latest, tmp)
     except OSError as exc:
@@ -126,7 +134,9 @@ def _read(path: Path) -> Checkpoint:
             f"{path.parent} holds checkpoints of format {found}, this damt reads "
             f"format {CHECKPOINT_FORMAT}: train into a new output folder (pretrain.run_name)"
         )
-    return Checkpoint(**{f.name: state[f.name] for f in fields(Checkpoint)})
+    # partial: in checkpoints of stopped epochs only (and none before the format had it).
+    values = {f.name: state[f.name] for f in fields(Checkpoint) if f.name != "partial"}
+    return Checkpoint(**values, partial=state.get("partial"))
 
 
 def load_checkpoint(folder: str | Path) -> Checkpoint | None:

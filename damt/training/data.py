@@ -8,13 +8,15 @@ missing from a feature table gets a NaN row; NaN targets are masked out of the l
 from __future__ import annotations
 
 import hashlib
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from damt.config import schema_defaults
 from damt.features import TASK_FEATURE_GROUPS
@@ -137,6 +139,25 @@ def load_training_data(
             "missing_fraction": round(float(1 - finite.mean()), 6) if values.size else 1.0,
         }
     return data
+
+
+class EpochSampler(DistributedSampler):
+    """:class:`~torch.utils.data.DistributedSampler` that can start an epoch after its first
+    samples (:meth:`start_at`): the resume of an epoch a stop signal cut short."""
+
+    def __init__(self, dataset: Dataset, **kwargs) -> None:
+        super().__init__(dataset, **kwargs)
+        self.skip = 0
+
+    def start_at(self, samples: int) -> None:
+        """Leave out this rank's first ``samples`` samples of the epoch (0: the whole epoch)."""
+        self.skip = samples
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.skip)
 
 
 class PretrainDataset(Dataset):

@@ -3,8 +3,10 @@ epochs (``fit``: train, evaluate, log and checkpoint each epoch).
 
 DDP over ``torchrun`` (or a single process), AdamW with a linear-scaled learning rate, cosine
 schedules for learning rate and weight decay, gradient clipping, mixed precision, skipping of
-non-finite steps, and a checkpoint every epoch. The run around it (resume, data, network, export)
-is :mod:`damt.training.run`.
+non-finite steps, and a checkpoint every epoch. A stop signal (a cluster's preemption or time
+limit, :mod:`damt.training.process`) stops the run at the next step boundary with a checkpoint
+of the partial epoch, from which the resume ends where an uninterrupted run does. The run around
+it (resume, data, network, export) is :mod:`damt.training.run`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,6 +30,7 @@ from damt.training.distributed import DistEnv, all_reduce, barrier
 from damt.training.evaluate import EvalSet, evaluate, primary
 from damt.training.metrics import MetricsLog
 from damt.training.objective import PretrainObjective
+from damt.training.process import StopSignal, write_stopped
 from damt.training.schedules import apply_schedules, cosine_schedule, momentum_schedule
 from damt.training.settings import TrainSettings
 from damt.training.signals import epoch_signals
@@ -41,6 +45,24 @@ REFERENCE_BATCH = 256
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps produced a non-finite loss or gradient."""
+
+
+class TrainingStopped(Exception):
+    """The run stopped on a stop signal with its state in the latest checkpoint."""
+
+    def __init__(self, signal_name: str, epoch: int, steps: int, iters: int) -> None:
+        super().__init__(
+            f"stopped by {signal_name} after step {steps} of {iters} in epoch {epoch + 1}"
+        )
+        self.signal_name, self.epoch, self.steps = signal_name, epoch, steps
+
+
+class _EpochStopped(Exception):
+    """Raised out of :meth:`Trainer.run_epoch` at the step boundary where the run stops."""
+
+    def __init__(self, signal_name: str, partial: dict) -> None:
+        super().__init__(signal_name)
+        self.signal_name, self.partial = signal_name, partial
 
 
 def _seed_for(*parts: int) -> int:
@@ -81,6 +103,25 @@ class EpochMeter:
             offset += size
         return out
 
+    def resume(self, sums: dict[str, torch.Tensor], keep: bool) -> None:
+        """Start from the reduced sums of a stopped epoch: their values on one rank (``keep``),
+        zeros of the same names and shapes on the others, so the next reduction counts them
+        once."""
+        self.sums = {
+            name: (value if keep else torch.zeros_like(value)).to(self.device, torch.float64)
+            for name, value in sums.items()
+        }
+
+
+def agreed_stop(received: int | None, env: DistEnv) -> str | None:
+    """The name of the stop signal once any rank has received one (``received``: this rank's
+    signal number), the same answer on every rank, so that all of them stop at the same step:
+    the signal numbers are all-reduced (a collective: every rank calls it at the same step)."""
+    if env.world_size > 1:
+        flag = torch.tensor([float(received or 0)], device=env.device)
+        received = int(all_reduce(flag, "max").item())
+    return signal.Signals(received).name if received else None
+
 
 def _mean(sums: dict[str, torch.Tensor], total: str, count: str) -> float | None:
     # None, not NaN: metrics.jsonl stays valid JSON when a task had no valid step in an epoch.
@@ -98,9 +139,10 @@ class Trainer:
         loader: DataLoader,
         env: DistEnv,
         checkpoint: Checkpoint | None,
+        stop: StopSignal | None = None,
     ) -> None:
         self.settings = settings
-        self.objective, self.loader, self.env = objective, loader, env
+        self.objective, self.loader, self.env, self.stop = objective, loader, env, stop
         # Optimizer steps per epoch: the last one may accumulate fewer micro-batches.
         self.iters = math.ceil(len(loader) / settings.accumulate_steps)
         self.global_batch = settings.batch_size_per_gpu * env.world_size * settings.accumulate_steps
@@ -137,6 +179,7 @@ class Trainer:
         self.precision = resolve_precision(settings.precision, env.device)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=self.precision == "fp16")
         self.start_epoch, self.skipped_total, self.consecutive = 0, 0, 0
+        self.resumed: dict | None = None  # the partial epoch start_epoch continues
         if checkpoint is not None:
             self._restore(checkpoint)
         self.model: torch.nn.Module = objective
@@ -179,20 +222,31 @@ class Trainer:
                 group["lr"] = self.settings.balancer_lr
         self.scaler.load_state_dict(checkpoint.scaler)
         self.start_epoch, self.skipped_total = checkpoint.epoch, checkpoint.skipped_steps
-        if checkpoint.step != self.start_epoch * self.iters:
+        self.resumed = checkpoint.partial
+        within = checkpoint.partial["steps"] if checkpoint.partial else 0
+        if checkpoint.step != self.start_epoch * self.iters + within:
+            self.resumed = None
             log.warning(
                 "the checkpoint's %d steps in %d epochs do not match %d steps per epoch now "
-                "(subjects or batch size changed): schedules continue from step %d",
+                "(subjects or batch size changed): schedules continue from step %d, at the "
+                "start of epoch %d",
                 checkpoint.step, self.start_epoch, self.iters, self.start_epoch * self.iters,
+                self.start_epoch + 1,
             )  # fmt: skip
 
     def checkpoint(
-        self, epochs_done: int, network: dict, run: dict, eval_best: dict | None
+        self,
+        epochs_done: int,
+        network: dict,
+        run: dict,
+        eval_best: dict | None,
+        partial: dict | None = None,
     ) -> Checkpoint:
-        """This rank's state after ``epochs_done`` epochs, with the run's facts."""
+        """This rank's state after ``epochs_done`` epochs (and ``partial``'s steps of the next),
+        with the run's facts."""
         return Checkpoint(
             epoch=epochs_done,
-            step=epochs_done * self.iters,
+            step=epochs_done * self.iters + (partial["steps"] if partial else 0),
             skipped_steps=self.skipped_total,
             model=self.objective.state_dict(),
             optimizer=self.optimizer.state_dict(),
@@ -200,7 +254,11 @@ class Trainer:
             network=network,
             run=run,
             eval_best=eval_best,
+            partial=partial,
         )
+
+    def _stop_signal(self) -> str | None:
+        return None if self.stop is None else agreed_stop(self.stop.received, self.env)
 
     def _count_skipped(self, epoch: int, step: int) -> None:
         self.consecutive += 1
@@ -217,13 +275,21 @@ class Trainer:
         tasks = self.objective.network.spec.tasks
         self.model.train()
         meter = EpochMeter(env.device)
-        skipped = 0
+        skipped, first = 0, 0
+        if self.resumed is not None and epoch == self.start_epoch:
+            first, skipped = self.resumed["steps"], self.resumed["skipped"]
+            meter.resume(self.resumed["sums"], keep=env.is_main)
+        # Every micro-batch before the step to continue at is full (only an epoch's last is not).
+        self.loader.sampler.start_at(
+            first * settings.accumulate_steps * settings.batch_size_per_gpu
+        )
         start = time.perf_counter()
         micro_batches = iter(self.loader)
         steps = iter(lambda: list(itertools.islice(micro_batches, settings.accumulate_steps)), [])
         progress = tqdm(
             steps,
             total=iters,
+            initial=first,
             disable=not env.is_main,
             desc=f"epoch {epoch + 1}/{settings.epochs}",
             dynamic_ncols=True,
@@ -231,9 +297,16 @@ class Trainer:
             # Sparse updates when stderr is a log file rather than a terminal.
             mininterval=0.5 if sys.stderr.isatty() else 60.0,
         )
-        for it, batches in enumerate(progress):
+        for it, batches in enumerate(progress, start=first):
+            stop = self._stop_signal()
+            if stop is not None:
+                progress.close()
+                raise _EpochStopped(stop, {"steps": it, "sums": meter.reduce(), "skipped": skipped})
             # ============ one optimisation step ... ============
             step = epoch * iters + it
+            # Seeded per step and rank, so a run resumed in any step draws what an
+            # uninterrupted one would (drop path, attention dropout).
+            torch.manual_seed(_seed_for(settings.seed, epoch, env.rank, it))
             apply_schedules(self.optimizer, self.lr[step], self.wd[step])
             out = accumulated_step(
                 self.model, self.optimizer, self.scaler, batches, self.precision,
@@ -303,16 +376,26 @@ class Trainer:
         (``pretrain.eval_every``), logged and checkpointed by rank 0; returns the best held-out
         score (``best``: the resumed run's)."""
         settings, env = self.settings, self.env
+        within = self.resumed["steps"] if self.resumed else 0  # steps logged before a stop
         metrics = MetricsLog(
-            ckpt_dir.parent, self.start_epoch, self.start_epoch * self.iters, active=env.is_main
+            ckpt_dir.parent,
+            self.start_epoch,
+            self.start_epoch * self.iters + within,
+            active=env.is_main,
         )
         for epoch in range(self.start_epoch, settings.epochs):
             self.loader.sampler.set_epoch(epoch)
             self.loader.dataset.set_epoch(epoch)
             self.begin_epoch(epoch)
-            # Seeded per epoch and rank so a resumed run draws what an uninterrupted one would.
-            torch.manual_seed(_seed_for(settings.seed, epoch, env.rank))
-            record = self.run_epoch(epoch, metrics)
+            try:
+                record = self.run_epoch(epoch, metrics)
+            except _EpochStopped as stopped:
+                partial = stopped.partial
+                if env.is_main:
+                    checkpoint = self.checkpoint(epoch, network, facts, best, partial)
+                    save_checkpoint(ckpt_dir, checkpoint, settings.save_every)
+                run_dir = ckpt_dir.parent
+                self._stopped(run_dir, metrics, stopped.signal_name, epoch, partial["steps"])
             improved = False
             due = (epoch + 1) % max(settings.eval_every, 1) == 0 or epoch + 1 == settings.epochs
             if eval_set is not None and due:
@@ -342,5 +425,24 @@ class Trainer:
                     record["samples_per_s"], record["skipped_steps"],
                 )  # fmt: skip
             barrier()
+            stop = self._stop_signal() if epoch + 1 < settings.epochs else None
+            if stop is not None:  # the epoch's checkpoint is the one to resume from
+                self._stopped(ckpt_dir.parent, metrics, stop, epoch + 1, 0)
         metrics.close()
         return best
+
+    def _stopped(
+        self, run_dir: Path, metrics: MetricsLog, signal_name: str, epoch: int, steps: int
+    ) -> None:
+        """End the run on a stop signal, its checkpoint written: say so in the run folder
+        (rank 0) and raise :class:`TrainingStopped` on every rank."""
+        stopped = TrainingStopped(signal_name, epoch, steps, self.iters)
+        if self.env.is_main:
+            write_stopped(
+                run_dir,
+                {"signal": signal_name, "epoch": epoch, "steps": steps, "iters": self.iters},
+            )
+            log.warning("%s; the latest checkpoint resumes there", stopped)
+        barrier()
+        metrics.close()
+        raise stopped

@@ -1,15 +1,35 @@
-"""The trainer's processes: the run lock of a run folder, and trainers that die with their
-launcher."""
+"""The trainer's processes: the run lock of a run folder, trainers that die with their
+launcher, and the signals that stop a run to be requeued (a cluster's preemption or time limit).
+"""
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from damt.io import write_json_atomic
+
+# What SLURM sends before it kills a job: SIGTERM on preemption, at the time limit and with
+# `--signal=TERM@N` (the profile's); SIGUSR1 is the usual choice for `sbatch --signal=USR1@N` in
+# scripts that run `damt train` themselves. Either one stops the run at a step boundary with a
+# checkpoint (damt.training.loop), and the trainer exits with STOPPED_EXIT.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# EX_TEMPFAIL (sysexits.h): the run stopped on a stop signal with its state saved; running it
+# again resumes it.
+STOPPED_EXIT = 75
+# Written into the run folder by rank 0 once the stopped run's checkpoint is on disk; what the
+# pretrain job reads to tell a stop from a failure (torchrun reports neither exit status).
+STOPPED_FILE = "stopped.json"
+# Every stop of the run, one JSON record per line, kept: a requeued job's rule log starts anew.
+STOPS_FILE = "stops.jsonl"
 
 
 def die_with_parent() -> None:
@@ -81,3 +101,94 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class StopSignal:
+    """Records the first :data:`STOP_SIGNALS` signal this process receives while it is entered
+    (``with StopSignal() as stop:``), so that the training loop stops at the next step boundary
+    instead of dying mid-step; the handlers before it come back on exit.
+
+    Processes forked inside it (data-loader workers) inherit the handler: they outlive the
+    signal until the trainer ends them. Outside the main thread (where Python cannot handle
+    signals) it records nothing.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None  # the signal's number
+        self._before: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            self._before = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.received is None:
+            self.received = signum
+
+
+def ignore_stop_signals() -> None:
+    """Ignore the stop signals in this process and in what it execs (torchrun, a data-loader
+    worker): the trainer alone decides when to stop, and its launcher waits for it."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children first), read from /proc (Linux; empty
+    elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        ppid = int(text[text.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        kids = children.get(queue.pop(0), [])
+        found += kids
+        queue += kids
+    return found
+
+
+def write_stopped(run_dir: str | Path, record: dict) -> None:
+    """Say in the run folder that the run stopped on a signal with its state saved."""
+    write_json_atomic(Path(run_dir) / STOPPED_FILE, record)
+
+
+def take_stopped(run_dir: str | Path, **facts: object) -> dict | None:
+    """The record :func:`write_stopped` left in ``run_dir``, with ``facts`` added, moved to the
+    run's :data:`STOPS_FILE`; None when there is none."""
+    path = Path(run_dir) / STOPPED_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # cut short: still a stop
+        record = {}
+    record = {**record, **facts}
+    with open(Path(run_dir) / STOPS_FILE, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+    path.unlink()
+    return record
+
+
+def read_stops(run_dir: str | Path) -> list[dict]:
+    """The stops of the run in ``run_dir``, oldest first (lines that are no record skipped)."""
+    path = Path(run_dir) / STOPS_FILE
+    if not path.exists():
+        return []
+    stops = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            stops.append(json.loads(line))
+        except ValueError:
+            continue
+    return [stop for stop in stops if isinstance(stop, dict)]

@@ -14,20 +14,20 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from damt.config import with_schema_defaults
 from damt.model.network import DAMTNetwork
 from damt.model.spec import NetworkSpec
 from damt.training.checkpoint import Checkpoint, load_checkpoint
-from damt.training.data import PretrainDataset, TrainingData
+from damt.training.data import EpochSampler, PretrainDataset, TrainingData
 from damt.training.distributed import DistEnv, init_distributed, shutdown
 from damt.training.evaluate import build_eval_set
 from damt.training.export import TrainResult, export_finished, finish_run
 from damt.training.inputs import TrainInputs
-from damt.training.loop import Trainer
+from damt.training.loop import Trainer, TrainingStopped
 from damt.training.objective import PretrainObjective
-from damt.training.process import run_lock
+from damt.training.process import StopSignal, ignore_stop_signals, run_lock
 from damt.training.settings import ContrastiveSettings, EmaSettings, TrainSettings
 from damt.training.views import ROTATIONS
 
@@ -66,22 +66,31 @@ def _configure_determinism(deterministic: bool) -> None:
 def run_pretraining(
     config: dict, inputs: TrainInputs, run_dir: str | Path, cores: int | None = None
 ) -> TrainResult:
-    """Train (or resume) the run in ``run_dir`` on this rank; rank 0 writes every output."""
-    settings = TrainSettings.from_config(config)
-    use_cuda = settings.gpus > 0
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"pretrain.gpus is {settings.gpus} but no CUDA device is visible; "
-            "set pretrain.gpus: 0 to train on the CPU"
-        )
-    _configure_determinism(settings.deterministic)
-    env = init_distributed(use_cuda, settings.collective_timeout_s)
-    if cores:
-        torch.set_num_threads(max(1, cores // env.local_world_size))
-    if not env.is_main:
-        logging.getLogger("damt").setLevel(logging.WARNING)
-    with run_lock(run_dir) if env.is_main else nullcontext():
-        result = _train(settings, config, inputs, Path(run_dir), env)
+    """Train (or resume) the run in ``run_dir`` on this rank; rank 0 writes every output.
+
+    A stop signal (SIGTERM, SIGUSR1) ends it at the next step boundary with a checkpoint:
+    :class:`~damt.training.loop.TrainingStopped` is raised on every rank.
+    """
+    with StopSignal() as stop:
+        settings = TrainSettings.from_config(config)
+        use_cuda = settings.gpus > 0
+        if use_cuda and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"pretrain.gpus is {settings.gpus} but no CUDA device is visible; "
+                "set pretrain.gpus: 0 to train on the CPU"
+            )
+        _configure_determinism(settings.deterministic)
+        env = init_distributed(use_cuda, settings.collective_timeout_s)
+        if cores:
+            torch.set_num_threads(max(1, cores // env.local_world_size))
+        if not env.is_main:
+            logging.getLogger("damt").setLevel(logging.WARNING)
+        try:
+            with run_lock(run_dir) if env.is_main else nullcontext():
+                result = _train(settings, config, inputs, Path(run_dir), env, stop)
+        except TrainingStopped:
+            shutdown()  # every rank stopped at the same step
+            raise
     # Only after success: a failing rank exits instead, and torchrun stops the others.
     shutdown()
     return result
@@ -141,7 +150,7 @@ def _loader(data: TrainingData, settings: TrainSettings, env: DistEnv) -> DataLo
     dataset = PretrainDataset(data, settings.views, settings.seed, settings.augment)
     # The sampler pads the epoch to a multiple of the world size, so every rank runs the same
     # number of steps; the last batch may be short.
-    sampler = DistributedSampler(
+    sampler = EpochSampler(
         dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=settings.seed
     )
     return DataLoader(
@@ -150,11 +159,23 @@ def _loader(data: TrainingData, settings: TrainSettings, env: DistEnv) -> DataLo
         sampler=sampler,
         num_workers=settings.num_workers,
         pin_memory=env.device.type == "cuda",
+        # A cluster signals every process of the job: a worker must not die of it (the
+        # trainer would fail on the lost worker) but wait until the trainer ends it.
+        worker_init_fn=_ignore_stop_signals,
     )
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    ignore_stop_signals()
+
+
 def _train(
-    settings: TrainSettings, config: dict, inputs: TrainInputs, run_dir: Path, env: DistEnv
+    settings: TrainSettings,
+    config: dict,
+    inputs: TrainInputs,
+    run_dir: Path,
+    env: DistEnv,
+    stop: StopSignal,
 ) -> TrainResult:
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = load_checkpoint(ckpt_dir)
@@ -174,8 +195,13 @@ def _train(
         settings.ema,
     )
     objective.to(env.device)
-    trainer = Trainer(settings, objective, loader, env, checkpoint)
-    if checkpoint is not None:
+    trainer = Trainer(settings, objective, loader, env, checkpoint, stop)
+    if checkpoint is not None and trainer.resumed and trainer.resumed["steps"]:
+        log.info(
+            "resuming %s in epoch %d after step %d of %d", run_dir, trainer.start_epoch + 1,
+            trainer.resumed["steps"], trainer.iters,
+        )  # fmt: skip
+    elif checkpoint is not None:
         log.info("resuming %s after epoch %d", run_dir, trainer.start_epoch)
     facts = run_facts(settings, config, trainer, data, env)
     if env.is_main:

@@ -47,7 +47,14 @@ def torchrun_command(
             f"--rdzv-conf=join_timeout={rendezvous.timeout_s},is_host=false",
             "--max-restarts=0",
         ]
-    return [sys.executable, "-m", "torch.distributed.run", *placement, "-m", "damt", *train_args]
+    # torchrun acts on these signals only, not on the stop signals (SIGTERM, SIGUSR1), which
+    # its caller makes it ignore: on SIGTERM it would kill the trainers 30 s later, or at once
+    # on a second SIGTERM (SLURM signals every process of a job step), before their checkpoint.
+    signals = "--signals-to-handle=SIGINT,SIGHUP,SIGQUIT"
+    return [
+        sys.executable, "-m", "torch.distributed.run", *placement, signals,
+        "-m", "damt", *train_args,
+    ]  # fmt: skip
 
 
 def _slurm(*args: str) -> str:
@@ -135,4 +142,8 @@ def multinode_command(
         "--kill-on-bad-exit=1",
         "--label",
     ]
-    return [*step, *torchrun_command(n_processes, train_args, rendezvous)]
+    # Each node's torchrun ignores the stop signals, as the local one does (job.py): the
+    # trainers stop on them by themselves, and a torchrun that acted on one would kill them
+    # before their checkpoint is written.
+    shield = ["sh", "-c", 'trap "" TERM USR1; exec "$0" "$@"']
+    return [*step, *shield, *torchrun_command(n_processes, train_args, rendezvous)]

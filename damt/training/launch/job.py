@@ -1,11 +1,17 @@
 """What the workflow's pretrain job does: check, plan, then train/resume under torchrun (or srun
-over several nodes) or export the finished run."""
+over several nodes) or export the finished run; and requeue the job when a stop signal (a
+cluster's preemption or time limit) stopped the trainers with their state saved."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -21,10 +27,23 @@ from damt.training.launch.signature import (
     signature,
     supersede,
 )
+from damt.training.process import (
+    STOP_SIGNALS,
+    descendants,
+    die_with_parent,
+    ignore_stop_signals,
+    read_stops,
+    take_stopped,
+)
 
 log = logging.getLogger(__name__)
 
 RUN_CONFIG_FILE = "config.yaml"
+
+
+class PretrainingStopped(LaunchError):
+    """The trainers stopped on a stop signal with a checkpoint; the job runs again to resume
+    (requeued when SLURM allows it)."""
 
 
 def launch(
@@ -95,17 +114,27 @@ def _run_trainer(
         cmd = torchrun_command(n_processes, train_args)
     log.info("running: %s", " ".join(cmd))
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // n_processes))}
-    from damt.training.process import die_with_parent
-
-    # torchrun (and, through `damt train`, each trainer) dies with this job: a killed Snakemake
-    # leaves no trainer behind holding the run lock.
-    if log_file:
-        with open(log_file, "a", encoding="utf-8") as out:
-            proc = subprocess.run(
-                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
-            )
-    else:
-        proc = subprocess.run(cmd, env=env, preexec_fn=die_with_parent)
+    take_stopped(run_dir)  # a stop the job before could not read (it was killed first)
+    stops = read_stops(run_dir)
+    if stops and plan.action == Action.RESUME:
+        log.info("the run was stopped %d time(s) by a signal; the last: %s", len(stops), stops[-1])
+    with open(log_file, "a", encoding="utf-8") if log_file else nullcontext() as out:
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            preexec_fn=_launched_process,
+        )
+        with _forwarding_stop_signals(proc.pid):
+            proc.wait()
+    stopped = take_stopped(
+        run_dir,
+        time=datetime.now(UTC).isoformat(timespec="seconds"),
+        slurm_job=os.environ.get("SLURM_JOB_ID"),
+    )
+    if stopped is not None:
+        _requeue(stopped, run_dir)
     if proc.returncode != 0:
         check_run_free(run_dir)  # a live trainer holding the lock is the real cause: name it
         nodes = cmd[0] == "srun"
@@ -116,3 +145,65 @@ def _run_trainer(
             + (f"; see {log_file} for the trainer's error" if log_file else "")
             + (" (its lines start with the node's number)" if nodes and log_file else "")
         )
+
+
+def _launched_process() -> None:
+    """In torchrun (or srun) before it starts: it dies with this job, so that a killed
+    Snakemake leaves no trainer behind holding the run lock; and torchrun ignores the stop
+    signals, which the trainers act on (srun forwards them to its nodes)."""
+    die_with_parent()
+    ignore_stop_signals()
+
+
+@contextmanager
+def _forwarding_stop_signals(pid: int) -> Iterator[None]:
+    """While the trainers run: a stop signal to this job is passed on to every process under
+    ``pid`` as SIGTERM (the trainers stop at their next step), and this job waits for them
+    instead of dying. SLURM signals every process of a job step itself; this covers a signal
+    sent to the job's process alone."""
+
+    def forward(signum: int, frame: object) -> None:
+        log.warning(
+            "received %s: the trainers stop at their next step", signal.Signals(signum).name
+        )
+        for child in [pid, *descendants(pid)]:
+            with suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    before = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _requeue(stopped: dict, run_dir: Path) -> None:
+    """After the trainers stopped on a signal: requeue this SLURM job (``scontrol requeue``:
+    the same job runs again and resumes from the checkpoint), and end the job with
+    :class:`PretrainingStopped` either way."""
+    where = (
+        f"epoch {stopped.get('epoch', 0) + 1}, step {stopped.get('steps', 0)}"
+        f" of {stopped.get('iters', '?')}"
+    )
+    said = f"training stopped by {stopped.get('signal', 'a signal')} in {where}, checkpoint saved"
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and shutil.which("scontrol"):
+        try:
+            proc = subprocess.run(
+                ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60
+            )
+            failure = proc.stderr.strip() if proc.returncode else None
+        except (OSError, subprocess.SubprocessError) as exc:
+            failure = str(exc)
+        if failure is None:
+            log.warning("%s: requeued SLURM job %s, which resumes from there", said, job)
+            raise PretrainingStopped(f"{said}; SLURM job {job} is requeued and resumes there")
+        log.warning(
+            "%s; scontrol requeue %s failed (%s): submit the job with --requeue (the profile "
+            "does) or ask for JobRequeue=1", said, job, failure,
+        )  # fmt: skip
+    raise PretrainingStopped(
+        f"{said}; run the workflow again to resume in {run_dir} (the profile's retries "
+        "resubmit a failed job)"
+    )
