@@ -186,7 +186,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     """Pretrain the 3D Swin encoder on the training cache. Single process: `damt train ...`;
     several: `torchrun --standalone --nproc_per_node=N $(which damt) train ...`. An existing run
     in --out resumes from its latest checkpoint. SIGTERM or SIGUSR1 (a cluster's preemption or
-    time limit) stops it at the next step with a checkpoint, exit status 75."""
+    time limit) stops it at the next step with a checkpoint, exit status 75; under torchrun only
+    when torchrun ignores them (`--signals-to-handle=SIGINT,SIGHUP,SIGQUIT`, started with them
+    ignored: the workflow's pretrain job does both), or torchrun kills the trainers first."""
     from damt.config import load_config
     from damt.training.inputs import TrainInputs
     from damt.training.loop import TrainingStopped

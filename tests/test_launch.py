@@ -157,7 +157,8 @@ def test_a_stop_signal_to_the_job_reaches_every_trainer_under_it(tmp_path: Path)
     )
     before = signal.getsignal(signal.SIGTERM)
     proc = subprocess.Popen([sys.executable, "-c", torchrun], env=subprocess_env())
-    with _forwarding_stop_signals(proc.pid):
+    with _forwarding_stop_signals() as launched:
+        launched.append(proc.pid)
         deadline = time.monotonic() + 60
         while not ready.exists():
             assert proc.poll() is None and time.monotonic() < deadline

@@ -534,6 +534,23 @@ def test_a_stop_signal_checkpoints_the_step_and_the_resume_matches_an_uninterrup
     assert not (run / "metrics.jsonl").exists()
     assert signal.getsignal(signal.SIGTERM) == handler  # the handler before the run is back
 
+    # Bad input: the same folder resumed with another split of the epoch (batch size 1: four
+    # steps) starts the epoch again; a partial epoch past a lowered `epochs` is no finished run.
+    other = shutil.copytree(run, tmp_path / "other-batch")
+    with monkeypatch.context() as patch:
+        _signal_after(1, patch)
+        with pytest.raises(TrainingStopped, match="after step 1 of 4 in epoch 1"):
+            train_in_process(files, write_config(tmp_path / "b1.yaml", batch_size_per_gpu=1,
+                                                 epochs=2, save_every=0), other)  # fmt: skip
+    assert "with another split of the epoch" in capsys.readouterr().err
+    assert load_checkpoint(other / "checkpoints").partial["layout"] == [4, 1, 1, 1]
+    past = load_checkpoint(run / "checkpoints")
+    past.epoch, past.step = 1, 3
+    save_checkpoint(other / "checkpoints", past, 0)
+    lowered = write_config(tmp_path / "e1.yaml", epochs=1, warmup_epochs=0)
+    with pytest.raises(ValueError, match=r"stopped 1 steps into epoch 2, past pretrain\.epochs 1"):
+        train_in_process(files, lowered, other)
+
     # Resumed inside epoch 1, then stopped by a signal in its last step: epoch 1 ends with its
     # checkpoint, and the run stops before epoch 2.
     with monkeypatch.context() as patch:

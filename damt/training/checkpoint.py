@@ -41,7 +41,9 @@ class Checkpoint:
     A run stopped by a signal in the middle of an epoch (damt.training.process) also saves how
     far into the next epoch it got (``partial``), so that its resume continues there and ends
     where an uninterrupted run does: ``steps`` (optimizer steps done in that epoch), ``sums``
-    (the epoch meter's sums over all ranks so far) and ``skipped`` (its non-finite steps).
+    (the epoch meter's sums over all ranks so far), ``skipped`` (its non-finite steps),
+    ``consecutive`` (non-finite steps in a row before the stop) and ``layout`` (steps per
+    epoch, processes, batch size, accumulation: the split of the epoch it continues in).
     """
 
     epoch: int  # epochs done
@@ -53,7 +55,7 @@ class Checkpoint:
     network: dict  # the NetworkSpec trained (NetworkSpec.to_dict)
     run: dict  # the run's facts for the model card (damt.training.run.run_facts)
     eval_best: dict | None  # the best held-out k-NN score so far: epoch, metric, score
-    partial: dict | None = None  # a stopped epoch's progress: steps, sums, skipped
+    partial: dict | None = None  # a stopped epoch's progress (see above)
 
     def to_state(self) -> dict:
         """The dict saved on disk (with the format number)."""

@@ -30,7 +30,7 @@ from damt.training.distributed import DistEnv, all_reduce, barrier
 from damt.training.evaluate import EvalSet, evaluate, primary
 from damt.training.metrics import MetricsLog
 from damt.training.objective import PretrainObjective
-from damt.training.process import StopSignal, write_stopped
+from damt.training.process import StopSignal, stop_signals_blocked, write_stopped
 from damt.training.schedules import apply_schedules, cosine_schedule, momentum_schedule
 from damt.training.settings import TrainSettings
 from damt.training.signals import epoch_signals
@@ -224,7 +224,16 @@ class Trainer:
         self.start_epoch, self.skipped_total = checkpoint.epoch, checkpoint.skipped_steps
         self.resumed = checkpoint.partial
         within = checkpoint.partial["steps"] if checkpoint.partial else 0
-        if checkpoint.step != self.start_epoch * self.iters + within:
+        if checkpoint.partial is not None and checkpoint.partial["layout"] != self._layout():
+            self.resumed = None  # another split of the epoch: continuing inside it means nothing
+            log.warning(
+                "the checkpoint stopped after step %d of epoch %d with another split of the "
+                "epoch (steps, processes, batch size, accumulation %s, now %s): epoch %d "
+                "starts again from its first step",
+                within, self.start_epoch + 1, checkpoint.partial["layout"], self._layout(),
+                self.start_epoch + 1,
+            )  # fmt: skip
+        elif checkpoint.step != self.start_epoch * self.iters + within:
             self.resumed = None
             log.warning(
                 "the checkpoint's %d steps in %d epochs do not match %d steps per epoch now "
@@ -257,6 +266,14 @@ class Trainer:
             partial=partial,
         )
 
+    def _layout(self) -> list[int]:
+        """How an epoch is split into steps: a partial epoch continues only under the same."""
+        settings = self.settings
+        return [
+            self.iters, self.env.world_size, settings.batch_size_per_gpu,
+            settings.accumulate_steps,
+        ]  # fmt: skip
+
     def _stop_signal(self) -> str | None:
         return None if self.stop is None else agreed_stop(self.stop.received, self.env)
 
@@ -278,13 +295,15 @@ class Trainer:
         skipped, first = 0, 0
         if self.resumed is not None and epoch == self.start_epoch:
             first, skipped = self.resumed["steps"], self.resumed["skipped"]
+            self.consecutive = self.resumed["consecutive"]
             meter.resume(self.resumed["sums"], keep=env.is_main)
         # Every micro-batch before the step to continue at is full (only an epoch's last is not).
         self.loader.sampler.start_at(
             first * settings.accumulate_steps * settings.batch_size_per_gpu
         )
         start = time.perf_counter()
-        micro_batches = iter(self.loader)
+        with stop_signals_blocked():  # until the workers it forks ignore them
+            micro_batches = iter(self.loader)
         steps = iter(lambda: list(itertools.islice(micro_batches, settings.accumulate_steps)), [])
         progress = tqdm(
             steps,
@@ -301,7 +320,11 @@ class Trainer:
             stop = self._stop_signal()
             if stop is not None:
                 progress.close()
-                raise _EpochStopped(stop, {"steps": it, "sums": meter.reduce(), "skipped": skipped})
+                partial = {
+                    "steps": it, "sums": meter.reduce(), "skipped": skipped,
+                    "consecutive": self.consecutive, "layout": self._layout(),
+                }  # fmt: skip
+                raise _EpochStopped(stop, partial)
             # ============ one optimisation step ... ============
             step = epoch * iters + it
             # Seeded per step and rank, so a run resumed in any step draws what an

@@ -106,11 +106,8 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
 class StopSignal:
     """Records the first :data:`STOP_SIGNALS` signal this process receives while it is entered
     (``with StopSignal() as stop:``), so that the training loop stops at the next step boundary
-    instead of dying mid-step; the handlers before it come back on exit.
-
-    Processes forked inside it (data-loader workers) inherit the handler: they outlive the
-    signal until the trainer ends them. Outside the main thread (where Python cannot handle
-    signals) it records nothing.
+    instead of dying mid-step; the handlers before it come back on exit. Outside the main thread
+    (where Python cannot handle signals) it records nothing.
     """
 
     def __init__(self) -> None:
@@ -133,28 +130,37 @@ class StopSignal:
 
 def ignore_stop_signals() -> None:
     """Ignore the stop signals in this process and in what it execs (torchrun, a data-loader
-    worker): the trainer alone decides when to stop, and its launcher waits for it."""
+    worker), and unblock them (:func:`stop_signals_blocked`): the trainer alone decides when to
+    stop, and its launcher waits for it."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (children first), read from /proc (Linux; empty
-    elsewhere)."""
-    children: dict[int, list[int]] = {}
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Hold the stop signals back while processes are forked (a data loader's workers): a
+    forked worker starts with them blocked until its ``worker_init_fn`` ignores them (torch's
+    worker loop first installs a SIGTERM handler that ends the worker), and one that arrives
+    meanwhile reaches the trainer when the block ends."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid``, read from /proc (Linux; empty elsewhere)."""
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
         except OSError:  # the process ended meanwhile
             continue
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        ppid = int(text[text.rindex(")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    found, queue = [], [pid]
-    while queue:
-        kids = children.get(queue.pop(0), [])
-        found += kids
-        queue += kids
+        if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
+            found.append(int(stat.parent.name))
     return found
 
 

@@ -180,6 +180,13 @@ def _train(
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = load_checkpoint(ckpt_dir)
     if checkpoint is not None and checkpoint.epoch >= settings.epochs:
+        if checkpoint.partial is not None:
+            raise ValueError(
+                f"{run_dir}: the latest checkpoint stopped {checkpoint.partial['steps']} steps "
+                f"into epoch {checkpoint.epoch + 1}, past pretrain.epochs {settings.epochs}, "
+                "so it is no finished run to export: set pretrain.epochs above "
+                f"{checkpoint.epoch} to finish the epoch it stopped in"
+            )
         return export_finished(checkpoint, run_dir, env)
     data = inputs.load(settings.tasks, config["pretrain"]["subset_size"])
     spec = network_spec(settings, data)

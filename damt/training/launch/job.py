@@ -29,7 +29,7 @@ from damt.training.launch.signature import (
 )
 from damt.training.process import (
     STOP_SIGNALS,
-    descendants,
+    children,
     die_with_parent,
     ignore_stop_signals,
     read_stops,
@@ -118,7 +118,10 @@ def _run_trainer(
     stops = read_stops(run_dir)
     if stops and plan.action == Action.RESUME:
         log.info("the run was stopped %d time(s) by a signal; the last: %s", len(stops), stops[-1])
-    with open(log_file, "a", encoding="utf-8") if log_file else nullcontext() as out:
+    with (
+        open(log_file, "a", encoding="utf-8") if log_file else nullcontext() as out,
+        _forwarding_stop_signals() as launched,
+    ):
         proc = subprocess.Popen(
             cmd,
             env=env,
@@ -126,8 +129,8 @@ def _run_trainer(
             stderr=subprocess.STDOUT if out else None,
             preexec_fn=_launched_process,
         )
-        with _forwarding_stop_signals(proc.pid):
-            proc.wait()
+        launched.append(proc.pid)
+        proc.wait()
     stopped = take_stopped(
         run_dir,
         time=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -156,23 +159,27 @@ def _launched_process() -> None:
 
 
 @contextmanager
-def _forwarding_stop_signals(pid: int) -> Iterator[None]:
-    """While the trainers run: a stop signal to this job is passed on to every process under
-    ``pid`` as SIGTERM (the trainers stop at their next step), and this job waits for them
-    instead of dying. SLURM signals every process of a job step itself; this covers a signal
-    sent to the job's process alone."""
+def _forwarding_stop_signals() -> Iterator[list[int]]:
+    """While the trainers run: a stop signal to this job is passed on as SIGTERM to the
+    launched process (the list it yields: torchrun, which ignores it, or srun, which passes it
+    to its nodes) and to that process's children (the trainers, which stop at their next step),
+    and this job waits for them instead of dying. SLURM signals every process of a job step
+    itself; this covers a signal sent to the job's process alone. The trainers' own children
+    (data-loader and compile workers) are left alone."""
+    launched: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
         log.warning(
             "received %s: the trainers stop at their next step", signal.Signals(signum).name
         )
-        for child in [pid, *descendants(pid)]:
-            with suppress(ProcessLookupError):
-                os.kill(child, signal.SIGTERM)
+        for pid in launched:
+            for target in (pid, *children(pid)):
+                with suppress(ProcessLookupError):
+                    os.kill(target, signal.SIGTERM)
 
     before = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     try:
-        yield
+        yield launched
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)

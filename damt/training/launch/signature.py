@@ -19,6 +19,7 @@ from damt.io import HASH_CHARS, sha256_file, stable_hash
 from damt.manifest import trains
 from damt.split import scaling_subset
 from damt.training.launch.checks import LaunchError
+from damt.training.process import STOPS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -218,11 +219,12 @@ def plan_pretraining(run_dir: Path, current: dict, policy: str, epochs: int) -> 
 
 
 def supersede(run_dir: Path) -> Path:
-    """Move the run's checkpoints, metrics and TensorBoard files to ``superseded/<time>/``."""
+    """Move the run's checkpoints, metrics, TensorBoard files and stops to
+    ``superseded/<time>/``."""
     stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
     target = run_dir / "superseded" / stamp
     target.mkdir(parents=True)
-    for name in ("checkpoints", "metrics.jsonl", "tb", SIGNATURE_FILE):
+    for name in ("checkpoints", "metrics.jsonl", "tb", STOPS_FILE, SIGNATURE_FILE):
         if (run_dir / name).exists():
             shutil.move(str(run_dir / name), target / name)
     log.info("moved the previous run's checkpoints and metrics to %s", target)
