@@ -15,6 +15,8 @@ ENCODER_FILE = "encoder.safetensors"
 # pretrain.ema: the EMA encoder, beside the plain one.
 ENCODER_EMA_FILE = "encoder_ema.safetensors"
 MODEL_CARD_FILE = "model_card.json"
+# The encoder in the layout of MONAI's self-supervised Swin weights (damt.model.monai_ssl).
+MONAI_SSL_FILE = "model_swinvit.pt"
 # Files of a subject's training cache (written by damt.stages.cache, read by the trainer, the
 # probe and the QC report).
 IMAGE_FILE, ATLAS_FILE = "image.npy", "atlas.npy"

@@ -25,7 +25,7 @@ from damt.experiments.plan import (
     roles_table,
 )
 from damt.features import FEATURE_GROUPS, TASK_FEATURE_GROUPS
-from damt.paths import ENCODER_FILE, MODEL_CARD_FILE, ResultPaths
+from damt.paths import ENCODER_FILE, MODEL_CARD_FILE, MONAI_SSL_FILE, ResultPaths
 from damt.qc.checks import qc_params
 from damt.qc.severity import check_severity
 from damt.split import TRAIN, split_from_config

@@ -10,6 +10,7 @@ rule pretrain:
     output:
         encoder=PATHS.run_file("{run}", ENCODER_FILE),
         model_card=PATHS.run_file("{run}", MODEL_CARD_FILE),
+        monai_ssl=PATHS.run_file("{run}", MONAI_SSL_FILE),
     log:
         PATHS.log("pretrain/{run}"),
     benchmark:

@@ -147,6 +147,7 @@ def test_run_writes_encoder_card_metrics_tensorboard_checkpoints(finished_run):
         assert r["chance/morphometry_r2"] == 0.0 and r["chance/mim_l1_ratio"] == 1.0
         assert 0.25 <= r["chance/location_accuracy"] <= 1
     card = json.loads((run / "model_card.json").read_text())
+    assert (run / card["architecture"]["monai_ssl_weights"]["file"]).is_file()
     signals = card["pretraining"]["learning_signals"]
     assert set(signals) == set(TASKS)
     assert signals["atlas"] == {

@@ -17,9 +17,10 @@ import damt
 from damt.config import with_schema_defaults
 from damt.io import atomic_path, write_json_atomic
 from damt.model.encoder import SwinEncoder, encoder_metadata
+from damt.model.monai_ssl import monai_ssl_state, script_arguments
 from damt.model.network import DAMTNetwork
 from damt.model.spec import NetworkSpec
-from damt.paths import ENCODER_EMA_FILE, ENCODER_FILE, MODEL_CARD_FILE
+from damt.paths import ENCODER_EMA_FILE, ENCODER_FILE, MODEL_CARD_FILE, MONAI_SSL_FILE
 from damt.training.checkpoint import BEST, Checkpoint
 from damt.training.distributed import DistEnv, barrier
 from damt.training.metrics import read_records
@@ -38,12 +39,15 @@ class TrainResult:
     last_record: dict | None
 
 
-def export_encoder(encoder: SwinEncoder, path: str | Path) -> Path:
-    """Write the Swin weights with keys of ``SwinUNETR(...).swinViT`` (no mask token)."""
+def export_encoder(encoder: SwinEncoder, path: str | Path, monai_ssl: str | Path | None = None):
+    """Write the Swin weights with keys of ``SwinUNETR(...).swinViT`` (no mask token); with
+    ``monai_ssl``, the same weights there in the layout ``SwinUNETR.load_from`` reads."""
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.swinViT.state_dict().items()}
     with atomic_path(path, durable=True) as tmp:
         save_file(state, str(tmp), metadata=encoder_metadata(encoder.spec))
-    return Path(path)
+    if monai_ssl is not None:
+        with atomic_path(monai_ssl, durable=True) as tmp:
+            torch.save(monai_ssl_state(state), tmp)
 
 
 def code_version() -> dict:
@@ -75,6 +79,11 @@ def write_model_card(
     ``ema_weights``: the file of the EMA encoder (same architecture and keys), if written.
     """
     spec = encoder.spec
+    kwargs = spec.swin_unetr_kwargs()
+    try:
+        scripts: dict = {"arguments": script_arguments(kwargs)}
+    except ValueError as exc:
+        scripts = {"arguments": None, "why_not": str(exc)}
     card = {
         "format": "damt-model-card/1",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -92,6 +101,15 @@ def write_model_card(
                 "SwinUNETR(out_channels=..., **swin_unetr_kwargs).swinViT.load_state_dict("
                 "safetensors.torch.load_file('encoder.safetensors'))"
             ),
+            # The same weights for SwinUNETR.load_from and MONAI's fine-tuning scripts.
+            "monai_ssl_weights": {
+                "file": MONAI_SSL_FILE,
+                "load": (
+                    "SwinUNETR(out_channels=..., **swin_unetr_kwargs).load_from("
+                    f"torch.load('{MONAI_SSL_FILE}'))"
+                ),
+                "scripts": scripts,
+            },
         },
         "code": code_version(),
         **sections,
@@ -163,7 +181,8 @@ def finish_run(
     env: DistEnv,
 ) -> TrainResult:
     """The end of a run, trained or exported: rank 0 writes ``encoder.safetensors`` (the student,
-    or dino's teacher with ``contrastive.export: teacher``), ``encoder_ema.safetensors`` with
+    or dino's teacher with ``contrastive.export: teacher``) and ``model_swinvit.pt`` (the same
+    weights for ``SwinUNETR.load_from``), ``encoder_ema.safetensors`` with
     ``pretrain.ema``, and ``model_card.json`` (``facts``: :func:`damt.training.run.run_facts`;
     ``best``: the best held-out score under ``pretrain.keep_best``) with the last epoch's metrics
     record.
@@ -172,7 +191,7 @@ def finish_run(
     last_record = records[-1] if records else None
     if env.is_main:
         encoder = objective.exported_encoder()
-        export_encoder(encoder, run_dir / ENCODER_FILE)
+        export_encoder(encoder, run_dir / ENCODER_FILE, run_dir / MONAI_SSL_FILE)
         ema = objective.ema_encoder()
         if ema is not None:
             export_encoder(ema, run_dir / ENCODER_EMA_FILE)

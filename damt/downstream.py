@@ -1,0 +1,75 @@
+"""The pretrained weights for a downstream user: a MONAI ``SwinUNETR`` with the encoder loaded,
+and the frozen encoder for features, each from a run folder (or its model card) in one call.
+
+    from damt.downstream import swin_unetr
+    model = swin_unetr("results/pretrain/default", out_channels=14)  # fine-tune as usual
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from damt.paths import MODEL_CARD_FILE
+
+CARD_FORMAT = "damt-model-card/"
+# SwinUNETR arguments that set the encoder's architecture: fixed by the weights.
+_ENCODER_ARGUMENTS = ("in_channels", "feature_size", "depths", "num_heads", "window_size")
+
+
+def read_card(run_or_card: str | Path) -> tuple[dict, Path]:
+    """The model card of a run (its folder or its ``model_card.json``) and the run folder."""
+    path = Path(run_or_card)
+    card_file = path / MODEL_CARD_FILE if path.is_dir() else path
+    if not card_file.is_file():
+        raise FileNotFoundError(f"no model card at {card_file}: is {path} a finished run?")
+    try:
+        card = json.loads(card_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{card_file} is not a damt model card: {exc}") from exc
+    if not str(card.get("format", "")).startswith(CARD_FORMAT):
+        raise ValueError(f"{card_file} is not a damt model card (format {card.get('format')})")
+    return card, card_file.parent
+
+
+def swin_unetr(run_or_card: str | Path, out_channels: int, **overrides):
+    """A MONAI ``SwinUNETR`` built with the run's encoder architecture (the model card's
+    ``swin_unetr_kwargs``), its ``swinViT`` loaded strictly with the pretrained weights and its
+    decoder initialised as MONAI does.
+
+    ``overrides`` go to ``SwinUNETR`` (``norm_name``, ``drop_rate``, ``use_checkpoint``, ...);
+    those that set the encoder's architecture are refused unless they equal the card's.
+    """
+    from monai.networks.nets import SwinUNETR
+
+    card, run_dir = read_card(run_or_card)
+    kwargs = dict(card["architecture"]["swin_unetr_kwargs"])
+    clash = {
+        k: v for k, v in overrides.items() if k in _ENCODER_ARGUMENTS and _same(v) != kwargs[k]
+    }
+    if clash:
+        raise ValueError(
+            f"{run_dir}: the pretrained encoder fixes "
+            + ", ".join(f"{k}={kwargs[k]} (asked for {v})" for k, v in clash.items())
+        )
+    model = SwinUNETR(out_channels=out_channels, **{**kwargs, **overrides})
+    model.swinViT.load_state_dict(load_file(str(run_dir / card["weights"])), strict=True)
+    return model
+
+
+def encoder(run_or_card: str | Path, device: str = "cpu"):
+    """The run's frozen encoder (``eval`` mode, no gradients) for features: pool them with
+    :func:`damt.model.pooled_features`."""
+    from damt.model import load_encoder
+
+    card, run_dir = read_card(run_or_card)
+    model = load_encoder(run_dir / card["weights"], device=device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _same(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
