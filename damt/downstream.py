@@ -12,6 +12,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from damt.model.monai_ssl import as_json
 from damt.paths import MODEL_CARD_FILE
 
 CARD_FORMAT = "damt-model-card/"
@@ -47,7 +48,7 @@ def swin_unetr(run_or_card: str | Path, out_channels: int, **overrides):
     card, run_dir = read_card(run_or_card)
     kwargs = dict(card["architecture"]["swin_unetr_kwargs"])
     clash = {
-        k: v for k, v in overrides.items() if k in _ENCODER_ARGUMENTS and _same(v) != kwargs[k]
+        k: v for k, v in overrides.items() if k in _ENCODER_ARGUMENTS and as_json(v) != kwargs[k]
     }
     if clash:
         raise ValueError(
@@ -69,7 +70,3 @@ def encoder(run_or_card: str | Path, device: str = "cpu"):
     for p in model.parameters():
         p.requires_grad_(False)
     return model
-
-
-def _same(value: object) -> object:
-    return list(value) if isinstance(value, tuple) else value

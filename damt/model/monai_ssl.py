@@ -48,7 +48,7 @@ def script_arguments(swin_unetr_kwargs: dict) -> list[str]:
     differs = [
         f"{key} {swin_unetr_kwargs[key]} (the scripts build {value})"
         for key, value in SCRIPT_ARCHITECTURE.items()
-        if _plain(swin_unetr_kwargs[key]) != value
+        if as_json(swin_unetr_kwargs[key]) != value
     ]
     if differs:
         raise ValueError(
@@ -63,5 +63,6 @@ def script_arguments(swin_unetr_kwargs: dict) -> list[str]:
     ]
 
 
-def _plain(value: object) -> object:
+def as_json(value: object) -> object:
+    """``value`` as it reads back from the model card's JSON (a tuple as a list)."""
     return list(value) if isinstance(value, tuple) else value
