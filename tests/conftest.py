@@ -44,6 +44,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    # The suite's trainings write up to 1 GB per test (removed when it passes: pyproject.toml,
+    # tmp_path_retention_policy): a full disk fails them with DiskFullError, not a slow test.
+    where = config.option.basetemp or tempfile.gettempdir()
+    free = shutil.disk_usage(Path(where) if Path(where).exists() else tempfile.gettempdir()).free
+    return f"free disk space for test folders ({where}): {free / 2**30:.1f} GiB"
+
+
 def _require_shared() -> Path:
     if not (SHARED_SUBJECTS / "bert").is_dir():
         pytest.skip(f"real FreeSurfer data not found at {SHARED_SUBJECTS} (CI has it)")
