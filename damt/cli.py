@@ -197,7 +197,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     # torchrun starts each trainer in a session of its own: die with it, not after it.
     die_with_parent()
-    config = load_config(args.config, sections=("pretrain", "probe"))
+    config = load_config(args.config, sections=("pretrain", "probe", "cache"))
     inputs = TrainInputs.from_arguments(
         args.manifest,
         args.label_table,
@@ -210,6 +210,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"damt train{_rank_label()}: {stopped}; run it again to resume", file=sys.stderr)
         return STOPPED_EXIT
     return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    """Frozen-encoder features of subjects, through the run's preprocessing: a Parquet table
+    (subject_id, run, weights_sha256, f0 ...) and beside it <out>.failed.tsv, the volumes
+    skipped and why. Exit status 1 when no volume could be embedded."""
+    import csv
+
+    from damt.downstream import read_card
+    from damt.embedding import embed, embedding_inputs
+    from damt.io import atomic_path
+
+    card, _ = read_card(args.run)
+    inputs = embedding_inputs(card, args.sources)
+    frame, failed = embed(args.run, inputs, args.device, args.batch_size)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        frame.to_parquet(tmp, index=False)
+    failed_file = out.with_name(out.name.removesuffix(".parquet") + ".failed.tsv")
+    with atomic_path(failed_file) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        writer.writerow(["subject_id", "reason"])
+        writer.writerows(sorted(failed.items()))
+    print(f"embedded {len(frame)} volumes into {out}; {len(failed)} skipped ({failed_file})")
+    return 0 if len(frame) else 1
 
 
 def _subcommand(sub, name: str, handler: Handler, summary: str) -> argparse.ArgumentParser:
@@ -290,6 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="CPU cores for the whole job; each process uses cores / processes-per-node threads",
     )
+
+    p = _subcommand(sub, "embed", _cmd_embed, "pooled encoder features of subjects (Parquet)")
+    p.add_argument("run", help="run folder (or its model_card.json)")
+    p.add_argument(
+        "sources",
+        nargs="+",
+        help="SUBJECTS_DIR folders, manifest.parquet files and volume files (.mgz, .nii.gz)",
+    )
+    p.add_argument("-o", "--out", required=True, help="output Parquet")
+    p.add_argument("--batch-size", type=int, default=4, help="volumes per forward pass")
+    p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     return parser
 
 

@@ -1,8 +1,10 @@
-"""The pretrained weights for a downstream user: a MONAI ``SwinUNETR`` with the encoder loaded,
-and the frozen encoder for features, each from a run folder (or its model card) in one call.
+"""The pretrained weights for a downstream user: the preprocessing that makes the encoder's
+input, a MONAI ``SwinUNETR`` with the encoder loaded, and the frozen encoder for features, each
+from a run folder (or its model card) in one call.
 
-    from damt.downstream import swin_unetr
+    from damt.downstream import preprocess, swin_unetr
     model = swin_unetr("results/pretrain/default", out_channels=14)  # fine-tune as usual
+    x = preprocess("results/pretrain/default")({"image": "sub-01/mri/brainmask.mgz"})["image"]
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from damt.errors import SubjectError
 from damt.model.monai_ssl import as_json
 from damt.paths import MODEL_CARD_FILE
+from damt.stages.cache import masked, monai_chain, settings_from_card, to_metatensor
+from damt.volumes import load_volume
 
 CARD_FORMAT = "damt-model-card/"
 # SwinUNETR arguments that set the encoder's architecture: fixed by the weights.
@@ -33,6 +38,40 @@ def read_card(run_or_card: str | Path) -> tuple[dict, Path]:
     if not str(card.get("format", "")).startswith(CARD_FORMAT):
         raise ValueError(f"{card_file} is not a damt model card (format {card.get('format')})")
     return card, card_file.parent
+
+
+class LoadMasked:
+    """``{"image": path, "mask": path or None}`` → the image as a channel-first MetaTensor, read
+    and masked as the training cache reads it (first frame of a 4-D file; voxels outside the
+    mask set to 0)."""
+
+    def __call__(self, data: dict) -> dict:
+        image = load_volume(data["image"])
+        mask = load_volume(data["mask"]) if data.get("mask") else None
+        image = masked(image, mask)
+        if not (image.data > 0).any():
+            raise SubjectError("empty_image", f"{data['image']} has no voxel above 0")
+        return {**data, "image": to_metatensor(image)}
+
+
+def preprocess(run_or_card: str | Path | dict):
+    """A MONAI dictionary ``Compose`` from ``{"image": path, "mask": path or None}`` to the
+    encoder's input under ``"image"``: a (1, D, H, W) float16 MetaTensor, the same as the training
+    cache holds for that subject (the card's ``preprocessing``: orientation, crop, spacing, pad,
+    percentile scaling). A bad volume raises ``RuntimeError`` (MONAI's), caused by the reason.
+    """
+    import torch
+    from monai import transforms as T
+
+    card = run_or_card if isinstance(run_or_card, dict) else read_card(run_or_card)[0]
+    settings = settings_from_card(card.get("preprocessing"))
+    return T.Compose(
+        [
+            LoadMasked(),
+            *monai_chain(settings, ("image",)).transforms,
+            T.CastToTyped(keys="image", dtype=torch.float16),
+        ]
+    )
 
 
 def swin_unetr(run_or_card: str | Path, out_channels: int, **overrides):

@@ -29,6 +29,7 @@ from damt.paths import ENCODER_FILE, MODEL_CARD_FILE, MONAI_SSL_FILE, ResultPath
 from damt.qc.checks import qc_params
 from damt.qc.severity import check_severity
 from damt.split import TRAIN, split_from_config
+from damt.stages.cache import PREPROCESSING_KEYS
 from damt.training.launch.checks import LaunchError, check_nodes, check_run_settings
 from damt.training.launch.resources import pretrain_resources
 
@@ -132,6 +133,11 @@ def stage_summaries(stage):
 def run_settings(wildcards):
     """Params function: the `pretrain` section of the job's run (overrides merged)."""
     return RUNS[wildcards.run].pretrain
+
+
+def preprocessing_settings(wildcards):
+    """Params function: the `cache` keys that made the training cache, for the model card."""
+    return {k: config["cache"][k] for k in PREPROCESSING_KEYS}
 
 
 def pretrain_inputs(wildcards):

@@ -24,6 +24,7 @@ rule pretrain:
         run_dir=lambda wildcards, output: os.path.dirname(output.encoder),
         pretrain=run_settings,
         evaluation={k: config["probe"][k] for k in ("phenotypes", "targets")},
+        preprocessing=preprocessing_settings,
     script:
         "../workflow/scripts/pretrain.py"
 

@@ -3,8 +3,16 @@ no relative link in the README or the docs points at nothing."""
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
+
+from .conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -42,3 +50,35 @@ def test_the_troubleshooting_page_covers_each_fault():
     )  # fmt: skip
     assert [f for f in faults if f not in text] == []
     assert "](docs/troubleshooting.md)" in README.read_text()
+
+
+@pytest.mark.slow
+def test_the_using_weights_page_runs(trained_copy):
+    """Issue 26, item 5: every code block of docs/using-weights.md, in order, in a workflow
+    folder after the session's run (its demo subjects where `make demo` puts them): Python
+    blocks share one namespace, shell blocks hold `damt` commands only."""
+    page = (REPO / "docs" / "using-weights.md").read_text()
+    blocks = re.findall(r"```(python|bash)\n(.*?)```", page, flags=re.S)
+    kinds = [kind for kind, _ in blocks]
+    assert kinds.count("python") >= 3 and "bash" in kinds
+    root = trained_copy.root
+    (root / "results" / "demo").mkdir(parents=True, exist_ok=True)
+    (root / "results" / "demo" / "subjects").symlink_to(root / "subjects")
+    namespace: dict = {}
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        for kind, code in blocks:
+            if kind == "python":
+                exec(compile(code, "docs/using-weights.md", "exec"), namespace)
+                continue
+            for line in filter(None, code.splitlines()):
+                assert line.startswith("damt "), f"not a damt command: {line}"
+                done = subprocess.run(
+                    [sys.executable, "-m", "damt", *shlex.split(line)[1:]],
+                    capture_output=True, text=True, env=subprocess_env(),
+                )  # fmt: skip
+                assert done.returncode == 0, done.stderr
+    finally:
+        os.chdir(cwd)
+    assert namespace["loss"].item() > 0 and len(namespace["features"]) >= 4

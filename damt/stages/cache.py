@@ -46,25 +46,89 @@ class CacheSettings:
         return cls(cache["spacing"], cache["min_size"], (lo, hi), cache["orientation"])
 
 
-def monai_chain(settings: CacheSettings):
-    """The MONAI dictionary transforms applied to ``{"image", "atlas"}`` channel-first tensors.
+# The ``cache`` keys :func:`preprocessing_card` reads (the pretrain rule passes exactly these).
+PREPROCESSING_KEYS = ("image", "fastsurfer", "spacing", "min_size", "percentiles", "orientation")
+# The model card's ``preprocessing`` format: a newer damt reads every older version.
+PREPROCESSING_VERSION = 1
+# Interpolation by key: the image is resampled smoothly, label maps by nearest neighbour.
+_MODES = {"image": "bilinear", "atlas": "nearest"}
 
-    Also used by ``bench/loader.py`` to time the original per-sample preprocessing.
+
+def preprocessing_card(settings: CacheSettings, cache: Mapping) -> dict:
+    """What turns a T1 into the encoder's input, as data (the model card's ``preprocessing``).
+
+    ``cache`` is the config's ``cache`` section (the input volumes); every step is the chain of
+    :func:`monai_chain`, in its order, after :func:`masked`.
+    """
+    lo, hi = settings.percentiles
+    return {
+        "version": PREPROCESSING_VERSION,
+        "input": {
+            "freesurfer": {"image": cache["image"], "mask": None},
+            "fastsurfer": {k: cache["fastsurfer"][k] for k in ("image", "mask")},
+        },
+        "masking": "voxels where the mask is 0 are set to 0 (only with a mask)",
+        "orientation": settings.orientation,
+        "crop_foreground": "to the bounding box of the image's voxels above 0",
+        "spacing_mm": [settings.spacing] * 3,
+        "interpolation": _MODES["image"],
+        "pad_to_min_size": [settings.min_size] * 3,
+        "intensity": {
+            "percentiles": [lo, hi],
+            "of": "every voxel of the resampled volume, background included",
+            "output_range": [0.0, 1.0],
+            "clip": True,
+        },
+        "dtype": "float16",
+        "channels": 1,
+    }
+
+
+def settings_from_card(preprocessing: Mapping | None) -> CacheSettings:
+    """The settings a model card's ``preprocessing`` records (any version this damt knows)."""
+    if not preprocessing:
+        raise ValueError(
+            "the model card has no preprocessing (its run was trained before damt recorded "
+            "it): build CacheSettings from the workflow's `cache` section instead "
+            "(docs/using-weights.md)"
+        )
+    version = preprocessing.get("version")
+    if version != PREPROCESSING_VERSION:
+        raise ValueError(
+            f"the model card's preprocessing is version {version}; this damt reads version "
+            f"{PREPROCESSING_VERSION}: update damt"
+        )
+    lo, hi = preprocessing["intensity"]["percentiles"]
+    return CacheSettings(
+        preprocessing["spacing_mm"][0],
+        preprocessing["pad_to_min_size"][0],
+        (lo, hi),
+        preprocessing["orientation"],
+    )
+
+
+def monai_chain(settings: CacheSettings, keys: tuple[str, ...] = ("image", "atlas")):
+    """The MONAI dictionary transforms applied to channel-first tensors under ``keys`` (the
+    image first; the others are label maps).
+
+    Also used by ``bench/loader.py`` to time the original per-sample preprocessing and by
+    ``damt.downstream.preprocess``.
     """
     from monai import transforms as T
 
     lo, hi = settings.percentiles
+    keys = list(keys)
     return T.Compose(
         [
-            T.Orientationd(keys=["image", "atlas"], axcodes=settings.orientation, labels=None),
-            T.CropForegroundd(keys=["image", "atlas"], source_key="image", allow_smaller=True),
+            T.Orientationd(keys=keys, axcodes=settings.orientation, labels=None),
+            T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True),
             T.Spacingd(
-                keys=["image", "atlas"],
+                keys=keys,
                 pixdim=[settings.spacing] * 3,
-                mode=("bilinear", "nearest"),
+                mode=tuple(_MODES.get(k, "nearest") for k in keys),
                 dtype=np.float32,
             ),
-            T.SpatialPadd(keys=["image", "atlas"], spatial_size=[settings.min_size] * 3),
+            T.SpatialPadd(keys=keys, spatial_size=[settings.min_size] * 3),
             T.ScaleIntensityRangePercentilesd(
                 keys="image", lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True
             ),
@@ -72,28 +136,32 @@ def monai_chain(settings: CacheSettings):
     )
 
 
-def to_metatensors(image: Volume, atlas: Volume) -> dict:
-    """Channel-first MONAI MetaTensors carrying each volume's affine."""
+def masked(image: Volume, mask: Volume | None) -> Volume:
+    """``image`` with the voxels outside ``mask`` set to 0 (``image`` itself without a mask)."""
+    if mask is None:
+        return image
+    diff = grid_difference(image.grid, mask.grid)
+    if diff is not None:
+        raise SubjectError("grid_mismatch", f"image and mask grids differ: {diff}")
+    return replace(image, data=np.where(mask.data > 0, image.data, 0).astype(image.data.dtype))
+
+
+def to_metatensor(volume: Volume):
+    """A channel-first MONAI MetaTensor of ``volume`` (float32) carrying its affine."""
     import torch
     from monai.data import MetaTensor
 
-    return {
-        "image": MetaTensor(
-            torch.from_numpy(image.data.astype(np.float32))[None],
-            affine=torch.from_numpy(image.affine),
-        ),
-        "atlas": MetaTensor(
-            torch.from_numpy(atlas.data.astype(np.float32))[None],
-            affine=torch.from_numpy(atlas.affine),
-        ),
-    }
+    return MetaTensor(
+        torch.from_numpy(volume.data.astype(np.float32))[None],
+        affine=torch.from_numpy(volume.affine),
+    )
 
 
 def preprocess(
     image: Volume, atlas: Volume, settings: CacheSettings, table: LabelTable
 ) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
     """Run the chain once: (float16 image, class-index atlas, unknown labels → voxel count)."""
-    out = monai_chain(settings)(to_metatensors(image, atlas))
+    out = monai_chain(settings)({"image": to_metatensor(image), "atlas": to_metatensor(atlas)})
     img = np.asarray(out["image"][0].numpy(), dtype=np.float16)
     classes, unknown = table.remap(np.asarray(out["atlas"][0].numpy()))
     return np.ascontiguousarray(img), np.ascontiguousarray(classes), unknown
@@ -171,13 +239,7 @@ class CacheStage(ImageAtlasStage):
         image_name, atlas_name, _ = self.volumes_of(task)
         image, atlas, mask = self.load_pair(task, load_volume)
         check_pair(image.grid, atlas.grid, image.data, image_name)
-        if mask is not None:
-            diff = grid_difference(image.grid, mask.grid)
-            if diff is not None:
-                raise SubjectError("grid_mismatch", f"image and mask grids differ: {diff}")
-            image = replace(
-                image, data=np.where(mask.data > 0, image.data, 0).astype(image.data.dtype)
-            )
+        image = masked(image, mask)
         if not (image.data > 0).any():
             raise SubjectError("empty_image", f"{image_name} has no voxel above 0")
         check_labels(atlas.data, atlas_name)

@@ -233,6 +233,8 @@ def finish_run(
                 "best_checkpoint": {**best, "file": f"checkpoints/{BEST}"} if best else None,
             },
             data=facts["data"],
+            # Checkpoints before damt recorded it have none.
+            preprocessing=facts.get("preprocessing"),
         )
         log.info(
             "wrote %s%s and %s",

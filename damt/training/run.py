@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from damt.config import with_schema_defaults
 from damt.model.network import DAMTNetwork
 from damt.model.spec import NetworkSpec
+from damt.stages.cache import CacheSettings, preprocessing_card
 from damt.training.checkpoint import Checkpoint, load_checkpoint
 from damt.training.data import EpochSampler, PretrainDataset, TrainingData
 from damt.training.distributed import DistEnv, init_distributed, shutdown
@@ -142,6 +143,9 @@ def run_facts(
             "augment": list(settings.augment.enabled),
             "config": config["pretrain"],
             "data": data.summary,
+            "preprocessing": preprocessing_card(
+                CacheSettings.from_config(config["cache"]), config["cache"]
+            ),
         }
     )
 

@@ -27,6 +27,7 @@ try:
             cores=snakemake.threads,
             log_file=snakemake.log[0],
             evaluation=snakemake.params.evaluation,
+            preprocessing=snakemake.params.preprocessing,
         )
 except PretrainingStopped as stopped:
     # Also in the job's own output: a requeued job's rule log starts anew.

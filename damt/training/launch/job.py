@@ -56,11 +56,13 @@ def launch(
     cores: int,
     log_file: str | None = None,
     evaluation: dict | None = None,
+    preprocessing: dict | None = None,
 ) -> None:
     """Plan, then train/resume under torchrun or export the finished run.
 
     ``pretrain`` is the config's ``pretrain`` section (the rule's params); ``evaluation`` the
-    ``probe`` keys the held-out k-NN evaluation reads (``phenotypes``, ``targets``).
+    ``probe`` keys the held-out k-NN evaluation reads (``phenotypes``, ``targets``);
+    ``preprocessing`` the ``cache`` keys that made the cache (for the model card).
     """
     # Validate everything before the run folder is touched: a bad config must never cost the
     # checkpoints of a trained model (supersede() below moves them aside).
@@ -77,7 +79,11 @@ def launch(
         supersede(run_dir)
     # The run's settings (config files and command-line overrides merged) for the trainer.
     config_file = run_dir / RUN_CONFIG_FILE
-    run_config = {"pretrain": pretrain, "probe": dict(evaluation or {})}
+    run_config = {
+        "pretrain": pretrain,
+        "probe": dict(evaluation or {}),
+        "cache": dict(preprocessing or {}),
+    }
     config_file.write_text(yaml.safe_dump(run_config, sort_keys=False))
     if plan.sign:
         write_json_atomic(run_dir / SIGNATURE_FILE, current)
