@@ -12,7 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
+from damt.config import load_config
 from damt.training.checkpoint import Checkpoint, save_checkpoint
 from damt.training.launch.checks import LaunchError, check_gpus, check_nodes
 from damt.training.launch.commands import torchrun_command
@@ -25,7 +27,7 @@ from damt.training.launch.signature import (
     training_subjects,
 )
 from damt.training.report import plot_training
-from tests.conftest import subprocess_env
+from tests.conftest import REPO, subprocess_env
 
 SIG = {
     "subjects": "a",
@@ -476,3 +478,58 @@ def test_run_settings_refuse_a_crop_the_network_cannot_halve(tmp_path: Path):
     config = load_config(write_config(tmp_path / "c.yaml", presets={"tiny": {"global_crop": 40}}))
     with pytest.raises(LaunchError, match=r"global_crop 40 must be a multiple.*nothing was"):
         check_run_settings(config)
+
+
+def test_signatures_of_the_demo_and_the_paper_plan_are_unchanged():
+    """Issue 24, item 3: the general signature rule signs every run as before (the demo's and
+    each of the 51 runs of the paper's plan: tests/data/signatures.json), so an upgrade neither
+    retrains finished runs nor restarts interrupted ones."""
+    from damt.experiments.plan import plan_runs
+    from damt.io import stable_hash
+    from damt.training.launch.signature import model_settings
+
+    recorded = json.loads((REPO / "tests" / "data" / "signatures.json").read_text())
+    recorded.pop("_")
+    demo = load_config(REPO / "config" / "config.yaml")
+    plan = yaml.safe_load((REPO / "config" / "experiments.example.yaml").read_text())
+    paper = load_config(REPO / "config" / "config.yaml", overrides=plan)
+    signed = {"demo": stable_hash(model_settings(demo["pretrain"]))}
+    signed |= {
+        name: stable_hash(model_settings(r.pretrain)) for name, r in plan_runs(paper).items()
+    }
+    assert signed == recorded
+
+
+def test_a_key_added_since_the_first_runs_signs_only_away_from_its_default():
+    """Every ``pretrain`` key is operational, signed since the start, or signed only where it
+    differs from the schema's default (in its signed form): no hand-written line per key."""
+    from damt.config import schema_defaults
+    from damt.training.launch.signature import (
+        OPERATIONAL_KEYS,
+        SIGNED_SINCE_THE_START,
+        model_settings,
+    )
+
+    defaults = schema_defaults("pretrain")
+    augment = defaults["augment"]
+    assert set(defaults) >= OPERATIONAL_KEYS | SIGNED_SINCE_THE_START
+    later = set(defaults) - OPERATIONAL_KEYS - SIGNED_SINCE_THE_START
+    assert {"nodes", "accumulate_steps", "curriculum", "augment", "contrastive", "ema"} <= later
+    assert not later & set(model_settings(defaults)) and "subjects" not in model_settings(defaults)
+    changed = {
+        "nodes": 2, "accumulate_steps": 4, "subset_size": 10,
+        "curriculum": [{"until_epoch": 1, "tasks": ["mim"]}],
+        "augment": {**augment, "elastic": {**augment["elastic"], "prob": 0.5}},
+        "contrastive": {**defaults["contrastive"], "method": "vicreg"},
+        "ema": {**defaults["ema"], "enabled": True},
+    }  # fmt: skip
+    assert set(changed) == later
+    for key, value in changed.items():
+        signed = model_settings({**defaults, key: value})
+        assert signed != model_settings(defaults), key
+    # Only the part a model depends on: an augmentation at probability 0, an EMA switched off.
+    off = {**defaults["ema"], "momentum": 0.5}
+    assert model_settings({**defaults, "ema": off}) == model_settings(defaults)
+    assert set(model_settings({**defaults, **{"augment": changed["augment"]}})["augment"]) == {
+        "elastic"
+    }

@@ -65,12 +65,12 @@ class Run:
 def _base_runs(experiments: Mapping, pretrain: Mapping) -> list[tuple[str, dict, str, str]]:
     """(base name, overrides, kind, setting) for every run asked for, before seeds and merging."""
     asked: list[tuple[str, dict, str, str]] = []
-    for name, overrides in (experiments.get("runs") or {}).items():
+    for name, overrides in experiments["runs"].items():
         # A run without overrides is the full model, whatever its name.
         kind, setting = (CUSTOM, str(name)) if overrides else (FULL, "")
         asked.append((str(name), dict(overrides or {}), kind, setting))
-    ablation = experiments.get("ablation", "none")
-    switched_on = [t for t in TASKS if pretrain.get("tasks", {}).get(t, True)]
+    ablation = experiments["ablation"]
+    switched_on = [t for t in TASKS if pretrain["tasks"][t]]
     if ablation != "none":
         ablated = switched_on if ablation == "leave_one_task_out" else list(ablation)
         asked.append(("full", {}, FULL, ""))
@@ -91,14 +91,14 @@ def _base_runs(experiments: Mapping, pretrain: Mapping) -> list[tuple[str, dict,
                     + f" (the switched-on tasks are {', '.join(switched_on)})"
                 )
             asked.append((f"ablate-{task}", {"tasks": {task: False}}, ABLATION, task))
-    for size in experiments.get("data_scaling") or []:
+    for size in experiments["data_scaling"]:
         if int(size) <= 0:
             raise ExperimentError(
                 f"experiments run 'data-{size}': data_scaling size {size} must be at least 1"
             )
         asked.append((f"data-{int(size)}", {"subset_size": int(size)}, DATA, str(int(size))))
-    presets = pretrain.get("presets") or {}
-    for preset in experiments.get("model_scaling") or []:
+    presets = pretrain["presets"]
+    for preset in experiments["model_scaling"]:
         if preset not in presets:
             raise ExperimentError(
                 f"experiments run 'model-{preset}': model_scaling names preset {preset!r}, "
@@ -169,10 +169,10 @@ def plan_runs(config: Mapping) -> dict[str, Run]:
             "experiments: with pretrain.nodes > 1 every run trains on GPUs or every run on "
             "CPUs (the runs share one set of SLURM resources); a run overrides pretrain.gpus"
         )
-    seeds = experiments.get("seeds") or [pretrain["seed"]]
+    seeds = experiments["seeds"] or [pretrain["seed"]]
     if len(set(seeds)) != len(seeds):
         raise ExperimentError(f"experiments.seeds repeats a seed: {list(seeds)}")
-    baseline = set(seeds) & set((config.get("probe") or {}).get("random_init_seeds") or ())
+    baseline = set(seeds) & set(config["probe"]["random_init_seeds"])
     if baseline:
         raise ExperimentError(
             f"experiments.seeds holds {sorted(baseline)}, which probe.random_init_seeds uses for "
@@ -192,7 +192,7 @@ def check_data_scaling(runs: Mapping[str, Run], n_training: int) -> None:
     subjects that can train (discovered and not held out; QC may exclude more later, and the
     pretrain job checks again)."""
     for run in runs.values():
-        size = run.pretrain.get("subset_size")
+        size = run.pretrain["subset_size"]
         if size is not None and size > n_training:
             raise ExperimentError(
                 f"experiments run {run.name!r}: pretrain.subset_size is {size} but only "

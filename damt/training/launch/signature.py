@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
+from damt.config import schema_defaults
 from damt.io import HASH_CHARS, sha256_file, stable_hash
 from damt.manifest import trains
 from damt.split import scaling_subset
@@ -81,62 +82,81 @@ def training_subjects(manifest: str | Path, size: int | None = None) -> list[str
     return scaling_subset(frame.loc[trains(frame), "subject_id"].astype(str), size)
 
 
-def model_settings(pretrain: dict) -> dict:
-    """The ``pretrain`` settings a trained model depends on: all but ``OPERATIONAL_KEYS``, and
-    of ``presets`` only the one in use, without its ``checkpointing``.
-    """
-    settings = {k: v for k, v in pretrain.items() if k not in OPERATIONAL_KEYS}
-    # One node is what every run was before `nodes` existed: leaving it out keeps their
-    # signatures, so an upgrade neither retrains finished runs nor restarts interrupted ones.
-    if settings.get("nodes") == 1:
-        del settings["nodes"]
-    # Likewise the switches that are off by default (runs before them trained without): no
-    # accumulation, no curriculum, and no augmentation with a probability of 0 (its ranges
-    # then shape nothing).
-    if settings.get("accumulate_steps") == 1:
-        del settings["accumulate_steps"]
-    # The subset itself enters through the training subjects' hash; its size is a setting, under
-    # its first name (pretrain.subjects), so that runs signed before the rename keep their
-    # signature.
-    if "subset_size" in settings:
-        size = settings.pop("subset_size")
-        if size is not None:
-            settings["subjects"] = size
-    if settings.get("curriculum") == []:
-        del settings["curriculum"]
-    if isinstance(settings.get("augment"), dict):
-        used = {k: v for k, v in settings["augment"].items() if v.get("prob", 0) > 0}
-        if used:
-            settings["augment"] = used
-        else:
-            del settings["augment"]
-    # Likewise today's NT-Xent without a queue and a switched-off EMA (what every run was before
-    # these sections existed); otherwise only the settings the method uses enter.
-    contrastive = _contrastive_signature(settings.pop("contrastive", None) or {})
-    if contrastive:
-        settings["contrastive"] = contrastive
-    ema = settings.pop("ema", None) or {}
-    if ema.get("enabled"):
-        settings["ema"] = ema
-    presets, preset = pretrain.get("presets"), pretrain.get("preset")
-    if isinstance(presets, dict) and preset in presets:
-        # Gradient checkpointing trades memory for time; the network and its steps are the same.
-        in_use = {k: v for k, v in presets[preset].items() if k != "checkpointing"}
-        settings["presets"] = {preset: in_use}
-    return settings
+# The `pretrain` keys of the first signed runs, which enter a signature whatever their value.
+# A key added since enters only where its value differs from the schema's default (in the form
+# of _SIGNED_FORM): what every run was before the key existed, so that an upgrade neither
+# retrains finished runs nor restarts interrupted ones.
+SIGNED_SINCE_THE_START = frozenset(
+    {
+        "preset", "presets", "epochs", "warmup_epochs", "warmup_start_lr", "min_lr",
+        "batch_size_per_gpu", "base_lr", "weight_decay", "weight_decay_end", "clip_grad",
+        "drop_path_rate", "balancing", "balancer_lr", "location_axes", "location_grid",
+        "mim_mask_ratio", "contrastive_dim", "contrastive_temperature", "tasks", "gpus",
+        "cpu_processes", "seed", "deterministic", "precision",
+    }
+)  # fmt: skip
+# Keys signed under the name they first had (pretrain.subjects, now subset_size).
+_SIGNED_NAME = {"subset_size": "subjects"}
 
 
-def _contrastive_signature(section: dict) -> dict | None:
-    """The part of ``pretrain.contrastive`` the trained model depends on: None for NT-Xent
-    without a queue (the original), else the method, its own settings and what is exported."""
-    method = section.get("method", "ntxent")
+def _used_augmentations(augment: dict, pretrain: dict) -> dict:
+    """The augmentations switched on (a probability of 0 shapes nothing)."""
+    return {k: v for k, v in augment.items() if v.get("prob", 0) > 0}
+
+
+def _preset_in_use(presets: dict, pretrain: dict) -> dict:
+    """Of ``presets`` only the one in use, without ``checkpointing``: gradient checkpointing
+    trades memory for time, the network and its steps are the same."""
+    preset = pretrain["preset"]
+    return {preset: {k: v for k, v in presets[preset].items() if k != "checkpointing"}}
+
+
+def _contrastive_in_use(section: dict, pretrain: dict) -> dict | None:
+    """None for NT-Xent without a queue (the original), else the method, its own settings and,
+    for dino, what is exported."""
+    method = section["method"]
     if method == "ntxent":
-        queue = section.get("queue_size", 0)
-        return {"method": method, "queue_size": queue} if queue else None
-    kept = {"method": method, method: section.get(method, {})}
+        return (
+            {"method": method, "queue_size": section["queue_size"]}
+            if section["queue_size"]
+            else None
+        )
+    kept = {"method": method, method: section[method]}
     if method == "dino":
-        kept["export"] = section.get("export", "student")
+        kept["export"] = section["export"]
     return kept
+
+
+def _ema_in_use(ema: dict, pretrain: dict) -> dict | None:
+    """The EMA settings of an EMA that runs (None when it is off)."""
+    return ema if ema["enabled"] else None
+
+
+# What of a key's value a trained model depends on (the value itself for the others).
+_SIGNED_FORM = {
+    "augment": _used_augmentations,
+    "presets": _preset_in_use,
+    "contrastive": _contrastive_in_use,
+    "ema": _ema_in_use,
+}
+
+
+def model_settings(pretrain: dict) -> dict:
+    """The ``pretrain`` settings a trained model depends on: every key but
+    ``OPERATIONAL_KEYS``, in its signed form; a key added since the first signed runs only where
+    it differs from the schema's default (``pretrain`` is validated: it holds every key)."""
+    defaults = schema_defaults("pretrain")
+    settings = {}
+    for key, value in pretrain.items():
+        if key in OPERATIONAL_KEYS:
+            continue
+        form = _SIGNED_FORM.get(key)
+        signed = form(value, pretrain) if form else value
+        if key in SIGNED_SINCE_THE_START or signed != (
+            form(defaults[key], defaults) if form else defaults[key]
+        ):
+            settings[_SIGNED_NAME.get(key, key)] = signed
+    return settings
 
 
 def signature(
