@@ -193,11 +193,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from damt.training.inputs import TrainInputs
     from damt.training.loop import TrainingStopped
     from damt.training.process import STOPPED_EXIT, die_with_parent
-    from damt.training.run import run_pretraining
+    from damt.training.run import CONFIG_SECTIONS, run_pretraining
 
     # torchrun starts each trainer in a session of its own: die with it, not after it.
     die_with_parent()
-    config = load_config(args.config, sections=("pretrain", "probe", "cache"))
+    config = load_config(args.config, sections=CONFIG_SECTIONS)
     inputs = TrainInputs.from_arguments(
         args.manifest,
         args.label_table,
@@ -252,7 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--log", metavar="FILE", help="also append the log to FILE")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_input_commands(sub)
+    _add_model_commands(sub)
+    return parser
 
+
+def _add_input_commands(sub) -> None:
+    """The commands on subject data: demo data, discovery, radiomics, stats."""
     p = _subcommand(sub, "demo-data", _cmd_demo_data, "write a synthetic FreeSurfer SUBJECTS_DIR")
     p.add_argument("out", help="output folder (created; existing subjects are overwritten)")
     p.add_argument("--subjects", type=int, default=16, help="number of subjects (default 16)")
@@ -294,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write the files that parse even when others are malformed (errors still listed)",
     )
+
+
+def _add_model_commands(sub) -> None:
+    """The commands on the encoder: training it, embedding subjects with it."""
     p = _subcommand(sub, "train", _cmd_train, "pretrain the Swin encoder (under torchrun for DDP)")
     p.add_argument("--config", default="config/config.yaml", help="workflow configuration")
     p.add_argument("--manifest", required=True, help="manifest.parquet")
@@ -327,7 +337,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="output Parquet")
     p.add_argument("--batch-size", type=int, default=4, help="volumes per forward pass")
     p.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -108,9 +108,9 @@ def train_in_process(files, config: Path, out: Path, interrupt: bool = False):
     (:func:`kill_at_first_checkpoint`)."""
     from damt.training import loop
     from damt.training.inputs import TrainInputs
-    from damt.training.run import run_pretraining
+    from damt.training.run import CONFIG_SECTIONS, run_pretraining
 
-    config_dict = load_config(config, sections=("pretrain", "probe"))
+    config_dict = load_config(config, sections=CONFIG_SECTIONS)
     inputs = TrainInputs.from_arguments(files.manifest, files.label_table, files.tables_dir, {})
     if not interrupt:
         return run_pretraining(config_dict, inputs, out, cores=1)

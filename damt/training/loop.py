@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -26,8 +25,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from damt.training.checkpoint import Checkpoint, keep_as_best, save_checkpoint
-from damt.training.distributed import DistEnv, all_reduce, barrier
+from damt.training.distributed import DistEnv, barrier
 from damt.training.evaluate import EvalSet, evaluate, primary
+from damt.training.meter import EpochMeter, agreed_stop, mean_of
 from damt.training.metrics import MetricsLog
 from damt.training.objective import PretrainObjective
 from damt.training.process import StopSignal, stop_signals_blocked, write_stopped
@@ -69,64 +69,18 @@ def _seed_for(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-class EpochMeter:
-    """Named per-epoch sums on the device, reduced over ranks in one all-reduce at the end.
-
-    Values are accumulated as float64 tensors without host syncs. Every rank adds the same names
-    with the same shapes in the same steps (a skipped step is skipped on all ranks: the skip
-    decision is all-reduced), so the flattened sums line up across ranks.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.sums: dict[str, torch.Tensor] = {}
-
-    def add(self, name: str, value: torch.Tensor | float) -> None:
-        """Add ``value`` (a scalar or a tensor of fixed shape) to the sum called ``name``."""
-        value = torch.as_tensor(value, device=self.device).detach().double()
-        if name in self.sums:
-            self.sums[name] += value
-        else:
-            self.sums[name] = value.clone()
-
-    def reduce(self) -> dict[str, torch.Tensor]:
-        """The sums over all ranks (CPU tensors), after one all-reduce of their concatenation."""
-        names = sorted(self.sums)
-        if not names:
-            return {}
-        flat = torch.cat([self.sums[n].reshape(-1) for n in names])
-        all_reduce(flat)
-        out, offset = {}, 0
-        for name in names:
-            size = self.sums[name].numel()
-            out[name] = flat[offset : offset + size].reshape(self.sums[name].shape).cpu()
-            offset += size
-        return out
-
-    def resume(self, sums: dict[str, torch.Tensor], keep: bool) -> None:
-        """Start from the reduced sums of a stopped epoch: their values on one rank (``keep``),
-        zeros of the same names and shapes on the others, so the next reduction counts them
-        once."""
-        self.sums = {
-            name: (value if keep else torch.zeros_like(value)).to(self.device, torch.float64)
-            for name, value in sums.items()
-        }
-
-
-def agreed_stop(received: int | None, env: DistEnv) -> str | None:
-    """The name of the stop signal once any rank has received one (``received``: this rank's
-    signal number), the same answer on every rank, so that all of them stop at the same step:
-    the signal numbers are all-reduced (a collective: every rank calls it at the same step)."""
-    if env.world_size > 1:
-        flag = torch.tensor([float(received or 0)], device=env.device)
-        received = int(all_reduce(flag, "max").item())
-    return signal.Signals(received).name if received else None
-
-
-def _mean(sums: dict[str, torch.Tensor], total: str, count: str) -> float | None:
-    # None, not NaN: metrics.jsonl stays valid JSON when a task had no valid step in an epoch.
-    n = float(sums[count]) if count in sums else 0.0
-    return float(sums[total]) / n if n else None
+def _add_step(meter: EpochMeter, out) -> None:
+    """Add an applied step's losses and statistics to the epoch's sums. Per task: the loss
+    summed over the steps where it was defined, and their count (tasks outside the curriculum
+    phase have none)."""
+    for task in out.losses:
+        meter.add(f"loss/{task}", out.losses[task] * out.valid[task])
+        meter.add(f"valid/{task}", out.valid[task])
+    meter.add("loss", out.total)
+    meter.add("grad_norm", out.grad_norm)
+    meter.add("applied_steps", 1.0)
+    for name, value in out.stats.items():
+        meter.add(name, value)
 
 
 class Trainer:
@@ -289,7 +243,6 @@ class Trainer:
     def run_epoch(self, epoch: int, metrics: MetricsLog) -> dict:
         """Train one epoch; return its metrics record (means over ranks and steps)."""
         settings, env, iters = self.settings, self.env, self.iters
-        tasks = self.objective.network.spec.tasks
         self.model.train()
         meter = EpochMeter(env.device)
         skipped, first = 0, 0
@@ -297,25 +250,8 @@ class Trainer:
             first, skipped = self.resumed["steps"], self.resumed["skipped"]
             self.consecutive = self.resumed["consecutive"]
             meter.resume(self.resumed["sums"], keep=env.is_main)
-        # Every micro-batch before the step to continue at is full (only an epoch's last is not).
-        self.loader.sampler.start_at(
-            first * settings.accumulate_steps * settings.batch_size_per_gpu
-        )
         start = time.perf_counter()
-        with stop_signals_blocked():  # until the workers it forks ignore them
-            micro_batches = iter(self.loader)
-        steps = iter(lambda: list(itertools.islice(micro_batches, settings.accumulate_steps)), [])
-        progress = tqdm(
-            steps,
-            total=iters,
-            initial=first,
-            disable=not env.is_main,
-            desc=f"epoch {epoch + 1}/{settings.epochs}",
-            dynamic_ncols=True,
-            leave=False,
-            # Sparse updates when stderr is a log file rather than a terminal.
-            mininterval=0.5 if sys.stderr.isatty() else 60.0,
-        )
+        progress = self._steps(epoch, first)
         for it, batches in enumerate(progress, start=first):
             stop = self._stop_signal()
             if stop is not None:
@@ -345,16 +281,7 @@ class Trainer:
                 self.objective.update_teacher(float(self.momentum[step]))
 
             # ============ logging ... ============
-            # Per task: the loss summed over the steps where it was defined, and their count
-            # (tasks outside the curriculum phase have none).
-            for task in out.losses:
-                meter.add(f"loss/{task}", out.losses[task] * out.valid[task])
-                meter.add(f"valid/{task}", out.valid[task])
-            meter.add("loss", out.total)
-            meter.add("grad_norm", out.grad_norm)
-            meter.add("applied_steps", 1.0)
-            for name, value in out.stats.items():
-                meter.add(name, value)
+            _add_step(meter, out)
             if env.is_main and (it % settings.log_every_steps == 0 or it == iters - 1):
                 loss = float(out.total)
                 # refresh=False: tqdm redraws on its own schedule, with an up-to-date count.
@@ -363,16 +290,42 @@ class Trainer:
                     step,
                     {"loss": loss, "lr": float(self.lr[step]), "grad_norm": float(out.grad_norm)},
                 )
-        elapsed = time.perf_counter() - start
         meter.add("samples", float(len(self.loader.sampler)))
-        sums = meter.reduce()
         self.skipped_total += skipped
-        last = (epoch + 1) * iters - 1
+        return self._epoch_record(epoch, meter.reduce(), time.perf_counter() - start, skipped)
+
+    def _steps(self, epoch: int, first: int) -> tqdm:
+        """The epoch's optimisation steps from step ``first`` on, each a list of
+        ``accumulate_steps`` micro-batches, under a progress bar."""
+        settings = self.settings
+        # Every micro-batch before the step to continue at is full (only an epoch's last is not).
+        self.loader.sampler.start_at(
+            first * settings.accumulate_steps * settings.batch_size_per_gpu
+        )
+        with stop_signals_blocked():  # until the workers it forks ignore them
+            micro_batches = iter(self.loader)
+        steps = iter(lambda: list(itertools.islice(micro_batches, settings.accumulate_steps)), [])
+        return tqdm(
+            steps,
+            total=self.iters,
+            initial=first,
+            disable=not self.env.is_main,
+            desc=f"epoch {epoch + 1}/{settings.epochs}",
+            dynamic_ncols=True,
+            leave=False,
+            # Sparse updates when stderr is a log file rather than a terminal.
+            mininterval=0.5 if sys.stderr.isatty() else 60.0,
+        )
+
+    def _epoch_record(self, epoch: int, sums: dict, elapsed: float, skipped: int) -> dict:
+        """The epoch's ``metrics.jsonl`` record from its reduced sums."""
+        tasks = self.objective.network.spec.tasks
+        last = (epoch + 1) * self.iters - 1
         record = {
             "epoch": epoch,
             "step": last + 1,
-            "loss": _mean(sums, "loss", "applied_steps"),
-            "grad_norm": _mean(sums, "grad_norm", "applied_steps"),
+            "loss": mean_of(sums, "loss", "applied_steps"),
+            "grad_norm": mean_of(sums, "grad_norm", "applied_steps"),
             "lr": float(self.lr[last]),
             "weight_decay": float(self.wd[last]),
             "samples_per_s": float(sums["samples"]) / elapsed,
@@ -382,7 +335,7 @@ class Trainer:
         }
         weights = self.objective.balancer.weights()
         for task in tasks:
-            record[f"loss/{task}"] = _mean(sums, f"loss/{task}", f"valid/{task}")
+            record[f"loss/{task}"] = mean_of(sums, f"loss/{task}", f"valid/{task}")
             record[f"weight/{task}"] = weights[task]
         record |= epoch_signals(sums, tasks, self.objective.network.spec.n_rotations)
         return record

@@ -34,6 +34,10 @@ from damt.training.views import ROTATIONS
 
 log = logging.getLogger("damt.train")
 
+# The config sections a run reads: its settings, the held-out evaluation's targets, and the
+# cache settings that made its inputs (the model card's preprocessing).
+CONFIG_SECTIONS = ("pretrain", "probe", "cache")
+
 
 def network_spec(settings: TrainSettings, data: TrainingData) -> NetworkSpec:
     """Head sizes from the data: table widths and the label table's K."""
