@@ -438,7 +438,7 @@ def torchrun_train(mode: Mode, root: Path, rec: Recorder) -> None:
         time.sleep(0.5)
     killed = first.poll() is None
     if killed:
-        os.killpg(first.pid, signal.SIGTERM)
+        os.killpg(first.pid, signal.SIGKILL)  # a kill: SIGTERM would stop it with a checkpoint
     first.wait()
     first_s = time.perf_counter() - start
     epochs_before = torch.load(latest, map_location="cpu", weights_only=True)["epoch"]
