@@ -392,6 +392,29 @@ def build_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Pa
     return path
 
 
+def exported_run(run: Path, preset: str = "tiny"):
+    """``run``: a run folder holding a randomly initialised encoder of ``preset`` (the schema's)
+    and its model card with the schema's cache preprocessing, exported as the trainer exports
+    one; and the encoder."""
+    import torch
+
+    from damt.config import schema_defaults
+    from damt.model.encoder import SwinEncoder
+    from damt.model.spec import encoder_spec_from_config
+    from damt.paths import ENCODER_FILE, MODEL_CARD_FILE, MONAI_SSL_FILE
+    from damt.stages.cache import CacheSettings, preprocessing_card
+    from damt.training.export import export_encoder, write_model_card
+
+    torch.manual_seed(0)
+    enc = SwinEncoder(encoder_spec_from_config({**schema_defaults("pretrain"), "preset": preset}))
+    run.mkdir(parents=True)
+    export_encoder(enc, run / ENCODER_FILE, run / MONAI_SSL_FILE)
+    cache = schema_defaults("cache")
+    card = preprocessing_card(CacheSettings.from_config(cache), cache)
+    write_model_card(run / MODEL_CARD_FILE, enc, preprocessing=card)
+    return run, enc
+
+
 def file_checksums(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root``, by relative path."""
     return {

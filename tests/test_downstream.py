@@ -22,32 +22,20 @@ from damt.freesurfer.labels import read_label_table
 from damt.io import sha256_file
 from damt.model.encoder import SwinEncoder
 from damt.model.monai_ssl import monai_ssl_state, script_arguments
-from damt.model.spec import EncoderSpec, encoder_spec_from_config
+from damt.model.spec import EncoderSpec
 from damt.paths import ENCODER_FILE, IMAGE_FILE, MODEL_CARD_FILE, MONAI_SSL_FILE
 from damt.probe.features import cohort_grid, encoder_features
 from damt.stages import cache
-from damt.training.export import export_encoder, write_model_card
 from damt.volumes import load_volume
 
-from .conftest import REPO, subprocess_env
+from .conftest import REPO, exported_run, subprocess_env
 
 CACHE = schema_defaults("cache")
 SETTINGS = cache.CacheSettings.from_config(CACHE)
 
 
 def _run(tmp_path, preset: str):
-    """A run folder holding a randomly initialised encoder of ``preset``, exported as the
-    trainer exports one."""
-    pretrain = {**schema_defaults("pretrain"), "preset": preset}
-    torch.manual_seed(0)
-    enc = SwinEncoder(encoder_spec_from_config(pretrain))
-    run = tmp_path / preset
-    run.mkdir()
-    export_encoder(enc, run / ENCODER_FILE, run / MONAI_SSL_FILE)
-    write_model_card(
-        run / MODEL_CARD_FILE, enc, preprocessing=cache.preprocessing_card(SETTINGS, CACHE)
-    )
-    return run, enc
+    return exported_run(tmp_path / preset, preset)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "full", "full_w8"])

@@ -16,11 +16,13 @@ import pytest
 from damt.config import validate_config
 from damt.demo.cohort import generate_cohort
 from damt.discovery.workflow import discover_from_config
+from damt.downstream import preprocess
+from damt.embedding import embedding_inputs
 from damt.freesurfer.labels import read_label_table
 from damt.freesurfer.stats.long_table import long_table, read_long_metadata
 from damt.freesurfer.stats.subject import parse_subject_stats
 from damt.results import OK
-from damt.stages.cache import stage_from_settings
+from damt.stages.cache import CacheSettings, preprocessing_card, stage_from_settings
 from damt.stages.registry import build_stage
 from damt.stages.stats import StatsStage
 from damt.stages.store import SubjectTask, run_tasks
@@ -159,6 +161,23 @@ def test_fastsurfer_subject_end_to_end(fs_cohort: Path, tmp_path: Path):
     assert (image[atlas == 0] == 0).mean() > 0.5  # the mask removed orig_nu's head
     assert results["bert"].status == OK
     assert set(results["bert"].info["n_frames"]) == {"mri/brainmask.mgz", "mri/aparc+aseg.mgz"}
+
+    # What a user of the weights reads (issue 26): `damt embed`'s inputs of this SUBJECTS_DIR
+    # take each layout's image (and FastSurfer's mask), and preprocess gives the cache's array.
+    made = {**config["cache"], "min_size": 48}
+    card = {"preprocessing": preprocessing_card(CacheSettings.from_config(made), made)}
+    inputs = embedding_inputs(card, [fs_cohort])
+    assert sorted(inputs.volumes) == ["bert", "fs21seg-001", "fs23full-001"]
+    assert inputs.volumes["fs21seg-001"] == {
+        "image": str(fs_cohort / "fs21seg-001" / "mri" / "orig_nu.mgz"),
+        "mask": str(fs_cohort / "fs21seg-001" / "mri" / "mask.mgz"),
+    }
+    assert inputs.volumes["bert"]["mask"] is None
+    assert inputs.refused["fs22fail-001"].startswith("recon_failed")
+    pipeline = preprocess(card)
+    for sid in ("fs21seg-001", "bert"):
+        expected = np.load(out / "subjects" / sid / "cache" / "image.npy")
+        np.testing.assert_array_equal(pipeline(inputs.volumes[sid])["image"][0].numpy(), expected)
 
     radiomics = build_stage("radiomics", {**config["radiomics"], "params": str(
         REPO / "config" / "radiomics.yaml")})  # fmt: skip
