@@ -248,8 +248,9 @@ QUICK = {
     "cache": {"spacing": 2.5, "min_size": 64},
     "pretrain": {
         "preset": "tiny",
-        "epochs": 2,
-        "warmup_epochs": 1,
+        # One epoch: the workflow tests need a trained run, not training (tests/test_training_*).
+        "epochs": 1,
+        "warmup_epochs": 0,
         "batch_size_per_gpu": 2,
         "base_lr": 0.05,
         "num_workers": 0,
