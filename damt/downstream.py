@@ -14,10 +14,15 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from damt.errors import SubjectError
 from damt.model.monai_ssl import as_json
 from damt.paths import MODEL_CARD_FILE
-from damt.stages.cache import masked, monai_chain, settings_from_card, to_metatensor
+from damt.stages.cache import (
+    check_nonempty,
+    masked,
+    monai_chain,
+    settings_from_card,
+    to_metatensor,
+)
 from damt.volumes import load_volume
 
 CARD_FORMAT = "damt-model-card/"
@@ -49,8 +54,7 @@ class LoadMasked:
         image = load_volume(data["image"])
         mask = load_volume(data["mask"]) if data.get("mask") else None
         image = masked(image, mask)
-        if not (image.data > 0).any():
-            raise SubjectError("empty_image", f"{data['image']} has no voxel above 0")
+        check_nonempty(image, data["image"])
         return {**data, "image": to_metatensor(image)}
 
 

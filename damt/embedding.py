@@ -23,6 +23,7 @@ from damt.freesurfer.recon import is_fastsurfer
 from damt.io import sha256_file
 from damt.manifest import KEY
 from damt.probe.features import centred, foreground_box, probe_grid
+from damt.stages.cache import settings_from_card
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,7 @@ def embedding_inputs(card: Mapping, sources: Sequence[str | Path]) -> EmbeddingI
     relative paths read from the current folder, as the workflow wrote them), a
     ``SUBJECTS_DIR`` (its subjects, found as the workflow finds them) or volume files (NIfTI or
     MGZ, no mask), in any mix."""
-    if not card.get("preprocessing"):
-        raise ValueError("the model card has no preprocessing: export the run again")
+    settings_from_card(card.get("preprocessing"))  # refuses a card without it, or a newer one
     layouts = card["preprocessing"]["input"]
     out = EmbeddingInputs()
     for source in map(Path, sources):

@@ -393,6 +393,14 @@ def build_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Pa
     return path
 
 
+def run_damt(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m damt ARGS`` of this checkout in ``cwd``, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "damt", *map(str, args)],
+        capture_output=True, text=True, env=subprocess_env(), cwd=cwd,
+    )  # fmt: skip
+
+
 def exported_run(run: Path, preset: str = "tiny"):
     """``run``: a run folder holding a randomly initialised encoder of ``preset`` (the schema's)
     and its model card with the schema's cache preprocessing, exported as the trainer exports

@@ -6,13 +6,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import subprocess_env
+from .conftest import run_damt
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -74,10 +72,7 @@ def test_the_using_weights_page_runs(trained_copy):
                 continue
             for line in filter(None, code.splitlines()):
                 assert line.startswith("damt "), f"not a damt command: {line}"
-                done = subprocess.run(
-                    [sys.executable, "-m", "damt", *shlex.split(line)[1:]],
-                    capture_output=True, text=True, env=subprocess_env(),
-                )  # fmt: skip
+                done = run_damt(*shlex.split(line)[1:])
                 assert done.returncode == 0, done.stderr
     finally:
         os.chdir(cwd)

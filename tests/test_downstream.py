@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -28,7 +26,7 @@ from damt.probe.features import cohort_grid, encoder_features
 from damt.stages import cache
 from damt.volumes import load_volume
 
-from .conftest import REPO, exported_run, subprocess_env
+from .conftest import REPO, exported_run, run_damt
 
 CACHE = schema_defaults("cache")
 SETTINGS = cache.CacheSettings.from_config(CACHE)
@@ -163,13 +161,6 @@ def test_preprocess_masks_and_refuses_what_it_cannot_read(tmp_path):
         preprocess(newer)
 
 
-def _embed(cwd, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "damt", "embed", *map(str, args)],
-        capture_output=True, text=True, env=subprocess_env(), cwd=cwd,
-    )  # fmt: skip
-
-
 @pytest.mark.slow
 def test_damt_embed_gives_the_probes_features_and_skips_bad_volumes(trained, tmp_path):
     """``damt embed`` of the manifest's subjects, a truncated MGZ and an empty volume: the
@@ -188,7 +179,7 @@ def test_damt_embed_gives_the_probes_features_and_skips_bad_volumes(trained, tmp
         tmp_path / "cut.mgz",
         tmp_path / "empty.nii.gz",
     ]
-    done = _embed(trained.root, run, *sources, "--out", out, "--batch-size", "3")
+    done = run_damt("embed", run, *sources, "--out", out, "--batch-size", "3", cwd=trained.root)
     assert done.returncode == 0, done.stderr
     table = pd.read_parquet(out)
     included = manifest[manifest["discovery"] == "included"]
@@ -208,6 +199,6 @@ def test_damt_embed_gives_the_probes_features_and_skips_bad_volumes(trained, tmp
     ours = table.set_index("subject_id").loc[probe.index, probe.columns]
     np.testing.assert_allclose(ours.to_numpy(), probe.to_numpy(), rtol=1e-4, atol=1e-5)
     # Nothing embedded: exit status 1, and the reasons still written.
-    nothing = _embed(tmp_path, run, tmp_path / "cut.mgz", "--out", tmp_path / "none.parquet")
+    nothing = run_damt("embed", run, tmp_path / "cut.mgz", "--out", tmp_path / "none.parquet")
     assert nothing.returncode == 1 and "embedded 0 volumes" in nothing.stdout
     assert "cut" in (tmp_path / "none.failed.tsv").read_text()

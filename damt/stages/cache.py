@@ -191,6 +191,12 @@ def volume_qc(image: Volume, atlas: Volume, table: LabelTable) -> dict:
     }
 
 
+def check_nonempty(image: Volume, image_name: str) -> None:
+    """Fail the subject when its (masked) image has no voxel above 0: nothing to crop to."""
+    if not (image.data > 0).any():
+        raise SubjectError("empty_image", f"{image_name} has no voxel above 0")
+
+
 def check_labels(labels: np.ndarray, atlas_name: str) -> None:
     """Fail the subject when its atlas holds negative labels (no class can hold them)."""
     values = np.rint(labels) if labels.dtype.kind == "f" else labels
@@ -240,8 +246,7 @@ class CacheStage(ImageAtlasStage):
         image, atlas, mask = self.load_pair(task, load_volume)
         check_pair(image.grid, atlas.grid, image.data, image_name)
         image = masked(image, mask)
-        if not (image.data > 0).any():
-            raise SubjectError("empty_image", f"{image_name} has no voxel above 0")
+        check_nonempty(image, image_name)
         check_labels(atlas.data, atlas_name)
         qc = volume_qc(image, atlas, self.table)
         qc["n_frames"] = {image_name: image.n_frames, atlas_name: atlas.n_frames}
