@@ -30,7 +30,12 @@ from damt.qc.checks import qc_params
 from damt.qc.severity import check_severity
 from damt.split import TRAIN, split_from_config
 from damt.stages.cache import PREPROCESSING_KEYS
-from damt.training.launch.checks import LaunchError, check_nodes, check_run_settings
+from damt.training.launch.checks import (
+    LaunchError,
+    check_gpus,
+    check_nodes,
+    parse_run_settings,
+)
 from damt.training.launch.resources import pretrain_resources
 
 _handler = logging.StreamHandler()
@@ -54,23 +59,31 @@ wildcard_constraints:
     run="|".join(map(re.escape, RUNS)),
 
 
-# Every check of the run's settings before any job runs (the trainer's own cross-key checks:
-# warmup < epochs, crop sizes, ...; qc.severity codes). Snakemake scales a job's resources down
-# to --resources without a word; fail before hours of other stages instead of training on fewer
-# GPUs than configured (or in half precision on CPUs).
+def _checked(run_name, check, *args):
+    """``check(*args)``; its LaunchError names the run of an experiment plan."""
+    try:
+        return check(*args)
+    except LaunchError as exc:
+        if not EXPERIMENTS:
+            raise
+        raise LaunchError(f"experiments run {run_name!r}: {exc}") from exc
+
+
+# Every run's `pretrain` section parsed once, before any job runs, with the trainer's own
+# cross-key checks (warmup < epochs, crop sizes, ...; damt.training.settings): the checks below
+# and the pretrain rule read these settings.
+SETTINGS = {name: _checked(name, parse_run_settings, run.pretrain) for name, run in RUNS.items()}
+
+# Snakemake scales a job's resources down to --resources without a word; fail before hours of
+# other stages instead of training on fewer GPUs than configured (or in half precision on CPUs).
 # Several nodes ask SLURM for GPUs per node (a `gres`), outside the local `gpu` limit.
 if workflow.is_main_process:
     check_severity(config["qc"]["severity"])
-    for _run in RUNS.values():
-        _gpus = _run.pretrain["gpus"]
-        if "gpu" in workflow.global_resources and _run.pretrain["nodes"] == 1:
+    for _name, _settings in SETTINGS.items():
+        _gpus = _settings.gpus
+        if "gpu" in workflow.global_resources and _settings.nodes == 1:
             _gpus = min(workflow.global_resources["gpu"].value, _gpus)
-        try:
-            check_run_settings({"pretrain": _run.pretrain}, _gpus)
-        except LaunchError as exc:
-            if not EXPERIMENTS:
-                raise
-            raise LaunchError(f"experiments run {_run.name!r}: {exc}") from exc
+        _checked(_name, check_gpus, _settings, _gpus)
     if EXPERIMENTS and not config["probe"]["phenotypes"]:
         raise WorkflowError(
             "experiments: the summary scores every run with the probe, which needs "
@@ -82,7 +95,8 @@ if workflow.is_main_process:
 # allocation. Which executor runs the jobs is known only once parsing is done: this runs before
 # the first job starts (not in dry runs; the pretrain job checks again before it moves anything).
 onstart:
-    check_nodes(config["pretrain"], os.environ, cluster_executor=not workflow.local_exec)
+    for _settings in SETTINGS.values():
+        check_nodes(_settings, os.environ, cluster_executor=not workflow.local_exec)
 
 
 if workflow.is_main_process:
@@ -104,7 +118,7 @@ def candidate_trainers():
     return int((split_from_config(frame, config["evaluation"]) == TRAIN).sum())
 
 
-if workflow.is_main_process and any(r.pretrain["subset_size"] for r in RUNS.values()):
+if workflow.is_main_process and any(s.subset_size for s in SETTINGS.values()):
     check_data_scaling(RUNS, candidate_trainers())
 
 
@@ -151,7 +165,7 @@ def pretrain_inputs(wildcards):
         "tables": [PATHS.normalized_table(g) for g in FEATURE_GROUPS],
         "label_table": config["cache"]["label_table"],
     }
-    if RUNS[wildcards.run].pretrain["retrain"] != "never":
+    if SETTINGS[wildcards.run].retrain != "never":
         return inputs
     return {
         k: [ancient(p) for p in v] if isinstance(v, list) else ancient(v) for k, v in inputs.items()
@@ -161,9 +175,9 @@ def pretrain_inputs(wildcards):
 def run_resources():
     """The pretrain rule's resources (damt.training.launch.resources), per run: each
     run asks for its own `gpus`, so runs compete for --resources gpu=N."""
-    keys = sorted({k for run in RUNS.values() for k in pretrain_resources(run.pretrain)})
+    keys = sorted({k for settings in SETTINGS.values() for k in pretrain_resources(settings)})
     return {
-        key: lambda wildcards, key=key: pretrain_resources(RUNS[wildcards.run].pretrain)[key]
+        key: lambda wildcards, key=key: pretrain_resources(SETTINGS[wildcards.run])[key]
         for key in keys
     }
 

@@ -17,7 +17,7 @@ rule pretrain:
         PATHS.benchmark("pretrain/{run}")
     conda:
         "../envs/train.yaml"
-    threads: lambda wildcards: RUNS[wildcards.run].pretrain["threads"]
+    threads: lambda wildcards: SETTINGS[wildcards.run].threads
     resources:
         **run_resources(),
     params:

@@ -18,6 +18,7 @@ from damt.experiments.plan import (
 from damt.model.spec import TASKS
 from damt.split import scaling_subset
 from damt.training.launch.signature import signature, training_subjects
+from tests.training_data import run_settings
 
 
 @pytest.fixture(scope="module")
@@ -172,10 +173,10 @@ def test_the_subset_is_what_the_signature_and_the_trainer_see(tmp_path):
     assert subset == scaling_subset(frame.loc[frame["subject_id"].isin(trainers), "subject_id"], 3)
     data = load_training_data(files.manifest, files.label_table, tables, subjects=3)
     assert data.subjects == subset and data.summary["data_scaling_subset"] == 3
-    pretrain = {"preset": "tiny", "epochs": 1}
-    every = signature({**pretrain, "subset_size": None}, files.manifest, files.label_table, tables)
-    assert every == signature(pretrain, files.manifest, files.label_table, tables)
-    three = signature({**pretrain, "subset_size": 3}, files.manifest, files.label_table, tables)
+    inputs = (files.manifest, files.label_table, tables)
+    every = signature(run_settings(subset_size=None), *inputs)
+    assert every == signature(run_settings(), *inputs)
+    three = signature(run_settings(subset_size=3), *inputs)
     assert three["n_subjects"] == 3 and three["subjects"] != every["subjects"]
     with pytest.raises(ValueError, match="is 99 but only 6 subjects train"):
         training_subjects(files.manifest, 99)

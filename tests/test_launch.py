@@ -28,6 +28,7 @@ from damt.training.launch.signature import (
 )
 from damt.training.report import plot_training
 from tests.conftest import REPO, subprocess_env
+from tests.training_data import run_settings, section_settings
 
 SIG = {
     "subjects": "a",
@@ -90,12 +91,12 @@ def test_supersede_moves_everything_aside(tmp_path: Path):
 
 
 def test_gpu_grant_must_match_the_config():
-    check_gpus({"gpus": 2, "precision": "bf16"}, 2)
-    check_gpus({"gpus": 0, "precision": "auto"}, 0)
+    check_gpus(run_settings(gpus=2, precision="bf16"), 2)
+    check_gpus(run_settings(gpus=0, precision="auto"), 0)
     with pytest.raises(LaunchError, match=r"precision is bf16 but pretrain\.gpus is 0"):
-        check_gpus({"gpus": 0, "precision": "bf16"}, 0)
+        check_gpus(run_settings(gpus=0, precision="bf16"), 0)
     with pytest.raises(LaunchError) as err:
-        check_gpus({"gpus": 4, "precision": "auto"}, 2)
+        check_gpus(run_settings(gpus=4, precision="auto"), 2)
     msg = str(err.value)
     assert "pretrain.gpus is 4 but this job was given gpu=2" in msg
     assert "--resources gpu=4" in msg and "pretrain.gpus: 2" in msg
@@ -129,8 +130,8 @@ def test_torchrun_and_its_nodes_leave_the_stop_signals_to_the_trainers(monkeypat
     assert _dispositions([sys.executable], preexec_fn=_launched_process) == ignored
     monkeypatch.setattr(commands, "allocation_hosts", lambda environ: ["a", "b"])
     monkeypatch.setattr(commands, "node_address", lambda node: node)
-    pretrain = {"nodes": 2, "gpus": 0, "collective_timeout_s": 60}
-    cmd = commands.multinode_command(pretrain, 1, 1, [], {"SLURM_JOB_ID": "1"}, 1)
+    settings = run_settings(nodes=2, gpus=0, collective_timeout_s=60)
+    cmd = commands.multinode_command(settings, 1, 1, [], {"SLURM_JOB_ID": "1"}, 1)
     shield = cmd[cmd.index("sh") : cmd.index(sys.executable)]
     assert _dispositions([*shield, sys.executable]) == ignored
 
@@ -208,19 +209,19 @@ def test_signature_follows_the_training_subjects(tmp_path: Path):
     labels.write_text("index\tlabel\tname\n0\t0\tUnknown\n")
     table = tmp_path / "t.parquet"
     pd.DataFrame({"subject_id": ["a"], "x": [1.0]}).to_parquet(table)
-    config = {"pretrain": {"epochs": 3}}
+    settings = run_settings(epochs=3)
     assert training_subjects(manifest) == ["a", "b"]
-    first = signature(config["pretrain"], manifest, labels, {"radiomics": table})
+    first = signature(settings, manifest, labels, {"radiomics": table})
     # Feature values change: same signature. A new training subject: new signature.
     pd.DataFrame({"subject_id": ["a"], "x": [2.0]}).to_parquet(table)
-    assert signature(config["pretrain"], manifest, labels, {"radiomics": table}) == first
+    assert signature(settings, manifest, labels, {"radiomics": table}) == first
     frame.loc[2, ["status", "has_cache"]] = ["pass", True]
     frame.to_parquet(manifest)
-    changed = signature(config["pretrain"], manifest, labels, {"radiomics": table})
+    changed = signature(settings, manifest, labels, {"radiomics": table})
     assert changed["subjects"] != first["subjects"] and changed["n_subjects"] == 3
     pd.DataFrame({"subject_id": ["a"], "y": [2.0]}).to_parquet(table)
     assert (
-        signature(config["pretrain"], manifest, labels, {"radiomics": table})["feature_columns"]
+        signature(settings, manifest, labels, {"radiomics": table})["feature_columns"]
         != changed["feature_columns"]
     )
 
@@ -268,9 +269,8 @@ def test_signature_ignores_operational_pretrain_keys(tmp_path: Path):
     from tests.training_data import write_config
 
     manifest, labels, tables = _signature_inputs(tmp_path)
-    config = load_config(write_config(tmp_path / "c.yaml"))
-    first = signature(config["pretrain"], manifest, labels, tables)
-    p = config["pretrain"]
+    p = load_config(write_config(tmp_path / "c.yaml"))["pretrain"]
+    first = signature(section_settings(p), manifest, labels, tables)
     operational = {
         "threads": p["threads"] + 1,
         "num_workers": p["num_workers"] + 1,
@@ -288,17 +288,22 @@ def test_signature_ignores_operational_pretrain_keys(tmp_path: Path):
         "keep_best": True,
     }
     for key, value in operational.items():
-        assert signature({**p, key: value}, manifest, labels, tables) == first, key
+        assert signature(section_settings({**p, key: value}), manifest, labels, tables) == first, (
+            key
+        )
     for key, value in {"base_lr": p["base_lr"] * 2, "epochs": p["epochs"] + 1}.items():
-        changed = signature({**p, key: value}, manifest, labels, tables)
+        changed = signature(section_settings({**p, key: value}), manifest, labels, tables)
         assert changed["pretrain"] != first["pretrain"], key
     tiny = {**p["presets"]["tiny"], "embed_dim": 24}
     other = {**p, "presets": {**p["presets"], "tiny": tiny}}
-    assert signature(other, manifest, labels, tables)["pretrain"] != first["pretrain"]
+    assert (
+        signature(section_settings(other), manifest, labels, tables)["pretrain"]
+        != (first["pretrain"])
+    )
     # Gradient checkpointing of the preset in use computes the same steps.
     flipped = {**p["presets"]["tiny"], "checkpointing": not p["presets"]["tiny"]["checkpointing"]}
     flip = {**p, "presets": {**p["presets"], "tiny": flipped}}
-    assert signature(flip, manifest, labels, tables) == first
+    assert signature(section_settings(flip), manifest, labels, tables) == first
 
 
 @pytest.mark.parametrize("key", ["feature_columns", "label_table"])
@@ -337,8 +342,8 @@ def test_more_gpus_than_the_job_sees_is_refused_before_anything_moves(tmp_path: 
 
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with pytest.raises(LaunchError, match=rf"sees {visible} GPU\(s\)"):
-        check_hardware({"gpus": visible + 1})
-    check_hardware({"gpus": 0})
+        check_hardware(run_settings(gpus=visible + 1))
+    check_hardware(run_settings(gpus=0))
 
 
 def test_live_lock_is_named_and_a_dead_ones_is_taken_over(tmp_path: Path):
@@ -406,9 +411,9 @@ def test_several_nodes_outside_slurm_are_refused_before_anything_moves(tmp_path,
         launch(pretrain, manifest, labels, tables, run, granted_gpus=0, cores=1)
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
     # Submitted to SLURM (the slurm executor), or inside an allocation, it may run.
-    check_nodes(pretrain, {}, cluster_executor=True)
-    check_nodes(pretrain, {"SLURM_JOB_ID": "7"})
-    check_nodes({**pretrain, "nodes": 1}, {})
+    check_nodes(section_settings(pretrain), {}, cluster_executor=True)
+    check_nodes(section_settings(pretrain), {"SLURM_JOB_ID": "7"})
+    check_nodes(section_settings({**pretrain, "nodes": 1}), {})
 
 
 def test_multinode_command_starts_one_torchrun_per_node(monkeypatch):
@@ -416,9 +421,9 @@ def test_multinode_command_starts_one_torchrun_per_node(monkeypatch):
 
     monkeypatch.setattr(launch, "allocation_hosts", lambda environ: ["gpu07", "gpu08"])
     monkeypatch.setattr(launch, "node_address", lambda node: f"{node}.cluster")
-    pretrain = {"nodes": 2, "gpus": 4, "collective_timeout_s": 900}
+    settings = run_settings(nodes=2, gpus=4, collective_timeout_s=900)
     job = {"SLURM_JOB_ID": "42"}
-    cmd = launch.multinode_command(pretrain, 4, 16, ["train", "--out", "x"], job, 29511)
+    cmd = launch.multinode_command(settings, 4, 16, ["train", "--out", "x"], job, 29511)
     torchrun = cmd.index(sys.executable)
     assert cmd[:torchrun] == [
         "srun",
@@ -441,10 +446,10 @@ def test_multinode_command_starts_one_torchrun_per_node(monkeypatch):
     assert "--rdzv-conf=join_timeout=900,is_host=false" in options
     assert options[-5:] == ["-m", "damt", "train", "--out", "x"]
     # CPU nodes ask for no GPUs; an allocation of another size is refused.
-    cpu = launch.multinode_command({**pretrain, "gpus": 0}, 2, 8, [], job, 29511)
+    cpu = launch.multinode_command(run_settings(nodes=2, gpus=0), 2, 8, [], job, 29511)
     assert not [o for o in cpu if o.startswith("--gres")]
     with pytest.raises(LaunchError, match="allocation has 2 node"):
-        launch.multinode_command({**pretrain, "nodes": 3}, 4, 16, [], job, 29511)
+        launch.multinode_command(run_settings(nodes=3, gpus=4), 4, 16, [], job, 29511)
 
 
 def test_one_node_signatures_are_those_of_runs_before_nodes_existed():
@@ -477,7 +482,7 @@ def test_run_settings_refuse_a_crop_the_network_cannot_halve(tmp_path: Path):
 
     config = load_config(write_config(tmp_path / "c.yaml", presets={"tiny": {"global_crop": 40}}))
     with pytest.raises(LaunchError, match=r"global_crop 40 must be a multiple.*nothing was"):
-        check_run_settings(config)
+        check_run_settings(config["pretrain"])
 
 
 def test_signatures_of_the_demo_and_the_paper_plan_are_unchanged():

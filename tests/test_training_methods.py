@@ -210,7 +210,7 @@ def test_bad_contrastive_combinations_stop_at_parse_time(tmp_path, overrides, me
     with pytest.raises(ValueError, match=message):
         TrainSettings.from_config(config)
     with pytest.raises(LaunchError, match=message):
-        check_run_settings(config)
+        check_run_settings(config["pretrain"])
 
 
 def test_schema_refuses_unknown_methods_and_out_of_range_values(tmp_path):

@@ -30,7 +30,7 @@ from damt.training.launch.resources import granted_gpus, pretrain_resources
 from damt.training.metrics import read_records
 from damt.training.process import lock_holder
 from tests.conftest import REPO, run_snakemake, subprocess_env, workflow_config
-from tests.training_data import train_args, write_config, write_training_set
+from tests.training_data import run_settings, train_args, write_config, write_training_set
 
 TIMEOUT_S = 60  # pretrain.collective_timeout_s of these runs
 
@@ -169,11 +169,11 @@ def test_a_dead_node_stops_the_other_within_the_timeout(tmp_path, dead_rank):
 
 
 def test_the_rule_resources_grant_gpus_per_node():
-    assert pretrain_resources({"nodes": 1, "gpus": 4}) == {"gpu": 4}
-    resources = pretrain_resources({"nodes": 2, "gpus": 4})
+    assert pretrain_resources(run_settings(nodes=1, gpus=4)) == {"gpu": 4}
+    resources = pretrain_resources(run_settings(nodes=2, gpus=4))
     assert granted_gpus(resources) == 4
     assert granted_gpus({**resources, "gres": "gpu:a100:4"}) == 4
-    assert granted_gpus(pretrain_resources({"nodes": 2, "gpus": 0})) == 0
+    assert granted_gpus(pretrain_resources(run_settings(nodes=2, gpus=0))) == 0
 
 
 @pytest.mark.slow

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from damt.config import load_config
+from damt.config import load_config, with_schema_defaults
 from damt.demo.training_set import write_training_set
+from damt.training.settings import TrainSettings
 from tests.conftest import subprocess_env
 
 __all__ = [
@@ -66,6 +67,17 @@ def pretrain_config(**overrides) -> dict:
         else:
             section[key] = value
     return section
+
+
+def section_settings(section: dict) -> TrainSettings:
+    """A ``pretrain`` section, completed by the schema's defaults, parsed as the launcher and
+    the trainer parse it."""
+    return TrainSettings.from_section(with_schema_defaults("pretrain", section))
+
+
+def run_settings(**overrides) -> TrainSettings:
+    """:func:`pretrain_config` with ``overrides``, parsed (:func:`section_settings`)."""
+    return section_settings(pretrain_config(**overrides))
 
 
 def write_config(path: Path, **overrides) -> Path:

@@ -18,7 +18,7 @@ from damt.io import atomic_path, fsync
 
 log = logging.getLogger("damt.train")
 
-# 2: checkpoints also hold the network they train ("network", a NetworkSpec) and the facts of
+# 2: checkpoints also hold the network they train ("network", a NetworkSpec) and the record of
 # the run for the model card ("run"), so a finished run is exported from them alone.
 # 3: the task balancer has a parameter group of its own (three optimizer groups, not two), its
 # terms follow each task's likelihood, and location classes bin the possible crop centres: a
@@ -53,7 +53,7 @@ class Checkpoint:
     optimizer: dict
     scaler: dict
     network: dict  # the NetworkSpec trained (NetworkSpec.to_dict)
-    run: dict  # the run's facts for the model card (damt.training.run.run_facts)
+    run: dict  # the run record: how it trained, for the model card (damt.training.run.describe_run)
     eval_best: dict | None  # the best held-out k-NN score so far: epoch, metric, score
     partial: dict | None = None  # a stopped epoch's progress (see above)
 

@@ -119,11 +119,11 @@ def write_model_card(
 
 def export_finished(checkpoint: Checkpoint, run_dir: Path, env: DistEnv) -> TrainResult:
     """Export a finished run from its checkpoint alone: the network it trained (not one rebuilt
-    from the current tables and label table) and the facts of its training for the model card.
+    from the current tables and label table) and the record of its training for the model card.
     """
-    facts = checkpoint.run
+    run_record = checkpoint.run
     # The run's settings as it recorded them, under today's defaults for keys added since.
-    trained = with_schema_defaults("pretrain", facts["config"])
+    trained = with_schema_defaults("pretrain", run_record["config"])
     objective = PretrainObjective(
         DAMTNetwork(NetworkSpec.from_dict(checkpoint.network)),
         trained["balancing"],
@@ -137,7 +137,7 @@ def export_finished(checkpoint: Checkpoint, run_dir: Path, env: DistEnv) -> Trai
     )
     best = checkpoint.eval_best if trained["keep_best"] else None
     return finish_run(
-        run_dir, objective, facts, best, checkpoint.epoch, checkpoint.step,
+        run_dir, objective, run_record, best, checkpoint.epoch, checkpoint.step,
         checkpoint.skipped_steps, env,
     )  # fmt: skip
 
@@ -173,7 +173,7 @@ def _ema_momentum(objective: PretrainObjective) -> str | float:
 def finish_run(
     run_dir: Path,
     objective: PretrainObjective,
-    facts: dict,
+    run_record: dict,
     best: dict | None,
     epochs: int,
     steps: int,
@@ -182,10 +182,9 @@ def finish_run(
 ) -> TrainResult:
     """The end of a run, trained or exported: rank 0 writes ``encoder.safetensors`` (the student,
     or dino's teacher with ``contrastive.export: teacher``) and ``model_swinvit.pt`` (the same
-    weights for ``SwinUNETR.load_from``), ``encoder_ema.safetensors`` with
-    ``pretrain.ema``, and ``model_card.json`` (``facts``: :func:`damt.training.run.run_facts`;
-    ``best``: the best held-out score under ``pretrain.keep_best``) with the last epoch's metrics
-    record.
+    weights for ``SwinUNETR.load_from``), ``encoder_ema.safetensors`` with ``pretrain.ema``,
+    and ``model_card.json`` (``run_record``: :func:`damt.training.run.describe_run`; ``best``:
+    the best held-out score under ``pretrain.keep_best``) with the last epoch's metrics record.
     """
     records = read_records(run_dir)
     last_record = records[-1] if records else None
@@ -203,18 +202,18 @@ def finish_run(
             pretraining={
                 "epochs": epochs,
                 "steps": steps,
-                "world_size": facts["world_size"],
-                "nodes": facts.get("nodes", 1),  # checkpoints before multi-node runs: one
-                "device": facts["device"],
-                "precision": facts["precision"],
-                "global_batch": facts["global_batch"],
+                "world_size": run_record["world_size"],
+                "nodes": run_record.get("nodes", 1),  # checkpoints before multi-node runs: one
+                "device": run_record["device"],
+                "precision": run_record["precision"],
+                "global_batch": run_record["global_batch"],
                 # Checkpoints before these settings: no accumulation, curriculum, augmentation.
-                "accumulate_steps": facts.get("accumulate_steps", 1),
-                "peak_lr": facts["peak_lr"],
+                "accumulate_steps": run_record.get("accumulate_steps", 1),
+                "peak_lr": run_record["peak_lr"],
                 "skipped_steps": skipped_steps,
-                "tasks": facts["tasks"],
-                "curriculum": facts.get("curriculum", []),
-                "augment": facts.get("augment", []),
+                "tasks": run_record["tasks"],
+                "curriculum": run_record.get("curriculum", []),
+                "augment": run_record.get("augment", []),
                 "contrastive_method": objective.method,
                 "exported_encoder": (
                     "teacher" if encoder is not objective.network.encoder else "student"
@@ -225,16 +224,18 @@ def finish_run(
                     if ema is not None
                     else None
                 ),
-                "config": facts["config"],
-                "cost": training_cost(records, encoder, facts["world_size"], facts["device"]),
+                "config": run_record["config"],
+                "cost": training_cost(
+                    records, encoder, run_record["world_size"], run_record["device"]
+                ),
                 "final_epoch": last_record,
                 "learning_signals": card_summary(last_record),
                 # pretrain.keep_best: the checkpoint of the best held-out k-NN score.
                 "best_checkpoint": {**best, "file": f"checkpoints/{BEST}"} if best else None,
             },
-            data=facts["data"],
+            data=run_record["data"],
             # Checkpoints before damt recorded it have none.
-            preprocessing=facts.get("preprocessing"),
+            preprocessing=run_record.get("preprocessing"),
         )
         log.info(
             "wrote %s%s and %s",

@@ -206,7 +206,7 @@ class Trainer:
         partial: dict | None = None,
     ) -> Checkpoint:
         """This rank's state after ``epochs_done`` epochs (and ``partial``'s steps of the next),
-        with the run's facts."""
+        with the run record."""
         return Checkpoint(
             epoch=epochs_done,
             step=epochs_done * self.iters + (partial["steps"] if partial else 0),
@@ -345,7 +345,7 @@ class Trainer:
         ckpt_dir: Path,
         eval_set: EvalSet | None,
         network: dict,
-        facts: dict,
+        run_record: dict,
         best: dict | None,
     ) -> dict | None:
         """Train from ``start_epoch`` to the last epoch: each epoch trained, evaluated when due
@@ -368,7 +368,7 @@ class Trainer:
             except _EpochStopped as stopped:
                 partial = stopped.partial
                 if env.is_main:
-                    checkpoint = self.checkpoint(epoch, network, facts, best, partial)
+                    checkpoint = self.checkpoint(epoch, network, run_record, best, partial)
                     save_checkpoint(ckpt_dir, checkpoint, settings.save_every)
                 run_dir = ckpt_dir.parent
                 self._stopped(run_dir, metrics, stopped.signal_name, epoch, partial["steps"])
@@ -390,7 +390,7 @@ class Trainer:
                     )  # fmt: skip
             if env.is_main:
                 metrics.epoch(record)
-                checkpoint = self.checkpoint(epoch + 1, network, facts, best)
+                checkpoint = self.checkpoint(epoch + 1, network, run_record, best)
                 latest = save_checkpoint(ckpt_dir, checkpoint, settings.save_every)
                 if improved and settings.keep_best:
                     keep_as_best(latest)

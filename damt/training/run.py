@@ -1,8 +1,9 @@
 """One pretraining run on this rank: ``run_pretraining`` is what ``damt train`` runs.
 
 Resume or export-only from the latest checkpoint, the data, the network and its objective, the
-facts the model card reports, the held-out evaluation set; then the :class:`Trainer` fits and
-the run's encoder and model card are written (:mod:`damt.training.export`).
+run record (how the run trains: what its model card reports), the held-out evaluation set; then
+the :class:`Trainer` fits and the run's encoder and model card are written
+(:mod:`damt.training.export`).
 """
 
 from __future__ import annotations
@@ -128,11 +129,12 @@ def _check_resumable(
         )
 
 
-def run_facts(
+def describe_run(
     settings: TrainSettings, config: dict, trainer: Trainer, data: TrainingData, env: DistEnv
 ) -> dict:
-    """What the model card reports, kept in every checkpoint for a later export-only run (one
-    process, maybe other settings and inputs under retrain: never)."""
+    """The run record: how the run trains, what its model card reports; kept in every
+    checkpoint for a later export-only run (one process, maybe other settings and inputs under
+    retrain: never)."""
     return _plain(
         {
             "world_size": env.world_size,
@@ -145,7 +147,7 @@ def run_facts(
             "tasks": list(settings.tasks),
             "curriculum": settings.curriculum.to_dict(),
             "augment": list(settings.augment.enabled),
-            "config": config["pretrain"],
+            "config": dict(settings.section),
             "data": data.summary,
             "preprocessing": preprocessing_card(
                 CacheSettings.from_config(config["cache"]), config["cache"]
@@ -196,7 +198,7 @@ def _train(
                 f"{checkpoint.epoch} to finish the epoch it stopped in"
             )
         return export_finished(checkpoint, run_dir, env)
-    data = inputs.load(settings.tasks, config["pretrain"]["subset_size"])
+    data = inputs.load(settings.tasks, settings.subset_size)
     spec = network_spec(settings, data)
     if checkpoint is not None:
         _check_resumable(checkpoint, spec, settings, run_dir)
@@ -218,7 +220,7 @@ def _train(
         )  # fmt: skip
     elif checkpoint is not None:
         log.info("resuming %s after epoch %d", run_dir, trainer.start_epoch)
-    facts = run_facts(settings, config, trainer, data, env)
+    run_record = describe_run(settings, config, trainer, data, env)
     if env.is_main:
         log.info(
             "training %d subjects on %d %s process(es): %d steps/epoch, global batch %d "
@@ -238,10 +240,10 @@ def _train(
         ckpt_dir,
         eval_set,
         spec.to_dict(),
-        facts,
+        run_record,
         None if checkpoint is None else checkpoint.eval_best,
     )
     return finish_run(
-        run_dir, objective, facts, best if settings.keep_best else None, settings.epochs,
+        run_dir, objective, run_record, best if settings.keep_best else None, settings.epochs,
         settings.epochs * trainer.iters, trainer.skipped_total, env,
     )  # fmt: skip

@@ -1,8 +1,11 @@
-"""Typed view of the validated ``pretrain`` config section."""
+"""The validated ``pretrain`` config section, parsed once: what the launcher, the run signature
+and the trainer read."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from damt.model.spec import (
     TASKS,
@@ -130,7 +133,12 @@ class EmaSettings:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Everything the trainer reads from ``config["pretrain"]`` (see config.schema.yaml)."""
+    """The ``pretrain`` section (see config.schema.yaml), parsed and cross-checked once.
+
+    ``section`` is the validated section as given, read-only: the run signature is defined on
+    its keys (:func:`damt.training.launch.signature.model_settings`), and the run's config file
+    and model card record it.
+    """
 
     encoder: EncoderSpec
     views: ViewSpec
@@ -168,11 +176,26 @@ class TrainSettings:
     accumulate_steps: int
     curriculum: Curriculum
     augment: AugmentSpec
+    cpu_processes: int
+    threads: int
+    retrain: str
+    subset_size: int | None
+    section: Mapping = field(repr=False, compare=False)
+
+    @property
+    def processes_per_node(self) -> int:
+        """Training processes on each node: one per GPU, or ``cpu_processes`` on CPUs."""
+        return self.gpus if self.gpus > 0 else self.cpu_processes
 
     @classmethod
-    def from_config(cls, config: dict) -> TrainSettings:
-        """Build from the whole validated workflow config; checks cross-key constraints."""
-        p = config["pretrain"]
+    def from_config(cls, config: Mapping) -> TrainSettings:
+        """From the whole validated workflow config (see :meth:`from_section`)."""
+        return cls.from_section(config["pretrain"])
+
+    @classmethod
+    def from_section(cls, p: Mapping) -> TrainSettings:
+        """From a validated ``pretrain`` section; checks the cross-key constraints (errors
+        name the key)."""
         tasks = tuple(t for t in TASKS if p["tasks"][t])
         if not tasks:
             raise ValueError("pretrain.tasks: every task is switched off")
@@ -213,6 +236,11 @@ class TrainSettings:
             accumulate_steps=p["accumulate_steps"],
             curriculum=Curriculum.from_config(p["curriculum"], tasks, p["epochs"]),
             augment=AugmentSpec.from_config(p["augment"]),
+            cpu_processes=p["cpu_processes"],
+            threads=p["threads"],
+            retrain=p["retrain"],
+            subset_size=p["subset_size"],
+            section=MappingProxyType(dict(p)),
         )
         if settings.warmup_epochs >= settings.epochs:
             raise ValueError(

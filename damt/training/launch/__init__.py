@@ -15,7 +15,7 @@ logging, which checkpoints are kept, the policy itself) are not part of it. The
 - ``never``: a finished run is kept whatever changed.
 
 A kept run is exported by ``damt train`` from its checkpoint alone (the network it trained and
-the facts of its training), in one process.
+the record of its training), in one process.
 
 Superseded checkpoints, metrics and TensorBoard files move to ``superseded/<time>/`` instead of
 being deleted. Training runs as ``python -m torch.distributed.run --standalone --nnodes=1

@@ -6,19 +6,21 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from damt.training.settings import TrainSettings
+
 
 class LaunchError(RuntimeError):
     """The pretrain job cannot run as configured (the message says why and what to change)."""
 
 
-def check_gpus(pretrain: dict, granted: int) -> None:
+def check_gpus(settings: TrainSettings, granted: int) -> None:
     """Refuse a GPU grant that differs from the ``pretrain`` settings, or half precision on the
     CPU, saying how to fix it (at parse time, not after the cohort stages have run).
     """
-    wanted = pretrain["gpus"]
-    if wanted == 0 and pretrain["precision"] in ("bf16", "fp16"):
+    wanted = settings.gpus
+    if wanted == 0 and settings.precision in ("bf16", "fp16"):
         raise LaunchError(
-            f"pretrain.precision is {pretrain['precision']} but pretrain.gpus is 0: "
+            f"pretrain.precision is {settings.precision} but pretrain.gpus is 0: "
             "half precision is GPU-only (see damt.training.step.resolve_precision); use "
             "precision: auto or fp32 on the CPU, or set pretrain.gpus."
         )
@@ -31,9 +33,9 @@ def check_gpus(pretrain: dict, granted: int) -> None:
         )
 
 
-def check_hardware(pretrain: dict) -> None:
+def check_hardware(settings: TrainSettings) -> None:
     """Refuse ``pretrain.gpus`` GPUs where fewer are visible to the job (before anything moves)."""
-    wanted = pretrain["gpus"]
+    wanted = settings.gpus
     if wanted <= 0:
         return
     import torch
@@ -48,12 +50,14 @@ def check_hardware(pretrain: dict) -> None:
         )
 
 
-def check_nodes(pretrain: dict, environ: Mapping[str, str], cluster_executor: bool = False) -> None:
+def check_nodes(
+    settings: TrainSettings, environ: Mapping[str, str], cluster_executor: bool = False
+) -> None:
     """Refuse ``pretrain.nodes`` > 1 where the job cannot reach other nodes: outside a SLURM
     allocation (no ``SLURM_JOB_ID``), unless Snakemake submits the job to SLURM
     (``cluster_executor``: the job then runs inside an allocation of its own).
     """
-    nodes = pretrain["nodes"]
+    nodes = settings.nodes
     if nodes > 1 and not cluster_executor and "SLURM_JOB_ID" not in environ:
         raise LaunchError(
             f"pretrain.nodes is {nodes} but the pretrain job would run outside a SLURM "
@@ -64,32 +68,37 @@ def check_nodes(pretrain: dict, environ: Mapping[str, str], cluster_executor: bo
         )
 
 
-def check_run_settings(
-    config: dict, granted_gpus: int | None = None, hardware: bool = False
-) -> None:
-    """Every check of a run's settings, in one place: the cross-key checks of the trainer
-    (:meth:`damt.training.settings.TrainSettings.from_config`: warmup below epochs, crop sizes
-    the network's stride needs, ...), the GPU grant (``granted_gpus``: Snakemake's resources,
-    GPUs per node) and, with ``hardware``, the GPUs the job can see and, for several nodes,
-    the SLURM allocation it runs in.
-
-    The Snakefile calls it at parse time (so ``snakemake -n`` refuses a bad config before any
-    job runs) and the pretrain job before it moves or deletes anything.
-    """
-    from damt.training.settings import TrainSettings
-
+def parse_run_settings(pretrain: Mapping) -> TrainSettings:
+    """A validated ``pretrain`` section parsed once (:meth:`TrainSettings.from_section`: warmup
+    below epochs, crop sizes the network's stride needs, ...); a LaunchError saying so when
+    its keys do not go together."""
     try:
-        TrainSettings.from_config(config)
+        return TrainSettings.from_section(pretrain)
     except (ValueError, KeyError) as exc:
         raise LaunchError(
             f"invalid pretrain settings: {exc}. Fix the config and run again (nothing was "
             "trained, moved or deleted)."
         ) from exc
+
+
+def check_run_settings(
+    pretrain: Mapping, granted_gpus: int | None = None, hardware: bool = False
+) -> TrainSettings:
+    """Every check of a run's settings, in one place, and the settings they checked: the
+    cross-key checks (:func:`parse_run_settings`), the GPU grant (``granted_gpus``:
+    Snakemake's resources, GPUs per node) and, with ``hardware``, the GPUs the job can see
+    and, for several nodes, the SLURM allocation it runs in.
+
+    The Snakefile calls it at parse time (so ``snakemake -n`` refuses a bad config before any
+    job runs) and the pretrain job before it moves or deletes anything.
+    """
+    settings = parse_run_settings(pretrain)
     if granted_gpus is not None:
-        check_gpus(config["pretrain"], granted_gpus)
+        check_gpus(settings, granted_gpus)
     if hardware:
-        check_hardware(config["pretrain"])
-        check_nodes(config["pretrain"], os.environ)
+        check_hardware(settings)
+        check_nodes(settings, os.environ)
+    return settings
 
 
 def check_run_free(run_dir: Path) -> None:

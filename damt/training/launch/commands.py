@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from damt.training.launch.checks import LaunchError
+from damt.training.settings import TrainSettings
 
 if TYPE_CHECKING:
     from torch.distributed import TCPStore
@@ -104,7 +105,7 @@ def host_rendezvous_store(timeout_s: int) -> TCPStore:
 
 
 def multinode_command(
-    pretrain: dict,
+    settings: TrainSettings,
     n_processes: int,
     cores: int,
     train_args: list[str],
@@ -119,7 +120,7 @@ def multinode_command(
     a node of the previous one. ``--kill-on-bad-exit`` ends every node when one fails;
     ``--label`` prefixes each line of the log with its node's task number.
     """
-    nodes = pretrain["nodes"]
+    nodes = settings.nodes
     hosts = allocation_hosts(environ)
     if len(hosts) != nodes:
         raise LaunchError(
@@ -130,7 +131,7 @@ def multinode_command(
         nnodes=nodes,
         endpoint=f"{node_address(hosts[0])}:{store_port}",
         run_id=f"damt-{environ['SLURM_JOB_ID']}",
-        timeout_s=pretrain["collective_timeout_s"],
+        timeout_s=settings.collective_timeout_s,
     )
     step = [
         "srun",
@@ -138,7 +139,7 @@ def multinode_command(
         f"--ntasks={nodes}",
         "--ntasks-per-node=1",
         f"--cpus-per-task={cores}",
-        *([f"--gres=gpu:{pretrain['gpus']}"] if pretrain["gpus"] else []),
+        *([f"--gres=gpu:{settings.gpus}"] if settings.gpus else []),
         "--kill-on-bad-exit=1",
         "--label",
     ]

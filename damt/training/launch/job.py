@@ -9,7 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ from damt.training.process import (
     read_stops,
     take_stopped,
 )
+from damt.training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class PretrainingStopped(LaunchError):
 
 
 def launch(
-    pretrain: dict,
+    pretrain: Mapping,
     manifest: Path,
     label_table: Path,
     tables: dict[str, Path | None],
@@ -60,27 +61,28 @@ def launch(
 ) -> None:
     """Plan, then train/resume under torchrun or export the finished run.
 
-    ``pretrain`` is the config's ``pretrain`` section (the rule's params); ``evaluation`` the
-    ``probe`` keys the held-out k-NN evaluation reads (``phenotypes``, ``targets``);
-    ``preprocessing`` the ``cache`` keys that made the cache (for the model card).
+    ``pretrain`` is the run's validated ``pretrain`` section (the rule's params), parsed here
+    once into the :class:`TrainSettings` that the checks, the signature and the commands read;
+    ``evaluation`` the ``probe`` keys the held-out k-NN evaluation reads (``phenotypes``,
+    ``targets``); ``preprocessing`` the ``cache`` keys that made the cache (for the model card).
     """
     # Validate everything before the run folder is touched: a bad config must never cost the
     # checkpoints of a trained model (supersede() below moves them aside).
-    check_run_settings({"pretrain": pretrain}, granted_gpus, hardware=True)
+    settings = check_run_settings(pretrain, granted_gpus, hardware=True)
     check_run_free(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        current = signature(pretrain, manifest, label_table, tables)
+        current = signature(settings, manifest, label_table, tables)
     except ValueError as exc:  # a data-scaling subset larger than the training subjects
         raise LaunchError(f"{exc} (nothing was trained, moved or deleted)") from exc
-    plan = plan_pretraining(run_dir, current, pretrain["retrain"], pretrain["epochs"])
+    plan = plan_pretraining(run_dir, current, settings.retrain, settings.epochs)
     log.info("pretrain plan: %s (%s)", plan.action, plan.reason)
     if plan.supersede:
         supersede(run_dir)
     # The run's settings (config files and command-line overrides merged) for the trainer.
     config_file = run_dir / RUN_CONFIG_FILE
     run_config = {
-        "pretrain": pretrain,
+        "pretrain": dict(settings.section),
         "probe": dict(evaluation or {}),
         "cache": dict(preprocessing or {}),
     }
@@ -94,12 +96,12 @@ def launch(
     for name, path in tables.items():
         if path is not None:
             train_args += [f"--{name.replace('_', '-')}", str(path)]
-    _run_trainer(plan, pretrain, train_args, cores, run_dir, log_file)
+    _run_trainer(plan, settings, train_args, cores, run_dir, log_file)
 
 
 def _run_trainer(
     plan: Plan,
-    pretrain: dict,
+    settings: TrainSettings,
     train_args: list[str],
     cores: int,
     run_dir: Path,
@@ -107,15 +109,15 @@ def _run_trainer(
 ) -> None:
     """Start ``damt train`` as the plan says: one exporting process, torchrun on this node, or
     srun over the allocation's nodes; a failure is a LaunchError saying how the run resumes."""
-    n_processes = pretrain["gpus"] if pretrain["gpus"] > 0 else pretrain["cpu_processes"]
+    n_processes = settings.processes_per_node
     if plan.action == Action.EXPORT:
         # No training: one process on this node exports the weights of the last checkpoint.
         cmd = torchrun_command(1, train_args)
         n_processes = 1
-    elif pretrain["nodes"] > 1:
+    elif settings.nodes > 1:
         # Referenced until this function returns: the store serves for the whole srun.
-        store = host_rendezvous_store(pretrain["collective_timeout_s"])
-        cmd = multinode_command(pretrain, n_processes, cores, train_args, os.environ, store.port)
+        store = host_rendezvous_store(settings.collective_timeout_s)
+        cmd = multinode_command(settings, n_processes, cores, train_args, os.environ, store.port)
     else:
         cmd = torchrun_command(n_processes, train_args)
     log.info("running: %s", " ".join(cmd))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from damt.training.settings import TrainSettings
 
-def pretrain_resources(pretrain: dict) -> dict:
+
+def pretrain_resources(settings: TrainSettings) -> dict:
     """The pretrain rule's resources.
 
     One node: ``gpu`` (Snakemake's ``--resources gpu=N`` limit; the SLURM plugin's ``--gpus``).
@@ -22,7 +24,7 @@ def pretrain_resources(pretrain: dict) -> dict:
     - ``tasks_per_gpu: 0`` keeps the plugin from turning ``tasks`` into ``--ntasks-per-gpu``
       for a GPU job (its issues #316 and #459: a rule with ``gpu=2`` ran its script twice).
     """
-    nodes, gpus = pretrain["nodes"], pretrain["gpus"]
+    nodes, gpus = settings.nodes, settings.gpus
     if nodes == 1:
         return {"gpu": gpus}
     resources = {"nodes": nodes, "tasks": nodes, "mpi": "srun"}

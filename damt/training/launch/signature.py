@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +22,7 @@ from damt.manifest import trains
 from damt.split import scaling_subset
 from damt.training.launch.checks import LaunchError
 from damt.training.process import STOPS_FILE
+from damt.training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +143,11 @@ _SIGNED_FORM = {
 }
 
 
-def model_settings(pretrain: dict) -> dict:
+def model_settings(pretrain: Mapping) -> dict:
     """The ``pretrain`` settings a trained model depends on: every key but
     ``OPERATIONAL_KEYS``, in its signed form; a key added since the first signed runs only where
-    it differs from the schema's default (``pretrain`` is validated: it holds every key)."""
+    it differs from the schema's default (``pretrain`` is validated: it holds every key; a
+    run's :attr:`TrainSettings.section`)."""
     defaults = schema_defaults("pretrain")
     settings = {}
     for key, value in pretrain.items():
@@ -160,10 +163,14 @@ def model_settings(pretrain: dict) -> dict:
 
 
 def signature(
-    pretrain: dict, manifest: str | Path, label_table: str | Path, tables: dict[str, Path | None]
+    settings: TrainSettings,
+    manifest: str | Path,
+    label_table: str | Path,
+    tables: dict[str, Path | None],
 ) -> dict:
-    """What a trained model depends on, beyond feature values: see the module docstring."""
-    subjects = training_subjects(manifest, pretrain.get("subset_size"))
+    """What a trained model depends on, beyond feature values: the training subjects, the
+    model settings (:func:`model_settings`), the feature tables' columns and the label table."""
+    subjects = training_subjects(manifest, settings.subset_size)
     columns = {
         name: pq.read_schema(path).names
         for name, path in sorted(tables.items())
@@ -172,7 +179,7 @@ def signature(
     return {
         "subjects": hashlib.sha256("\n".join(subjects).encode()).hexdigest()[:HASH_CHARS],
         "n_subjects": len(subjects),
-        "pretrain": stable_hash(model_settings(pretrain)),
+        "pretrain": stable_hash(model_settings(settings.section)),
         "feature_columns": stable_hash(columns),
         "label_table": sha256_file(label_table)[:HASH_CHARS],
     }
