@@ -84,7 +84,8 @@ def prepare(n_subjects: int, settings: CacheSettings) -> tuple[Path, list[Path]]
         generate_cohort(subjects, n_subjects, seed=3)
     sources = sorted(p for p in subjects.iterdir() if p.is_dir())
     results = WORK / "results"
-    stage = CacheStage(LABELS, settings)
+    cache = schema_defaults("cache")
+    stage = CacheStage(LABELS, settings, cache["image"], cache["atlas"], cache["fastsurfer"])
     done = run_tasks(stage, [SubjectTask(p.name, p) for p in sources], results)
     rows = [
         {

@@ -39,11 +39,12 @@ def main() -> None:
     args = parser.parse_args()
     rc = validate_config({"subjects": {"dirs": [{"path": "."}]}})["radiomics"]
     params = REPO / rc["params"]
+    volumes = (rc["image"], rc["atlas"], rc["fastsurfer"])
     for name, labels in rc["rois"].items():
-        stage = RadiomicsStage(params, {name: labels})
+        stage = RadiomicsStage(params, {name: labels}, *volumes, threads=1)
         stage.setup()
         print(f"ROI {name:15s} {seconds(stage, args.repeats):6.2f} s")
-    stage = RadiomicsStage(params, rc["rois"])
+    stage = RadiomicsStage(params, rc["rois"], *volumes, threads=1)
     stage.setup()
     total = seconds(stage, args.repeats)
     print(f"all {len(rc['rois'])} ROIs ({75 * len(rc['rois'])} features): {total:.2f} s")

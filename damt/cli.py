@@ -109,6 +109,7 @@ def radiomics_to_file(
                 radiomics["rois"],
                 radiomics["image"],
                 radiomics["atlas"],
+                radiomics["fastsurfer"],
                 threads,
             )
             stage.setup()

@@ -32,7 +32,9 @@ def _settings(**changes) -> CacheSettings:
 
 
 def _stage(settings: CacheSettings | None = None) -> CacheStage:
-    stage = CacheStage(TABLE, settings or _settings(min_size=48))
+    cache = schema_defaults("cache")
+    volumes = (cache["image"], cache["atlas"], cache["fastsurfer"])
+    stage = CacheStage(TABLE, settings or _settings(min_size=48), *volumes)
     stage.setup()
     return stage
 

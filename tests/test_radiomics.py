@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from damt.cli import main as damt_main
+from damt.config import schema_defaults
 from damt.errors import SubjectError
 from damt.features.radiomics import Roi, build_radiomics_table, parse_rois, radiomics_for_files
 from damt.features.tables import read_table
@@ -37,7 +38,8 @@ def test_parse_rois():
 
 
 def _stage(rois=ROIS) -> RadiomicsStage:
-    stage = RadiomicsStage(PARAMS, rois)
+    r = schema_defaults("radiomics")
+    stage = RadiomicsStage(PARAMS, rois, r["image"], r["atlas"], r["fastsurfer"], threads=1)
     stage.setup()
     return stage
 

@@ -220,9 +220,9 @@ class CacheStage(ImageAtlasStage):
         self,
         label_table: str | Path,
         settings: CacheSettings,
-        image: str = "mri/brainmask.mgz",
-        atlas: str = "mri/aparc+aseg.mgz",
-        fastsurfer: Mapping | None = None,
+        image: str,
+        atlas: str,
+        fastsurfer: Mapping | None,
     ):
         self.label_table_path = str(label_table)
         self.label_table_hash = sha256_file(label_table)

@@ -35,10 +35,10 @@ class RadiomicsStage(ImageAtlasStage):
         self,
         params: str | Path,
         rois: Mapping[str, Sequence[int | str]],
-        image: str = "mri/brainmask.mgz",
-        atlas: str = "mri/aparc+aseg.mgz",
-        threads: int = 1,
-        fastsurfer: Mapping | None = None,
+        image: str,
+        atlas: str,
+        fastsurfer: Mapping | None,
+        threads: int,
     ):
         self.params_path = str(params)
         self.params_hash = sha256_file(params)

@@ -19,8 +19,8 @@ def _radiomics(settings: Mapping, threads: int) -> Stage:
         settings["rois"],
         settings["image"],
         settings["atlas"],
+        settings["fastsurfer"],
         threads,
-        settings.get("fastsurfer"),
     )
 
 
