@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+from damt.cli import main as damt_main
 from damt.config import validate_config
 from damt.demo.cohort import generate_cohort
 from damt.discovery.workflow import discover_from_config
@@ -184,6 +186,15 @@ def test_fastsurfer_subject_end_to_end(fs_cohort: Path, tmp_path: Path):
     radiomics.setup()
     rows = {r.subject_id: r for r, _ in run_tasks(radiomics, tasks[:1], out)}
     assert rows["fs21seg-001"].status == OK and rows["fs21seg-001"].info["n_features"] > 0
+    # `damt radiomics SUBJECT_DIR` reads the subject's layout as the stage does (a
+    # segmentation-only FastSurfer run has no brainmask.mgz): the same row.
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"subjects": {"dirs": [{"path": str(fs_cohort)}]}}))
+    row = tmp_path / "cli" / "fs21seg-001.parquet"
+    assert damt_main(["radiomics", str(fs_cohort / "fs21seg-001"), "-o", str(row),
+                      "--config", str(cfg)]) == 0  # fmt: skip
+    stage_row = out / "subjects" / "fs21seg-001" / "radiomics" / "radiomics.parquet"
+    pd.testing.assert_frame_equal(pd.read_parquet(row), pd.read_parquet(stage_row))
 
 
 def test_mixed_cohort_through_the_workflow(fs_cohort: Path, upstream_copy):
