@@ -36,12 +36,10 @@ def stage_input_files(config: dict, layout: str = "") -> list[str]:
     FreeSurfer subjects or, with ``layout="fastsurfer"``, of FastSurfer subjects."""
     out: list[str] = []
     for section in ("cache", "radiomics"):
-        settings = config.get(section) or {}
-        if layout:
-            settings = settings.get(layout) or {}
-        for key in ("image", "atlas", "mask"):
-            value = settings.get(key)
-            if isinstance(value, str) and value not in out:
+        settings = config[section][layout] if layout else config[section]
+        # A mask exists in the FastSurfer layout only (FreeSurfer's brainmask is the image).
+        for value in (settings["image"], settings["atlas"], settings.get("mask")):
+            if value and value not in out:
                 out.append(value)
     return out
 
