@@ -95,8 +95,8 @@ if workflow.is_main_process:
 # allocation. Which executor runs the jobs is known only once parsing is done: this runs before
 # the first job starts (not in dry runs; the pretrain job checks again before it moves anything).
 onstart:
-    for _settings in SETTINGS.values():
-        check_nodes(_settings, os.environ, cluster_executor=not workflow.local_exec)
+    for _name, _settings in SETTINGS.items():
+        _checked(_name, check_nodes, _settings, os.environ, not workflow.local_exec)
 
 
 if workflow.is_main_process:
@@ -144,8 +144,9 @@ def stage_summaries(stage):
     return [PATHS.stage_summary(stage, shard) for shard in SHARDS]
 
 
-def run_settings(wildcards):
-    """Params function: the `pretrain` section of the job's run (overrides merged)."""
+def pretrain_section(wildcards):
+    """Params function: the `pretrain` section of the job's run (overrides merged), which the
+    job parses into its run settings (SETTINGS here)."""
     return RUNS[wildcards.run].pretrain
 
 

@@ -22,7 +22,7 @@ rule pretrain:
         **run_resources(),
     params:
         run_dir=lambda wildcards, output: os.path.dirname(output.encoder),
-        pretrain=run_settings,
+        pretrain=pretrain_section,
         evaluation={k: config["probe"][k] for k in ("phenotypes", "targets")},
         preprocessing=preprocessing_settings,
     script:
