@@ -393,6 +393,35 @@ def build_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Pa
     return path
 
 
+# A single-node torchrun of this interpreter (add --nproc_per_node and the script).
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
+
+
+@pytest.fixture(scope="session")
+def ddp_runs(tmp_path_factory) -> Path:
+    """Every run of :data:`tests.training_data.DDP_RUNS`, trained on one 5-subject training set
+    by one ``torchrun`` of two gloo ranks (tests/ddp_worker.py): run NAME's folder ``NAME/``
+    holds its run (``run/``), each rank's state (``rank0``/``rank1.safetensors``) and last
+    record (``record0``/``record1.pt``). Do not modify."""
+    from tests.training_data import DDP_RUNS, write_config, write_training_set
+
+    def build(path: Path) -> None:
+        data = write_training_set(path / "data", n_subjects=5)
+        runs = []
+        for name, overrides in DDP_RUNS.items():
+            (path / name).mkdir()
+            runs += [write_config(path / name / "c.yaml", **overrides), path / name]
+        worker = [str(REPO / "tests" / "ddp_worker.py"), str(data.root), *map(str, runs)]
+        proc = subprocess.run(
+            [*TORCHRUN, "--nproc_per_node=2", *worker], env=subprocess_env(OMP_NUM_THREADS="1"),
+            capture_output=True, text=True, timeout=1200,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise AssertionError(f"the DDP runs failed:\n{proc.stderr[-6000:]}")
+
+    return build_once(tmp_path_factory, "ddp_runs", build)
+
+
 def run_damt(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """``python -m damt ARGS`` of this checkout in ``cwd``, its output captured."""
     return subprocess.run(

@@ -74,12 +74,14 @@ def test_stats_and_tables_on_demo_bert_and_fsaverage(
     assert "Nothing to be done" in out
 
 
-@pytest.mark.parametrize("n_shards", [0, 1])
-def test_new_subject_reruns_only_its_stats_and_the_tables(
-    demo_copy: Path, tmp_path: Path, n_shards: int
+def test_a_new_subject_in_a_shard_reruns_the_shard_reusing_the_others(
+    demo_copy: Path, tmp_path: Path
 ):
+    """One shard for everyone (``n_shards: 1``): a new subject reruns the shard's job, which
+    reuses the old subjects' results. (The default, one job per subject, runs only the new
+    subject's jobs: tests/test_workflow.py::test_incremental_reruns.)"""
     dirs = [{"path": str(demo_copy)}]
-    override = workflow_config(tmp_path, dirs, sharding={"n_shards": n_shards})
+    override = workflow_config(tmp_path, dirs, sharding={"n_shards": 1})
     results = tmp_path / "results"
     args = (*tables(results), "--configfile", str(override))
     run_snakemake("--cores", "2", *args)
@@ -96,15 +98,10 @@ def test_new_subject_reruns_only_its_stats_and_the_tables(
     summary = read_summaries(summaries).set_index("subject_id")
     assert list(summary.index) == [*old_ids, "sub-900"]
     assert summary.loc["sub-900", "status"] == "ok" and not summary.loc["sub-900", "reused"]
-    if n_shards == 0:
-        # One job per subject: the old subjects' jobs did not run at all.
-        assert {p: after[p] for p in before} == before
-        assert (results / "stats" / "shards" / "sub-900.tsv").is_file()
-    else:
-        # One shard holds everyone: its job ran again and reused the old subjects' results.
-        assert summary.loc[old_ids, "reused"].all()
-        changed = {p for p in after if after[p] != before[p]}
-        assert changed == {str(p) for p in summaries}
+    # The shard's job ran again and reused the old subjects' results.
+    assert summary.loc[old_ids, "reused"].all()
+    changed = {p for p in after if after[p] != before[p]}
+    assert changed == {str(p) for p in summaries}
     frame = pd.read_parquet(ResultPaths(str(results)).feature_table(FEATURE_GROUPS[0]))
     assert list(frame["subject_id"]) == [*old_ids, "sub-900"]
     assert not frame.drop(columns="subject_id").isna().any().any()

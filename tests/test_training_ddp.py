@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 import warnings
 
@@ -18,15 +17,12 @@ from torch.utils.data import DistributedSampler
 from damt.training.distributed import DistEnv
 from damt.training.loop import agreed_stop
 from damt.training.losses import contrastive_logits, nt_xent
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import TORCHRUN, subprocess_env
 from tests.test_training_losses import _nt_xent_reference
 from tests.training_data import train_args, write_config, write_training_set
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
 
-
-def _nt_xent_rank(rank: int, store: str, z1, z2, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+def _nt_xent_rank(rank: int, z1, z2, out: str) -> None:
     results = {}
     # Even split (what DistributedSampler gives every step) and an uneven one.
     for name, bounds in (("even", [0, 2, 4]), ("uneven", [0, 3, 5])):
@@ -45,20 +41,50 @@ def _nt_xent_rank(rank: int, store: str, z1, z2, out: str) -> None:
             "defined": bool(defined),
         }
     torch.save(results, f"{out}/rank{rank}.pt")
+
+
+def _collectives_rank(rank: int, store: str, data: dict, out: str) -> None:
+    """One gloo rank of :func:`collectives`: each test's part in turn, in one process group."""
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    _nt_xent_rank(rank, *data["nt_xent"], out)
+    _padded_epoch_rank(rank, *data["padded"], out)
+    _stop_rank(rank, data["stop"], out)
     dist.destroy_process_group()
 
 
-def _two_ranks(rank_fn, tmp_path, seed: int, n: int, saved_as: str):
-    """Embeddings of ``n`` subjects (two views), ``rank_fn`` on two gloo ranks, their results."""
+def _embeddings(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings of ``n`` subjects (two views)."""
     g = torch.Generator().manual_seed(seed)
-    z1, z2 = torch.randn(n, 8, generator=g), torch.randn(n, 8, generator=g)
-    mp.spawn(rank_fn, args=(str(tmp_path / "store"), z1, z2, str(tmp_path)), nprocs=2)
-    return z1, z2, [torch.load(tmp_path / f"{saved_as}{r}.pt") for r in (0, 1)]
+    return torch.randn(n, 8, generator=g), torch.randn(n, 8, generator=g)
+
+
+# Signals received by (rank 0, rank 1) at successive steps.
+RECEIVED = [
+    (None, None),
+    (None, int(signal.SIGTERM)),
+    (int(signal.SIGUSR1), None),
+    (int(signal.SIGUSR1), int(signal.SIGTERM)),
+]
+
+
+@pytest.fixture(scope="module")
+def collectives(tmp_path_factory):
+    """The collective parts of this module's tests, on two gloo ranks of one ``mp.spawn``
+    (one torch import per rank for all of them): their inputs and the folder of their
+    results (``rankR.pt``, ``paddedR.pt``, ``stopR.pt``)."""
+    out = tmp_path_factory.mktemp("collectives")
+    data = {"nt_xent": _embeddings(0, 5), "padded": _embeddings(2, 3), "stop": RECEIVED}
+    mp.spawn(_collectives_rank, args=(str(out / "store"), data, str(out)), nprocs=2)
+    return data, out
+
+
+def _results(out, saved_as: str) -> list:
+    return [torch.load(out / f"{saved_as}{r}.pt") for r in (0, 1)]
 
 
 @pytest.mark.slow
-def test_contrastive_loss_gathers_embeddings_across_ranks(tmp_path):
-    z1, z2, ranks = _two_ranks(_nt_xent_rank, tmp_path, seed=0, n=5, saved_as="rank")
+def test_contrastive_loss_gathers_embeddings_across_ranks(collectives):
+    (z1, z2), ranks = collectives[0]["nt_xent"], _results(collectives[1], "rank")
 
     # Even split: every anchor sees all 2N candidates, so the mean of the ranks' losses is the
     # single-process loss, and the ranks' gradients averaged as DDP does are its gradient.
@@ -78,8 +104,7 @@ def test_contrastive_loss_gathers_embeddings_across_ranks(tmp_path):
     assert all(r["defined"] for r in uneven)
 
 
-def _padded_epoch_rank(rank: int, store: str, z1, z2, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+def _padded_epoch_rank(rank: int, z1, z2, out: str) -> None:
     # Three subjects on two ranks: the sampler pads the epoch with a repeated subject.
     indices = list(DistributedSampler(range(3), num_replicas=2, rank=rank, shuffle=False))
     ids = torch.tensor(indices)
@@ -101,12 +126,11 @@ def _padded_epoch_rank(rank: int, store: str, z1, z2, out: str) -> None:
         },
         f"{out}/padded{rank}.pt",
     )
-    dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_padded_epoch_duplicates_are_no_negatives_across_ranks(tmp_path):
-    z1, z2, ranks = _two_ranks(_padded_epoch_rank, tmp_path, seed=2, n=3, saved_as="padded")
+def test_padded_epoch_duplicates_are_no_negatives_across_ranks(collectives):
+    (z1, z2), ranks = collectives[0]["padded"], _results(collectives[1], "padded")
     indices = ranks[0]["indices"] + ranks[1]["indices"]
     assert sorted(indices) == [0, 0, 1, 2]  # subject 0 on both ranks
     # The global batch in rank order, and the reference that knows which rows are one subject.
@@ -124,53 +148,30 @@ def test_padded_epoch_duplicates_are_no_negatives_across_ranks(tmp_path):
     assert abs(float(blind) - expected) > 1e-3
 
 
-def _stop_rank(rank: int, store: str, received: list, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+def _stop_rank(rank: int, received: list, out: str) -> None:
     env = DistEnv(rank, 2, rank, 2, torch.device("cpu"))
     answers = [agreed_stop(pair[rank], env) for pair in received]
     torch.save(answers, f"{out}/stop{rank}.pt")
-    dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_a_stop_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+def test_a_stop_signal_on_one_rank_stops_every_rank_at_the_same_step(collectives):
     """Issue 30, case 1: a signal that reached one trainer only (or two different ones) is the
     same decision on both ranks, so no rank waits for a step the other never takes."""
-    received = [
-        (None, None),
-        (None, int(signal.SIGTERM)),
-        (int(signal.SIGUSR1), None),
-        (int(signal.SIGUSR1), int(signal.SIGTERM)),
-    ]
-    mp.spawn(_stop_rank, args=(str(tmp_path / "store"), received, str(tmp_path)), nprocs=2)
     expected = [None, "SIGTERM", "SIGUSR1", "SIGTERM"]
-    assert [torch.load(tmp_path / f"stop{r}.pt") for r in (0, 1)] == [expected, expected]
+    assert _results(collectives[1], "stop") == [expected, expected]
     alone = DistEnv(0, 1, 0, 1, torch.device("cpu"))
     assert agreed_stop(int(signal.SIGUSR1), alone) == "SIGUSR1"
     assert agreed_stop(None, alone) is None
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_keep_identical_parameters(tmp_path):
-    files = write_training_set(tmp_path / "data", n_subjects=5)
-    config = write_config(tmp_path / "c.yaml", epochs=2, batch_size_per_gpu=1)
-    cmd = [
-        *TORCHRUN,
-        "--nproc_per_node=2",
-        str(REPO / "tests" / "ddp_worker.py"),
-        str(config),
-        str(files.root),
-        str(tmp_path),
-    ]
-    proc = subprocess.run(
-        cmd, env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
+def test_two_gloo_ranks_keep_identical_parameters(ddp_runs):
+    ranks = [load_file(str(ddp_runs / "damt" / f"rank{r}.safetensors")) for r in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys()
     for key in ranks[0]:
         assert torch.equal(ranks[0][key], ranks[1][key]), key
-    record = torch.load(tmp_path / "record0.pt")
+    record = torch.load(ddp_runs / "damt" / "record0.pt")
     assert record["step"] == 2 * 3  # 5 subjects padded to 6, 3 per rank, batch 1
     assert record["skipped_steps"] == 0
     # The ranks trained: the task log-variances (initialised at 0) moved, identically.

@@ -7,8 +7,6 @@ import json
 import logging
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +26,7 @@ from damt.training.losses import contrastive_logits, dino_loss, vicreg_terms
 from damt.training.schedules import momentum_schedule
 from damt.training.settings import TrainSettings
 from damt.training.teacher import Center, EmaTeacher, NegativeQueue, Prototypes
-from tests.conftest import REPO, subprocess_env
-from tests.training_data import train_in_process, write_config, write_training_set
+from tests.training_data import METHODS, train_in_process, write_config, write_training_set
 
 
 def test_vicreg_terms_match_a_hand_computation():
@@ -331,12 +328,7 @@ def test_vicreg_and_dino_centre_see_the_global_batch_across_ranks(tmp_path):
 
 # ---- whole runs: each method trains, resumes after a kill, and exports loadable weights ----
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
-RUNS = {
-    "vicreg": {"contrastive": {"method": "vicreg"}},
-    "dino": {"contrastive": {"method": "dino", "export": "teacher"}, "ema": {"enabled": True}},
-    "ntxent_queue_ema": {"contrastive": {"queue_size": 6}, "ema": {"enabled": True}},
-}
+RUNS = METHODS
 # The state each variant keeps beside the network (checkpointed, equal on every rank).
 STATE = {
     "vicreg": (),
@@ -433,24 +425,15 @@ def test_each_method_trains_resumes_after_a_kill_and_exports(files, tmp_path, va
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", sorted(RUNS))
-def test_each_method_runs_on_two_gloo_ranks_with_identical_state(tmp_path, variant):
-    data = write_training_set(tmp_path / "data", n_subjects=5)
-    config = write_config(
-        tmp_path / "c.yaml", epochs=1, warmup_epochs=0, batch_size_per_gpu=1, **RUNS[variant]
-    )
-    cmd = [*TORCHRUN, "--nproc_per_node=2", str(REPO / "tests" / "ddp_worker.py")]
-    proc = subprocess.run(
-        [*cmd, str(config), str(data.root), str(tmp_path)],
-        env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
+def test_each_method_runs_on_two_gloo_ranks_with_identical_state(ddp_runs, variant):
+    out = ddp_runs / variant
+    ranks = [load_file(str(out / f"rank{r}.safetensors")) for r in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys()
     for prefix in STATE[variant]:
         assert any(k.startswith(prefix) for k in ranks[0]), prefix
     for key in ranks[0]:
         assert torch.equal(ranks[0][key], ranks[1][key]), key
-    record = torch.load(tmp_path / "record0.pt")
+    record = torch.load(out / "record0.pt")
     assert record["step"] == 3 and record["skipped_steps"] == 0
     assert math.isfinite(record["loss/contrastive"])
     if variant == "dino":

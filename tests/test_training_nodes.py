@@ -113,7 +113,7 @@ def test_two_nodes_train_get_killed_resume_and_export(tmp_path):
     # resumes the killed run, finishes and exports; every rank then saves its parameters.
     rendezvous, _store2 = _rendezvous("nodes-a2")
     prefix = torchrun_command(1, [], rendezvous)[:-2]
-    worker = [*prefix, str(REPO / "tests" / "ddp_worker.py"), str(config), str(files.root)]
+    worker = [*prefix, str(REPO / "tests" / "ddp_worker.py"), str(files.root), str(config)]
     second = _start_nodes([*worker, str(tmp_path)], tmp_path, "second")
     for node, proc in enumerate(second):
         assert proc.wait(timeout=240) == 0, (tmp_path / f"second-node{node}.log").read_text()

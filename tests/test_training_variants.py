@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -32,7 +30,6 @@ from damt.training.run import network_spec
 from damt.training.schedules import apply_schedules
 from damt.training.settings import AugmentSpec, ContrastiveSettings, TrainSettings
 from damt.training.step import accumulated_step, param_groups
-from tests.conftest import REPO, subprocess_env
 from tests.training_data import train_in_process, write_config, write_training_set
 
 NON_CONTRASTIVE = ("rotation", "location", "atlas", "morphometry", "radiomics", "mim")
@@ -203,31 +200,18 @@ def test_a_phase_without_the_contrastive_task_freezes_dinos_prototypes(files):
 
 
 @pytest.mark.slow
-def test_ddp_runs_across_a_phase_change_with_accumulation(tmp_path):
-    files = write_training_set(tmp_path / "data", n_subjects=5)
-    config = write_config(
-        tmp_path / "c.yaml", epochs=2, batch_size_per_gpu=1, cpu_processes=2, accumulate_steps=2,
-        curriculum=[{"until_epoch": 1, "tasks": ["rotation", "mim"]}],
-    )  # fmt: skip
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-        "--nproc_per_node=2", str(REPO / "tests" / "ddp_worker.py"), str(config),
-        str(files.root), str(tmp_path),
-    ]  # fmt: skip
-    proc = subprocess.run(
-        cmd, env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
+def test_ddp_runs_across_a_phase_change_with_accumulation(ddp_runs):
+    out = ddp_runs / "phases"
+    ranks = [load_file(str(out / f"rank{r}.safetensors")) for r in (0, 1)]
     for key in ranks[0]:
         assert torch.equal(ranks[0][key], ranks[1][key]), key
-    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if "epoch" in r and "loss/rotation" in r]
     # 5 subjects padded to 6: 3 micro-batches of 1 per rank, 2 optimizer steps (2 + 1) per epoch.
     assert [r["step"] for r in epochs] == [2, 4]
     assert epochs[0]["loss/atlas"] is None and epochs[0]["loss/mim"] is not None
     assert all(epochs[1][f"loss/{t}"] is not None for t in ("atlas", "location", "contrastive"))
-    card = json.loads((tmp_path / "run" / "model_card.json").read_text())["pretraining"]
+    card = json.loads((out / "run" / "model_card.json").read_text())["pretraining"]
     assert card["global_batch"] == 4 and card["accumulate_steps"] == 2 and card["steps"] == 4
     assert card["curriculum"] == [{"until_epoch": 1, "tasks": ["rotation", "mim"]}]
 

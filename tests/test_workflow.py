@@ -149,6 +149,10 @@ def test_incremental_reruns(trained_copy: Workdir, cohort8: Path):
     assert {p: v for p, v in snapshot(results, UPSTREAM_SUBJECTS).items() if p in before} == before
     manifest = pd.read_parquet(results / "manifest.parquet")
     assert list(manifest["subject_id"]) == [*UPSTREAM_SUBJECTS, "sub-007", "sub-008"]
+    for group in FEATURE_GROUPS:
+        table = pd.read_parquet(ResultPaths(str(results)).feature_table(group))
+        assert list(table["subject_id"]) == list(manifest["subject_id"]), group
+        assert table.drop(columns="subject_id").notna().all(axis=None), group
     assert re.search(
         r"pretrain plan: train \(.*subjects changed \(retrain: cohort\)\)", last_plan(results)
     )

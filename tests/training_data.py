@@ -19,6 +19,8 @@ from damt.training.settings import TrainSettings
 from tests.conftest import subprocess_env
 
 __all__ = [
+    "DDP_RUNS",
+    "METHODS",
     "TEST_PRESET",
     "Interrupted",
     "kill_at_first_checkpoint",
@@ -42,6 +44,31 @@ TEST_PRESET = {
     "local_crop_source": 40,
     "mim_patch": 16,
     "checkpointing": False,
+}
+
+
+# The contrastive methods besides the default NT-Xent, with the state each keeps.
+METHODS = {
+    "vicreg": {"contrastive": {"method": "vicreg"}},
+    "dino": {"contrastive": {"method": "dino", "export": "teacher"}, "ema": {"enabled": True}},
+    "ntxent_queue_ema": {"contrastive": {"queue_size": 6}, "ema": {"enabled": True}},
+}
+# The runs trained on two gloo ranks, all by one torchrun (conftest.ddp_runs, on 5 subjects):
+# run name -> pretrain overrides. `damt`: the default tasks and method; each method for one
+# epoch; `phases`: a curriculum's phase change with gradient accumulation.
+DDP_RUNS = {
+    "damt": {"epochs": 2, "batch_size_per_gpu": 1},
+    **{
+        name: {"epochs": 1, "warmup_epochs": 0, "batch_size_per_gpu": 1, **method}
+        for name, method in METHODS.items()
+    },
+    "phases": {
+        "epochs": 2,
+        "batch_size_per_gpu": 1,
+        "cpu_processes": 2,
+        "accumulate_steps": 2,
+        "curriculum": [{"until_epoch": 1, "tasks": ["rotation", "mim"]}],
+    },
 }
 
 
