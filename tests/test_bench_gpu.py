@@ -1,4 +1,10 @@
-"""bench/gpu.py on a CPU: the GPU benchmark's code runs (tiny preset), so it cannot rot unseen."""
+"""bench/gpu.py on a CPU: the GPU benchmark's code runs (tiny preset), so it cannot rot unseen.
+
+Its ``torchrun`` section (a real ``damt train`` under torchrun, SIGKILLed after its first
+checkpoint, resumed and exported) is left out: the trainer's tests run that path for real
+(tests/test_training_nodes.py::test_two_nodes_train_get_killed_resume_and_export,
+tests/test_training_loop.py::test_resume_after_a_kill_matches_an_uninterrupted_run).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ def test_gpu_bench_runs_every_section_on_the_cpu(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, str(REPO / "bench" / "gpu.py"), "--tiny", "--out", str(out),
-         "--budget-s", "1500"],
+         "--budget-s", "1500", "--sections", "step,profile,loader,fed"],
         capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -36,10 +42,7 @@ def test_gpu_bench_runs_every_section_on_the_cpu(tmp_path):
     assert (out / "profile.txt").read_text().startswith(by_section["chosen"][0]["config"])
     assert {r["num_workers"] for r in by_section["loader"]} == {0, 1}
     assert 0 <= by_section["fed"][0]["gpu_idle_share"] <= 1
-    # The whole trainer path: killed after its first checkpoint, resumed, finished, exported.
-    run = by_section["torchrun"][0]
-    assert run["backend"] == "gloo" and run["resume_rc"] == 0 and run["exported"]
-    assert run["killed_after_epoch"] == 1 and run["epochs_logged"] == [0, 1, 2]
+    assert "torchrun" not in by_section  # not asked for
     assert "compile" not in by_section  # compiling takes minutes on a CPU: GPU only
     last = done.stdout.strip().splitlines()[-1]
     assert re.fullmatch(
