@@ -15,12 +15,24 @@ TRAINING_STATUSES = (PASS, WARN)
 TRAIN, HOLDOUT = "train", "holdout"
 
 
+def _usable(manifest: pd.DataFrame) -> pd.Series:
+    """Rows of status pass or warn with a training cache."""
+    has_cache = manifest["has_cache"].fillna(False).astype(bool)
+    return manifest["status"].isin(TRAINING_STATUSES) & has_cache
+
+
 def trains(manifest: pd.DataFrame) -> pd.Series:
     """Which manifest rows pretrain: status pass or warn, a training cache, and not held out for
     evaluation (``split``; a manifest without the column holds nobody out)."""
-    usable = manifest["status"].isin(TRAINING_STATUSES) & manifest["has_cache"].fillna(
-        False
-    ).astype(bool)
+    usable = _usable(manifest)
     if "split" in manifest.columns:
         usable &= manifest["split"] != HOLDOUT
     return usable
+
+
+def held_out(manifest: pd.DataFrame) -> pd.Series:
+    """Which manifest rows are held out for evaluation and could pretrain otherwise (status pass
+    or warn, a training cache): the subjects whose views score the held-out learning signals."""
+    if "split" not in manifest.columns:
+        return pd.Series(False, index=manifest.index)
+    return _usable(manifest) & (manifest["split"] == HOLDOUT)

@@ -1,4 +1,5 @@
-"""The held-out k-NN evaluation during pretraining (pretrain.eval_every)."""
+"""The held-out evaluation during pretraining (pretrain.eval_every): the k-NN probe and the
+pretext tasks' learning signals on held-out views."""
 
 from __future__ import annotations
 
@@ -12,11 +13,19 @@ import torch
 import yaml
 
 from damt.cli import main as damt_main
+from damt.model import TASKS
+from damt.model.network import DAMTNetwork
 from damt.split import unit_hash
 from damt.training.checkpoint import BEST
 from damt.training.data import load_training_data
+from damt.training.distributed import DistEnv
 from damt.training.evaluate import build_eval_set, knn_scores
-from tests.training_data import train_args, write_config, write_training_set
+from damt.training.heldout import held_out_loader, held_out_signals
+from damt.training.inputs import TrainInputs
+from damt.training.objective import PretrainObjective
+from damt.training.run import network_spec
+from damt.training.signals import SIGNALS
+from tests.training_data import METHODS, run_settings, train_args, write_config, write_training_set
 
 HELD = ["sub-03", "sub-06"]
 TARGETS = [{"name": "age", "type": "regression"}, {"name": "sex", "type": "classification"}]
@@ -96,6 +105,12 @@ def test_training_logs_the_evaluation_and_keeps_the_best_checkpoint(files, tmp_p
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # Evaluated after epoch 2 (eval_every) and after the last one, not after epoch 1.
     assert ["eval/age/r2" in r for r in records] == [False, True, True]
+    # The learning signals on the held-out views too: every task's, with its chance level.
+    for record, due in zip(records, (False, True, True), strict=True):
+        for name in SIGNALS.values():
+            assert (f"eval_signal/{name}" in record) == due, (record["epoch"], name)
+        if due:
+            assert _defined(record) == DEFINED_ON_HELD_OUT
     assert all(r["eval/seconds"] > 0 for r in records[1:])
     card = json.loads((run / "model_card.json").read_text())
     best = card["pretraining"]["best_checkpoint"]
@@ -105,3 +120,78 @@ def test_training_logs_the_evaluation_and_keeps_the_best_checkpoint(files, tmp_p
     assert best["score"] == pytest.approx(max(scores.values()))
     kept = torch.load(run / "checkpoints" / BEST, weights_only=True)
     assert kept["epoch"] == best["epoch"]
+
+
+# sub-03 has no radiomics row (write_training_set leaves some out): an R² over one held-out
+# subject is undefined (None), every other held-out signal has a value.
+DEFINED_ON_HELD_OUT = {name for name in SIGNALS.values() if name != "radiomics_r2"}
+
+
+def _defined(record: dict) -> set[str]:
+    """The held-out signals with a finite value and chance level."""
+    return {
+        name
+        for name in SIGNALS.values()
+        if all(
+            record.get(f"eval_{kind}/{name}") is not None
+            and np.isfinite(record[f"eval_{kind}/{name}"])
+            for kind in ("signal", "chance")
+        )
+    }
+
+
+def _inputs(files) -> TrainInputs:
+    return TrainInputs.from_arguments(files.manifest, files.label_table, files.tables_dir, {})
+
+
+def test_held_out_views_are_the_held_out_subjects_only_and_the_same_every_time(files):
+    settings = run_settings(eval_every=1, batch_size_per_gpu=1)
+    alone = DistEnv(0, 1, 0, 1, torch.device("cpu"))
+    loader = held_out_loader(_inputs(files), settings, alone)
+    assert loader.dataset.data.subjects == HELD
+    first, second = list(loader), list(loader)
+    assert len(first) == len(HELD)
+    for a, b in zip(first, second, strict=True):
+        for key in a:  # (a missing radiomics row is NaN)
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, equal_nan=True)
+    # Capped by pretrain.eval_subjects (a stable sample of the held-out subjects).
+    capped = held_out_loader(_inputs(files), run_settings(eval_subjects=1), alone)
+    assert len(capped.dataset.data.subjects) == 1
+    assert capped.dataset.data.subjects[0] in HELD
+
+
+def test_a_manifest_that_holds_nobody_out_has_no_held_out_views(tmp_path, caplog):
+    files = write_training_set(tmp_path, n_subjects=3)  # no split column: nobody held out
+    alone = DistEnv(0, 1, 0, 1, torch.device("cpu"))
+    with caplog.at_level(logging.INFO, logger="damt"):
+        assert held_out_loader(_inputs(files), run_settings(eval_every=1), alone) is None
+    assert "the manifest holds no held-out subject" in caplog.text
+
+
+@pytest.mark.parametrize("method", ["ntxent_queue_ema", "dino"])
+def test_held_out_signals_score_the_views_and_leave_the_run_state_alone(files, method):
+    """Eval mode: no drop path, and the contrastive queue and DINO's centre stay as they are;
+    the network's weights and its training mode too."""
+    settings = run_settings(eval_every=1, batch_size_per_gpu=2, **METHODS[method])
+    alone = DistEnv(0, 1, 0, 1, torch.device("cpu"))
+    loader = held_out_loader(_inputs(files), settings, alone)
+    data = _inputs(files).load(settings.tasks)
+    torch.manual_seed(0)
+    objective = PretrainObjective(
+        DAMTNetwork(network_spec(settings, data)), settings.balancing,
+        settings.contrastive_temperature, settings.contrastive, settings.ema,
+    )  # fmt: skip
+    objective.train()
+    before = {k: v.clone() for k, v in objective.state_dict().items()}
+    first = held_out_signals(objective, loader, alone, "fp32")
+    assert objective.training
+    for key, value in objective.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert set(first) == {
+        f"eval_{kind}/{SIGNALS[t]}" for t in TASKS for kind in ("signal", "chance")
+    }
+    assert _defined(first) == DEFINED_ON_HELD_OUT, first
+    # Rotation: 2 views per subject scored against 10 classes; atlas Dice and R² in range.
+    assert first["eval_chance/rotation_accuracy"] == pytest.approx(0.1)
+    assert 0 <= first["eval_signal/atlas_dice"] <= 1
+    assert held_out_signals(objective, loader, alone, "fp32") == first

@@ -22,7 +22,7 @@ from damt.config import schema_defaults
 from damt.features import TASK_FEATURE_GROUPS
 from damt.freesurfer.labels import read_label_table
 from damt.io import HASH_CHARS
-from damt.manifest import HOLDOUT, KEY, trains
+from damt.manifest import HOLDOUT, KEY, held_out, trains
 from damt.model.spec import ViewSpec
 from damt.paths import ATLAS_FILE, IMAGE_FILE
 from damt.split import scaling_subset
@@ -67,6 +67,18 @@ class TrainingData:
         """Width of a regression target (0 when its table was not loaded)."""
         return self.targets[task].shape[1] if task in self.targets else 0
 
+    def select(self, subjects: list[str]) -> TrainingData:
+        """The same data for ``subjects`` only (in their order here)."""
+        keep = set(subjects)
+        rows = [i for i, s in enumerate(self.subjects) if s in keep]
+        return TrainingData(
+            [self.subjects[i] for i in rows],
+            [self.cache_dirs[i] for i in rows],
+            self.n_classes,
+            {task: values[rows] for task, values in self.targets.items()},
+            {**self.summary, "subjects": len(rows)},
+        )
+
 
 def _aligned(table: pd.DataFrame, subjects: list[str]) -> np.ndarray:
     return table.reindex(subjects).to_numpy(dtype=np.float32, na_value=np.nan)
@@ -89,9 +101,12 @@ def load_training_data(
     label_table: str | Path,
     tables: dict[str, str | Path | None],
     subjects: int | None = None,
+    holdout: bool = False,
 ) -> TrainingData:
     """Read the manifest and the tables named in ``tables`` (keys: feature groups); with
-    ``subjects``, train on that many (:func:`damt.split.scaling_subset`, data scaling).
+    ``subjects``, train on that many (:func:`damt.split.scaling_subset`, data scaling). With
+    ``holdout``, the held-out evaluation subjects instead of the training ones (none is no
+    error then: the manifest may hold nobody out).
 
     A task's target is its feature groups (:data:`damt.features.TASK_FEATURE_GROUPS`) side by
     side, built when all of them are given (morphometry: global and local). A relative
@@ -102,8 +117,8 @@ def load_training_data(
     missing = {"subject_id", "status", "has_cache", "cache_dir"} - set(df.columns)
     if missing:
         raise ValueError(f"manifest {manifest} lacks columns {sorted(missing)}")
-    used = df[trains(df)].sort_values("subject_id")
-    if used.empty:
+    used = df[(held_out if holdout else trains)(df)].sort_values("subject_id")
+    if used.empty and not holdout:
         raise ValueError(
             f"manifest {manifest}: no subject has status pass/warn and a cache "
             f"({len(df)} rows, statuses {df['status'].value_counts().to_dict()})"

@@ -42,7 +42,7 @@ class EvalSet:
     grid: tuple[int, ...]
 
 
-def _capped(ids: Sequence[str], cap: int) -> list[str]:
+def capped(ids: Sequence[str], cap: int) -> list[str]:
     """The first ``cap`` of ``ids`` in the order of their stable hash (a sample that only gains
     the newcomers that hash into it when subjects are added)."""
     return sorted(sorted(ids, key=unit_hash)[:cap])
@@ -78,10 +78,8 @@ def build_eval_set(
         log.warning("evaluation during pretraining is off: cannot read %s (%s)", phenotypes, exc)
         return None
     labelled = set(pheno.index)
-    held_ids = _capped([s for s in held[KEY].astype(str) if s in labelled], cap)
-    train_ids = _capped(
-        [s for s in frame.loc[trains(frame), KEY].astype(str) if s in labelled], cap
-    )
+    held_ids = capped([s for s in held[KEY].astype(str) if s in labelled], cap)
+    train_ids = capped([s for s in frame.loc[trains(frame), KEY].astype(str) if s in labelled], cap)
     subjects = held_ids + train_ids
     chosen: dict[str, tuple[str, pd.Series]] = {}
     for target in targets:

@@ -35,9 +35,12 @@ class TrainInputs:
                 tables[group] = Path(tables_dir) / normalized_table_file(group)
         return cls(Path(manifest), Path(label_table), tables)
 
-    def load(self, tasks: tuple[str, ...], subjects: int | None = None) -> TrainingData:
+    def load(
+        self, tasks: tuple[str, ...], subjects: int | None = None, holdout: bool = False
+    ) -> TrainingData:
         """Read the manifest, the label table and the tables the switched-on tasks need;
-        ``subjects``: train on that data-scaling subset (``pretrain.subset_size``)."""
+        ``subjects``: train on that data-scaling subset (``pretrain.subset_size``);
+        ``holdout``: the held-out evaluation subjects instead."""
         needed = {
             group: task
             for task, groups in TASK_FEATURE_GROUPS.items()
@@ -56,4 +59,5 @@ class TrainInputs:
             self.label_table,
             {group: self.tables[group] for group in needed},
             subjects=subjects,
+            holdout=holdout,
         )

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from damt.training.checkpoint import Checkpoint, keep_as_best, save_checkpoint
 from damt.training.distributed import DistEnv, barrier
 from damt.training.evaluate import EvalSet, evaluate, primary
+from damt.training.heldout import held_out_signals
 from damt.training.meter import EpochMeter, agreed_stop, mean_of
 from damt.training.metrics import MetricsLog
 from damt.training.objective import PretrainObjective
@@ -67,6 +68,16 @@ class _EpochStopped(Exception):
 
 def _seed_for(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def _signals_line(signals: dict[str, float | None]) -> str:
+    """``name value (chance c)`` of each held-out signal that has a value."""
+    return ", ".join(
+        f"{key.removeprefix('eval_signal/')} {value:.3g} "
+        f"(chance {signals[key.replace('signal/', 'chance/')]:.3g})"
+        for key, value in signals.items()
+        if key.startswith("eval_signal/") and value is not None
+    )
 
 
 def _add_step(meter: EpochMeter, out) -> None:
@@ -344,13 +355,15 @@ class Trainer:
         self,
         ckpt_dir: Path,
         eval_set: EvalSet | None,
+        held_out: DataLoader | None,
         network: dict,
         run_record: dict,
         best: dict | None,
     ) -> dict | None:
         """Train from ``start_epoch`` to the last epoch: each epoch trained, evaluated when due
-        (``pretrain.eval_every``), logged and checkpointed by rank 0; returns the best held-out
-        score (``best``: the resumed run's)."""
+        (``pretrain.eval_every``: the k-NN of ``eval_set`` and the learning signals on the
+        ``held_out`` views), logged and checkpointed by rank 0; returns the best held-out score
+        (``best``: the resumed run's)."""
         settings, env = self.settings, self.env
         within = self.resumed["steps"] if self.resumed else 0  # steps logged before a stop
         metrics = MetricsLog(
@@ -374,6 +387,14 @@ class Trainer:
                 self._stopped(run_dir, metrics, stopped.signal_name, epoch, partial["steps"])
             improved = False
             due = (epoch + 1) % max(settings.eval_every, 1) == 0 or epoch + 1 == settings.epochs
+            if held_out is not None and due:
+                signals = held_out_signals(self.objective, held_out, env, self.precision)
+                record |= signals
+                if env.is_main:
+                    log.info(
+                        "epoch %d/%d held-out signals: %s", epoch + 1, settings.epochs,
+                        _signals_line(signals),
+                    )  # fmt: skip
             if eval_set is not None and due:
                 encoder = self.objective.exported_encoder().swinViT
                 record |= evaluate(encoder, eval_set, env.rank, env.world_size, settings.seed)

@@ -135,7 +135,8 @@ class PretrainObjective(nn.Module):
         if self.method == "ntxent":
             queue = self.queue.entries() if self.queue is not None else None
             logits = contrastive_logits(z1, z2, self.temperature, ids, queue)
-            if self.queue is not None:
+            # Eval mode (the held-out signals) scores the views and leaves the state alone.
+            if self.queue is not None and self.training:
                 self.queue.push(logits.keys, logits.key_ids)
             loss, defined = F.cross_entropy(logits.logits, logits.positive), logits.defined
         elif self.method == "vicreg":
@@ -159,7 +160,8 @@ class PretrainObjective(nn.Module):
                 d.student_temperature,
                 d.teacher_temperature,
             )
-            self.center.update(teacher)
+            if self.training:
+                self.center.update(teacher)
             defined = torch.ones((), dtype=torch.bool, device=views.device)
             logits = contrastive_logits(z1.detach(), z2.detach(), 1.0, ids)
         return loss, defined, signals.step_contrastive(logits.logits.detach(), logits.positive)

@@ -35,8 +35,9 @@ def plot_training(run_dir: str | Path, curves: str | Path, weights: str | Path) 
     """Write the two figures from ``metrics.jsonl``; return the number of epochs plotted.
 
     ``curves``: the total and per-task losses, then a row of per-task learning signals, each
-    with its chance level dashed (``damt.training.signals``), then the held-out k-NN scores of
-    ``pretrain.eval_every`` where there are any. ``weights``: the task weights.
+    with its chance level dashed (``damt.training.signals``) and, where ``pretrain.eval_every``
+    scored them, the same signal on the held-out subjects' views with its chance level dotted
+    (``damt.training.heldout``), then the held-out k-NN scores. ``weights``: the task weights.
     """
     records = read_records(run_dir)
     if not records:
@@ -47,6 +48,8 @@ def plot_training(run_dir: str | Path, curves: str | Path, weights: str | Path) 
     loss_panels += list(losses.items())
     signals = _series(records, "signal/")
     chances = _series(records, "chance/")
+    held_out = _series(records, "eval_signal/")
+    held_out_chances = _series(records, "eval_chance/")
     # The held-out k-NN scores (pretrain.eval_every), one panel per target and metric.
     evals = {k: v for k, v in _series(records, "eval/").items() if k != "seconds"}
     ncols = min(4, max(len(loss_panels), len(signals), len(evals), 1))
@@ -64,9 +67,13 @@ def plot_training(run_dir: str | Path, curves: str | Path, weights: str | Path) 
     signal_axes = axes[loss_rows : loss_rows + signal_rows].ravel()
     for ax, (name, (xs, ys)) in zip(signal_axes, signals.items(), strict=False):
         ax.axis("on")
-        ax.plot(xs, ys, marker="o", ms=3, label="model")
+        ax.plot(xs, ys, marker="o", ms=3, label="training batches")
         if name in chances:
             ax.plot(*chances[name], ls="--", color="grey", label="chance")
+        if name in held_out:
+            ax.plot(*held_out[name], marker="s", ms=4, color="tab:purple", label="held-out views")
+        if name in held_out_chances:
+            ax.plot(*held_out_chances[name], ls=":", color="tab:purple", label="held-out chance")
         _panel(ax, name.replace("_", " "))
         ax.legend(fontsize=6)
     for ax, (name, (xs, ys)) in zip(
@@ -76,8 +83,8 @@ def plot_training(run_dir: str | Path, curves: str | Path, weights: str | Path) 
         ax.plot(xs, ys, marker="s", ms=4, color="tab:purple")
         _panel(ax, f"held-out k-NN: {name.replace('/', ' ')}")
     fig.suptitle(
-        "Pretraining per task: losses, learning signals against chance (epoch means), then the "
-        "held-out k-NN score"
+        "Pretraining per task: losses, learning signals against chance (training batches' epoch "
+        "means; held-out subjects' views), then the held-out k-NN score"
     )
     fig.tight_layout()
     save_figure(fig, curves)

@@ -26,6 +26,7 @@ from damt.training.data import EpochSampler, PretrainDataset, TrainingData
 from damt.training.distributed import DistEnv, init_distributed, shutdown
 from damt.training.evaluate import build_eval_set
 from damt.training.export import TrainResult, export_finished, finish_run
+from damt.training.heldout import held_out_loader
 from damt.training.inputs import TrainInputs
 from damt.training.loop import Trainer, TrainingStopped
 from damt.training.objective import PretrainObjective
@@ -236,9 +237,11 @@ def _train(
             inputs.manifest, probe["phenotypes"], probe["targets"], settings.eval_subjects,
             spec.encoder.stride,
         )  # fmt: skip
+    held_out = held_out_loader(inputs, settings, env) if settings.eval_every else None
     best = trainer.fit(
         ckpt_dir,
         eval_set,
+        held_out,
         spec.to_dict(),
         run_record,
         None if checkpoint is None else checkpoint.eval_best,
