@@ -199,3 +199,42 @@ def test_local_crop_resizes_image_and_atlas_on_the_same_grid():
         pure = (value == 0) | (value == 1)
         assert pure.float().mean() > 0.3
         assert torch.equal(value[pure].long(), v["local_atlas"][pure])
+
+
+def _unrotate(x: torch.Tensor, label: int) -> torch.Tensor:
+    """The inverse of :func:`rotate` for rotation class ``label``."""
+    k, (a, b) = ROTATIONS[label]
+    offset = x.ndim - 3
+    return torch.rot90(x, -k, dims=(offset + a, offset + b))
+
+
+def test_every_label_undoes_to_its_view():
+    """Each view, rotated back by its rotation label, is a crop of the volume (image and atlas
+    at the same corner), and the location label is that of the local crop's corner: every voxel
+    value is unique, so a view's first voxel says where it was cut."""
+    shape = (72, 80, 68)
+    index = np.arange(np.prod(shape)).reshape(shape)
+    image = (index / index.size).astype(np.float32)  # distinct in float32 (< 2^24 voxels)
+    atlas = (index % 251).astype(np.uint8)
+    spec = ViewSpec(global_crop=32, local_crop=24, local_crop_source=24, mim_patch=8)
+
+    def corner(block: torch.Tensor) -> tuple[int, ...]:
+        first = round(float(block[0, 0, 0]) * index.size)
+        return tuple(int(c) for c in np.unravel_index(first, shape))
+
+    for seed in range(20):
+        v = make_views(image, atlas, np.random.default_rng(seed), spec)
+        for i in (0, 1):
+            view = _unrotate(v["global_image"][i, 0], int(v["global_rotation"][i]))
+            start = corner(view)
+            assert torch.equal(view, torch.from_numpy(crop(image, start, 32)))
+            if i == 0:  # the atlas target is the first view's, rotated with it
+                back = _unrotate(v["global_atlas"], int(v["global_rotation"][0]))
+                assert torch.equal(back, torch.from_numpy(crop(atlas, start, 32)))
+        # The local crop at its own size (no resize): the same, and its location cell.
+        local = _unrotate(v["local_image"][0], int(v["local_rotation"]))
+        start = corner(local)
+        torch.testing.assert_close(local, torch.from_numpy(crop(image, start, 24)), rtol=0, atol=0)
+        back = _unrotate(v["local_atlas"], int(v["local_rotation"]))
+        assert torch.equal(back, torch.from_numpy(crop(atlas, start, 24)))
+        assert int(v["location"]) == location_label(start, 24, shape, spec.location_grid)
