@@ -269,8 +269,8 @@ QUICK = {
     },
 }
 # The session cohort: eight generated subjects; the shared workflow runs see the first six, and
-# tests add the other two as new subjects. Of the six, sub-001 and sub-004 are held out (a hash
-# of the id; of the other two, sub-008).
+# tests add sub-007 as a new subject. Of the six, sub-001 and sub-004 are held out (a hash of the
+# id; of the other two, sub-008).
 COHORT_SIZE, UPSTREAM_SUBJECTS = 8, [f"sub-{i:03d}" for i in range(1, 7)]
 
 

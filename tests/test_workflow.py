@@ -114,7 +114,7 @@ def test_default_config_dry_run_and_lint(tmp_path: Path, demo_cohort: Path):
 
 
 def test_incremental_reruns(trained_copy: Workdir, cohort8: Path):
-    """The session's finished run (six subjects), then two new subjects, a removed subject and
+    """The session's finished run (six subjects), then a new subject, a removed subject and
     a changed radiomics parameter: each time only the stale jobs run."""
     wd, results = trained_copy, trained_copy.results
     assert "Nothing to be done" in wd.dry_run()
@@ -134,21 +134,20 @@ def test_incremental_reruns(trained_copy: Workdir, cohort8: Path):
     assert (full["n_test"] == 6).all() and full["mean"].notna().all(), full
     before = snapshot(results, UPSTREAM_SUBJECTS)
 
-    # Two new subjects: only their per-subject jobs, plus the cohort stages; sub-007 trains.
-    for sid in ("sub-007", "sub-008"):
-        wd.add_subject(cohort8 / sid)
+    # A new subject: only its per-subject jobs, plus the cohort stages; sub-007 trains.
+    wd.add_subject(cohort8 / "sub-007")
     dry = wd.dry_run()
     jobs = jobs_of(dry)
-    assert {r: jobs[r] for r in PER_SUBJECT} == {r: 2 for r in PER_SUBJECT}
+    assert {r: jobs[r] for r in PER_SUBJECT} == {r: 1 for r in PER_SUBJECT}
     for rule in PER_SUBJECT:
-        assert shards_planned(dry, rule) == {"sub-007", "sub-008"}, rule
+        assert shards_planned(dry, rule) == {"sub-007"}, rule
     assert {r: jobs[r] for r in COHORT} == {**dict.fromkeys(COHORT, 1), "normalize": 3}
     assert jobs["pretrain"] == 1 and jobs["probe"] == 1  # retrain: cohort (the default)
     # The probe is planned (above) but not run: what it does is the trained run's business.
     wd.snakemake("--cores", "2", "--omit-from", "probe")
     assert {p: v for p, v in snapshot(results, UPSTREAM_SUBJECTS).items() if p in before} == before
     manifest = pd.read_parquet(results / "manifest.parquet")
-    assert list(manifest["subject_id"]) == [*UPSTREAM_SUBJECTS, "sub-007", "sub-008"]
+    assert list(manifest["subject_id"]) == [*UPSTREAM_SUBJECTS, "sub-007"]
     for group in FEATURE_GROUPS:
         table = pd.read_parquet(ResultPaths(str(results)).feature_table(group))
         assert list(table["subject_id"]) == list(manifest["subject_id"]), group
@@ -160,16 +159,16 @@ def test_incremental_reruns(trained_copy: Workdir, cohort8: Path):
 
     # A removed (held-out) subject: the cohort stages run again without it, no per-subject job
     # runs, and the model is exported again, not retrained.
-    (wd.subjects / "sub-008").unlink()
+    (wd.subjects / "sub-001").unlink()
     jobs = jobs_of(wd.dry_run())
     assert not set(jobs) & set(PER_SUBJECT)
     assert jobs["manifest"] == 1
     wd.snakemake("--cores", "2", "--omit-from", "probe")
     manifest = pd.read_parquet(results / "manifest.parquet")
-    assert "sub-008" not in set(manifest["subject_id"])
+    assert "sub-001" not in set(manifest["subject_id"])
     for group in FEATURE_GROUPS:
         table = pd.read_parquet(ResultPaths(str(results)).feature_table(group))
-        assert "sub-008" not in set(table["subject_id"])
+        assert "sub-001" not in set(table["subject_id"])
     assert "pretrain plan: export (same training subjects and settings" in last_plan(results)
 
     # A radiomics parameter: radiomics and what depends on it, nothing else (what those jobs
@@ -177,7 +176,7 @@ def test_incremental_reruns(trained_copy: Workdir, cohort8: Path):
     params = wd.root / "radiomics.yaml"
     params.write_text(params.read_text().replace("binWidth: 5", "binWidth: 6"))
     jobs = jobs_of(wd.dry_run())
-    assert jobs["radiomics"] == 7 and jobs["radiomics_table"] == 1 and jobs["pretrain"] == 1
+    assert jobs["radiomics"] == 6 and jobs["radiomics_table"] == 1 and jobs["pretrain"] == 1
     assert "stats" not in jobs and "cache" not in jobs and "morphometry_tables" not in jobs
 
 
