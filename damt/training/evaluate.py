@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from damt.manifest import HOLDOUT, KEY, trains
+from damt.manifest import KEY, held_out, trains
 from damt.paths import IMAGE_FILE
 from damt.split import unit_hash
 
@@ -65,8 +65,8 @@ def build_eval_set(
         return None
     frame = pd.read_parquet(manifest)
     base = Path(manifest).parent
-    usable = frame[frame["status"].isin(["pass", "warn"]) & frame["has_cache"]]
-    held = usable[usable.get("split", pd.Series("train", index=usable.index)) == HOLDOUT]
+    usable = frame[trains(frame) | held_out(frame)]
+    held = frame[held_out(frame)]
     if held.empty:
         log.info("evaluation during pretraining is off: the manifest holds no held-out subject")
         return None
