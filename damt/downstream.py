@@ -78,10 +78,11 @@ def preprocess(run_or_card: str | Path | dict):
     )
 
 
-def swin_unetr(run_or_card: str | Path, out_channels: int, **overrides):
+def swin_unetr(run_or_card: str | Path, out_channels: int, pretrained: bool = True, **overrides):
     """A MONAI ``SwinUNETR`` built with the run's encoder architecture (the model card's
     ``swin_unetr_kwargs``), its ``swinViT`` loaded strictly with the pretrained weights and its
-    decoder initialised as MONAI does.
+    decoder initialised as MONAI does (``pretrained=False``: the same network left at its random
+    initialisation, the from-scratch baseline).
 
     ``overrides`` go to ``SwinUNETR`` (``norm_name``, ``drop_rate``, ``use_checkpoint``, ...);
     those that set the encoder's architecture are refused unless they equal the card's.
@@ -99,17 +100,26 @@ def swin_unetr(run_or_card: str | Path, out_channels: int, **overrides):
             + ", ".join(f"{k}={kwargs[k]} (asked for {v})" for k, v in clash.items())
         )
     model = SwinUNETR(out_channels=out_channels, **{**kwargs, **overrides})
-    model.swinViT.load_state_dict(load_file(str(run_dir / card["weights"])), strict=True)
+    if pretrained:
+        model.swinViT.load_state_dict(load_file(str(run_dir / card["weights"])), strict=True)
     return model
 
 
-def encoder(run_or_card: str | Path, device: str = "cpu"):
-    """The run's frozen encoder (``eval`` mode, no gradients) for features: pool them with
-    :func:`damt.model.pooled_features`."""
-    from damt.model import load_encoder
+def encoder(
+    run_or_card: str | Path, device: str = "cpu", frozen: bool = True, pretrained: bool = True
+):
+    """The run's encoder: frozen (``eval`` mode, no gradients) for features, to pool with
+    :func:`damt.model.pooled_features`; ``frozen=False`` to fine-tune it (pool with
+    :func:`damt.model.brain_pool`); ``pretrained=False``: the same architecture at its random
+    initialisation (seed torch first)."""
+    from damt.model import build_encoder, load_encoder, read_encoder_spec
 
     card, run_dir = read_card(run_or_card)
-    model = load_encoder(run_dir / card["weights"], device=device)
+    weights = run_dir / card["weights"]
+    if pretrained:
+        model = load_encoder(weights, device=device)
+    else:
+        model = build_encoder(read_encoder_spec(weights)).to(device).eval()
     for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+        p.requires_grad_(not frozen)
+    return model if frozen else model.train()

@@ -8,6 +8,7 @@ from importlib import import_module
 
 _HOMES = {
     "SwinEncoder": "damt.model.encoder",
+    "brain_pool": "damt.model.encoder",
     "build_encoder": "damt.model.encoder",
     "encoder_stride": "damt.model.encoder",
     "load_encoder": "damt.model.encoder",

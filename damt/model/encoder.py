@@ -114,6 +114,16 @@ def encoder_stride(encoder: SwinTransformer) -> int:
     return int(patch) * 2 ** int(encoder.num_layers)
 
 
+def brain_pool(encoder: SwinTransformer, x: torch.Tensor) -> torch.Tensor:
+    """:func:`pooled_features` with gradients, for fine-tuning: the mean of the last hidden
+    state over the tokens whose footprint holds a nonzero voxel, (B, C), for a batch
+    (B, 1, D, H, W) already on the encoder's device and padded to its stride."""
+    stride = encoder_stride(encoder)
+    hidden = encoder(x, normalize=True)[-1]  # (B, C, d, h, w)
+    mask = F.max_pool3d((x != 0).to(hidden.dtype), kernel_size=stride, stride=stride)
+    return (hidden * mask).sum(dim=(2, 3, 4)) / mask.sum(dim=(2, 3, 4)).clamp_min(1)
+
+
 @torch.no_grad()
 def pooled_features(encoder: SwinTransformer, x: torch.Tensor) -> torch.Tensor:
     """Mean of the last hidden state over the tokens that cover the brain, (B, C) (use an
@@ -129,9 +139,6 @@ def pooled_features(encoder: SwinTransformer, x: torch.Tensor) -> torch.Tensor:
         x = x[None, None]
     elif x.ndim == 4:
         x = x[None]
-    stride = encoder_stride(encoder)
     device = next(encoder.parameters()).device
-    x = pad_to_stride(x.as_subclass(torch.Tensor).to(device, torch.float32), stride)
-    hidden = encoder(x, normalize=True)[-1]  # (B, C, d, h, w)
-    mask = F.max_pool3d((x != 0).float(), kernel_size=stride, stride=stride)  # (B, 1, d, h, w)
-    return (hidden * mask).sum(dim=(2, 3, 4)) / mask.sum(dim=(2, 3, 4)).clamp_min(1)
+    x = x.as_subclass(torch.Tensor).to(device, torch.float32)
+    return brain_pool(encoder, pad_to_stride(x, encoder_stride(encoder)))

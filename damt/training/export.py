@@ -14,13 +14,14 @@ import torch
 from safetensors.torch import save_file
 
 import damt
-from damt.config import with_schema_defaults
+from damt.config import schema_defaults, with_schema_defaults
 from damt.io import atomic_path, write_json_atomic
 from damt.model.encoder import SwinEncoder, encoder_metadata
 from damt.model.monai_ssl import monai_ssl_state, script_arguments
 from damt.model.network import DAMTNetwork
-from damt.model.spec import NetworkSpec
+from damt.model.spec import NetworkSpec, encoder_spec_from_config
 from damt.paths import ENCODER_EMA_FILE, ENCODER_FILE, MODEL_CARD_FILE, MONAI_SSL_FILE
+from damt.stages.cache import CacheSettings, preprocessing_card
 from damt.training.checkpoint import BEST, Checkpoint
 from damt.training.distributed import DistEnv, barrier
 from damt.training.metrics import read_records
@@ -48,6 +49,23 @@ def export_encoder(encoder: SwinEncoder, path: str | Path, monai_ssl: str | Path
     if monai_ssl is not None:
         with atomic_path(monai_ssl, durable=True) as tmp:
             torch.save(monai_ssl_state(state), tmp)
+
+
+def export_random_run(run: str | Path, preset: str = "tiny", seed: int = 0) -> SwinEncoder:
+    """``run``: a new run folder holding a randomly initialised encoder of the schema's
+    ``preset`` (seeded by ``seed``) and its model card with the schema's cache preprocessing,
+    exported as a finished run exports one (tests, benchmarks); the encoder."""
+    torch.manual_seed(seed)
+    encoder = SwinEncoder(
+        encoder_spec_from_config({**schema_defaults("pretrain"), "preset": preset})
+    )
+    run = Path(run)
+    run.mkdir(parents=True)
+    export_encoder(encoder, run / ENCODER_FILE, run / MONAI_SSL_FILE)
+    cache = schema_defaults("cache")
+    card = preprocessing_card(CacheSettings.from_config(cache), cache)
+    write_model_card(run / MODEL_CARD_FILE, encoder, preprocessing=card)
+    return encoder
 
 
 def code_version() -> dict:
