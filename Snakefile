@@ -21,6 +21,7 @@ include: "rules/cache.smk"
 include: "rules/qc.smk"
 include: "rules/pretrain.smk"
 include: "rules/probe.smk"
+include: "rules/finetune.smk"
 include: "rules/experiments.smk"
 
 

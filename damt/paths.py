@@ -101,6 +101,11 @@ class ResultPaths:
         (``probe.png``, ``label_efficiency.png``, ``embedding.png``)."""
         return self._at("probe", run, name)
 
+    def finetune(self, run: str, name: str) -> str:
+        """A fine-tuning output of one run: ``finetune.tsv``, ``summary.tsv``,
+        ``label_curves.png``, and ``units/`` (each unit's result, kept across runs)."""
+        return self._at("finetune", run, name)
+
     def experiments(self, name: str) -> str:
         """An output of the experiment summary: ``summary.tsv``, ``runs.tsv`` and the figures."""
         return self._at("experiments", name)

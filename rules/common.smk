@@ -49,6 +49,8 @@ PATHS = ResultPaths(OUT)
 # (damt.experiments.plan). The pretrain, training_report and probe rules take a {run} wildcard.
 RUNS = plan_runs(config)
 EXPERIMENTS = "experiments" in config
+# Fine-tuning runs per run when a task is configured (rules/finetune.smk).
+FINETUNE = bool(config["finetune"]["targets"] or config["finetune"]["segmentation"])
 
 
 report: "../docs/report/workflow.rst"
@@ -193,6 +195,12 @@ def summary_outputs():
         ),
         "runs": PATHS.experiments("runs.tsv"),
     }
+    if FINETUNE:
+        outputs["finetune"] = report(
+            PATHS.experiments("finetune.tsv"),
+            category="Experiments",
+            caption="../docs/report/experiments_finetune.rst",
+        )
     kinds = {kind for run in RUNS.values() for kind, _ in run.roles}
     figures = {
         "ablation": ABLATION in kinds,
@@ -212,12 +220,14 @@ def summary_outputs():
 
 def all_targets():
     """Final outputs of the workflow: every run's weights and figures, its probe when a phenotype
-    table is configured, and the summary of an experiment plan."""
+    table is configured, its fine-tuning when a task is, and the summary of an experiment plan."""
     targets = [PATHS.manifest()]
     for run in RUNS:
         targets += [PATHS.run_file(run, ENCODER_FILE), PATHS.run_file(run, "loss_curves.png")]
         if config["probe"]["phenotypes"]:
             targets.append(PATHS.probe(run, "probe.json"))
+        if FINETUNE:
+            targets.append(PATHS.finetune(run, "summary.tsv"))
     if EXPERIMENTS:
         targets.append(PATHS.experiments("summary.tsv"))
     return targets

@@ -128,14 +128,20 @@ def run_stage_shards(stage, subjects_dir: Path, outdir: Path, **discovery_option
     return summaries
 
 
+# The default config fine-tunes the demo (config/config.yaml); no task: no finetune job.
+NO_FINETUNE = {"targets": [], "segmentation": None}
+
+
 def workflow_config(tmp_path: Path, subjects_dirs: list[dict], **sections) -> Path:
     """Write a config override file for running the real Snakefile on test data."""
     cfg = {
         "outdir": str(tmp_path / "results"),
         "subjects": {"dirs": subjects_dirs},
         "demo": {"enabled": False},
-        # The default config probes the demo's phenotypes; tests pass their own or none.
+        # The default config probes and fine-tunes on the demo's phenotypes; tests pass their
+        # own or none.
         "probe": {"phenotypes": None},
+        "finetune": NO_FINETUNE,
     }
     for key, value in sections.items():
         cfg[key] = value
@@ -260,6 +266,8 @@ QUICK = {
         "gpus": 0,
         "threads": THREADS,
     },
+    # The fine-tuning tests set their own (tests/test_finetune.py).
+    "finetune": NO_FINETUNE,
     "probe": {
         "targets": [{"name": "age", "type": "regression"}],
         "folds": 4,
@@ -431,26 +439,11 @@ def run_damt(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 def exported_run(run: Path, preset: str = "tiny"):
-    """``run``: a run folder holding a randomly initialised encoder of ``preset`` (the schema's)
-    and its model card with the schema's cache preprocessing, exported as the trainer exports
-    one; and the encoder."""
-    import torch
+    """``run``: a run folder holding a randomly initialised encoder of ``preset``
+    (:func:`damt.training.export.export_random_run`), and the encoder."""
+    from damt.training.export import export_random_run
 
-    from damt.config import schema_defaults
-    from damt.model.encoder import SwinEncoder
-    from damt.model.spec import encoder_spec_from_config
-    from damt.paths import ENCODER_FILE, MODEL_CARD_FILE, MONAI_SSL_FILE
-    from damt.stages.cache import CacheSettings, preprocessing_card
-    from damt.training.export import export_encoder, write_model_card
-
-    torch.manual_seed(0)
-    enc = SwinEncoder(encoder_spec_from_config({**schema_defaults("pretrain"), "preset": preset}))
-    run.mkdir(parents=True)
-    export_encoder(enc, run / ENCODER_FILE, run / MONAI_SSL_FILE)
-    cache = schema_defaults("cache")
-    card = preprocessing_card(CacheSettings.from_config(cache), cache)
-    write_model_card(run / MODEL_CARD_FILE, enc, preprocessing=card)
-    return run, enc
+    return run, export_random_run(run, preset)
 
 
 def file_checksums(root: Path) -> dict[str, str]:

@@ -14,7 +14,14 @@ import pandas as pd
 import pytest
 
 from damt.experiments.plan import ExperimentError
-from damt.experiments.summary import RUN_COLUMNS, SUMMARY_COLUMNS, summarize, write_summary
+from damt.experiments.summary import (
+    FINETUNE_COLUMNS,
+    RUN_COLUMNS,
+    SUMMARY_COLUMNS,
+    finetune_deltas,
+    summarize,
+    write_summary,
+)
 from damt.probe.targets import TSV_COLUMNS
 
 
@@ -170,3 +177,42 @@ def test_a_run_whose_probe_scored_nothing_is_left_out(files, tmp_path):
     pd.DataFrame(columns=TSV_COLUMNS).to_csv(empty, sep="\t", index=False)
     summary, runs = summarize(ROLES, {**probes, "solo-s2": empty}, cards)
     assert "solo-s2" not in set(summary["run"]) and "solo-s2" in set(runs["run"])
+
+
+def finetune_summary(path: Path, pretrained: float, scratch: float) -> Path:
+    """A fine-tuning summary.tsv (damt.finetune) of one task and count."""
+    rows = [
+        ["age", init, 8, "mae", mean, mean - 1, mean + 1, 3, 10]
+        for init, mean in (("pretrained", pretrained), ("scratch", scratch),
+                           ("pretrained-scratch", pretrained - scratch))
+    ]  # fmt: skip
+    columns = [
+        "task",
+        "init",
+        "n_labelled",
+        "metric",
+        "mean",
+        "ci_low",
+        "ci_high",
+        "n_seeds",
+        "n_test",
+    ]
+    pd.DataFrame(rows, columns=columns).to_csv(path, sep="\t", index=False)
+    return path
+
+
+def test_finetune_deltas_per_run_against_scratch_and_the_full_run(tmp_path):
+    roles = [
+        {"run": "full-s0", "kind": "full", "setting": "full", "seed": 0},
+        {"run": "ablate-mim-s0", "kind": "ablation", "setting": "mim", "seed": 0},
+    ]
+    summaries = {
+        "full-s0": finetune_summary(tmp_path / "a.tsv", 6.0, 9.0),
+        "ablate-mim-s0": finetune_summary(tmp_path / "b.tsv", 7.5, 9.5),
+    }
+    deltas = finetune_deltas(roles, summaries).set_index("run")
+    assert list(deltas.reset_index().columns) == FINETUNE_COLUMNS
+    assert deltas.loc["full-s0", "pretrained_minus_scratch"] == pytest.approx(-3.0)
+    assert deltas.loc["ablate-mim-s0", ["pretrained", "scratch"]].tolist() == [7.5, 9.5]
+    assert deltas.loc["ablate-mim-s0", "delta_to_full"] == pytest.approx(1.5)
+    assert deltas.loc["ablate-mim-s0", ["ci_low", "ci_high"]].tolist() == [-3.0, -1.0]

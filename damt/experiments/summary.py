@@ -1,8 +1,10 @@
 """The summary of an experiment plan: every run's probe scores and training cost in two tables,
-and the report's figures (ablation bars, data- and model-scaling curves, training cost).
+its fine-tuning deltas in a third, and the report's figures (ablation bars, data- and
+model-scaling curves, training cost).
 
-Inputs are each run's ``probe.tsv`` (``damt.probe``) and ``model_card.json``
-(``damt.training.export``), and the plan's *roles*: one row per (run, kind, setting, seed), a run
+Inputs are each run's ``probe.tsv`` (``damt.probe``), ``model_card.json``
+(``damt.training.export``) and fine-tuning ``summary.tsv`` (``damt.finetune``, when the
+workflow fine-tunes), and the plan's *roles*: one row per (run, kind, setting, seed), a run
 appearing once per role (``damt.experiments.plan.Run.role_rows``).
 """
 
@@ -114,6 +116,44 @@ def summarize(
     cost = pd.DataFrame([{"run": run, **cards[run]} for run in runs])
     run_table = role_frame.merge(cost, on="run", how="left").reindex(columns=RUN_COLUMNS)
     return summary, run_table
+
+
+FINETUNE_COLUMNS = [
+    "run", "kind", "setting", "seed", "task", "n_labelled", "metric", "pretrained", "scratch",
+    "pretrained_minus_scratch", "ci_low", "ci_high", "delta_to_full",
+]  # fmt: skip
+
+
+def finetune_deltas(
+    roles: Sequence[Mapping], finetune_summaries: Mapping[str, str | Path]
+) -> pd.DataFrame:
+    """Per role, task, labelled count and metric of each run's fine-tuning summary
+    (``damt.finetune``): the pretrained and scratch means, their paired difference with its
+    interval, and the pretrained mean's delta to the same-seed full run."""
+    keys = ["task", "n_labelled", "metric"]
+    parts = []
+    for role in roles:
+        table = pd.read_csv(finetune_summaries[role["run"]], sep="\t")
+        wide = table.pivot_table(index=keys, columns="init", values="mean", aggfunc="first")
+        diff = table[table["init"] == "pretrained-scratch"].set_index(keys)
+        frame = pd.DataFrame(
+            {
+                "pretrained": wide.get("pretrained"),
+                "scratch": wide.get("scratch"),
+                "pretrained_minus_scratch": diff["mean"],
+                "ci_low": diff["ci_low"],
+                "ci_high": diff["ci_high"],
+            }
+        ).reset_index()
+        parts.append(frame.assign(**{k: role[k] for k in ("run", "kind", "setting", "seed")}))
+    if not parts:
+        return pd.DataFrame(columns=FINETUNE_COLUMNS)
+    out = pd.concat(parts, ignore_index=True)
+    full = out[out["kind"] == FULL].drop_duplicates(["seed", *keys])
+    reference = full.set_index(["seed", *keys])["pretrained"].rename("full_pretrained")
+    out = out.join(reference, on=["seed", *keys])
+    out["delta_to_full"] = out["pretrained"] - out["full_pretrained"]
+    return out.reindex(columns=FINETUNE_COLUMNS)
 
 
 def _primary(summary: pd.DataFrame) -> pd.DataFrame:
@@ -247,12 +287,17 @@ def write_summary(
     probe_tables: Mapping[str, str | Path],
     model_cards: Mapping[str, str | Path],
     outputs: Mapping[str, str | Path],
+    finetune_summaries: Mapping[str, str | Path] | None = None,
 ) -> None:
-    """Write ``summary`` and ``runs`` (TSV) and each figure named in ``outputs``
+    """Write ``summary`` and ``runs`` (TSV), with ``finetune_summaries`` (per run) the
+    ``finetune`` table (:func:`finetune_deltas`), and each figure named in ``outputs``
     (``ablation``, ``data_scaling``, ``model_scaling``, ``training_cost``)."""
     summary, runs = summarize(roles, probe_tables, model_cards)
     write_bytes_atomic(outputs["summary"], summary.to_csv(sep="\t", index=False).encode())
     write_bytes_atomic(outputs["runs"], runs.to_csv(sep="\t", index=False).encode())
+    if finetune_summaries:
+        deltas = finetune_deltas(roles, finetune_summaries)
+        write_bytes_atomic(outputs["finetune"], deltas.to_csv(sep="\t", index=False).encode())
     log.info("summary of %d runs: %d rows", runs["run"].nunique(), len(summary))
     if "ablation" in outputs:
         plot_ablation(summary, outputs["ablation"])

@@ -11,4 +11,9 @@ with rule_log(snakemake.log[0], snakemake.output):
         dict(zip(snakemake.params.runs, snakemake.input.probes, strict=True)),
         dict(zip(snakemake.params.runs, snakemake.input.cards, strict=True)),
         dict(snakemake.output.items()),
+        (
+            dict(zip(snakemake.params.runs, snakemake.input.finetunes, strict=True))
+            if snakemake.input.finetunes
+            else None
+        ),
     )
