@@ -38,17 +38,8 @@ demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --report results/report.html
 
-# The SLURM tests (marker `slurm`) mostly wait on the cluster's scheduler: they run in a pytest
-# of their own beside the workers (one thread, as a worker), and their report follows the
-# workers'. Exit status 5 (nothing selected by PYTEST_ARGS) passes.
 test: $(STAMP)
-	@log=$$(mktemp); \
-	$(BIN)/python -m pytest -n 1 -m slurm $(PYTEST_ARGS) > "$$log" 2>&1 & lane=$$!; \
-	$(BIN)/python -m pytest $(XDIST) -m "not slurm" $(PYTEST_ARGS); workers=$$?; \
-	wait $$lane; slurm=$$?; \
-	echo "---------------- the SLURM tests, run beside the workers ----------------"; \
-	cat "$$log"; rm -f "$$log"; \
-	for rc in $$workers $$slurm; do [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc; done
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)

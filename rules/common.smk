@@ -50,7 +50,7 @@ PATHS = ResultPaths(OUT)
 RUNS = plan_runs(config)
 EXPERIMENTS = "experiments" in config
 # Fine-tuning runs per run when a task is configured (rules/finetune.smk).
-FINETUNE = bool(config["finetune"]["targets"] or config["finetune"]["segmentation"])
+FINETUNE = bool(config["finetune"]["targets"] or config["finetune"]["segmentation"]["enabled"])
 
 
 report: "../docs/report/workflow.rst"

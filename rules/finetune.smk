@@ -12,6 +12,8 @@ rule finetune:
         manifest=PATHS.manifest(),
         phenotypes=config["probe"]["phenotypes"] or [],
         label_table=config["cache"]["label_table"],
+        # The morphometry probe's scores on the same split, for reference.
+        probe=PATHS.probe("{run}", "probe.tsv") if config["probe"]["phenotypes"] else [],
     output:
         table=report(
             PATHS.finetune("{run}", "finetune.tsv"),

@@ -129,7 +129,7 @@ def run_stage_shards(stage, subjects_dir: Path, outdir: Path, **discovery_option
 
 
 # The default config fine-tunes the demo (config/config.yaml); no task: no finetune job.
-NO_FINETUNE = {"targets": [], "segmentation": None}
+NO_FINETUNE = {"targets": [], "segmentation": {"enabled": False}}
 
 
 def workflow_config(tmp_path: Path, subjects_dirs: list[dict], **sections) -> Path:

@@ -30,8 +30,8 @@ from damt.finetune.settings import (
 from damt.finetune.summary import summarise_task
 from damt.finetune.train import dice_per_structure
 from damt.freesurfer.labels import LabelTable, read_label_table
-from damt.manifest import KEY
-from tests.conftest import exported_run
+from damt.manifest import HOLDOUT, KEY
+from tests.conftest import NO_FINETUNE, exported_run
 
 IDS = [f"sub-{i:03d}" for i in range(40)]
 
@@ -270,25 +270,36 @@ def test_a_killed_job_redoes_only_its_unfinished_units(tmp_path, monkeypatch):
     assert len(trained) == 12
 
 
+@pytest.mark.slow
 def test_bad_tasks_are_named_and_the_others_still_run(tmp_path, caplog):
+    """A missing column, a count above the labelled subjects and a one-class subset are named;
+    every other unit runs, segmentation included (its Dice per structure in the table)."""
     config, args = _job_inputs(
         tmp_path,
         targets=[{"name": "age", "type": "regression"},
                  {"name": "handedness", "type": "classification"},
                  {"name": "sex", "type": "classification"}],
-        segmentation={"name": "missing", "labels": [2, 99]}, counts=[3, 40], seeds=[11, 12, 13],
+        segmentation={"enabled": True, "name": "two", "labels": [2, 3]},
+        counts=[3, 40], crop=64, crops_per_subject=1, downsample=1,
     )  # fmt: skip
     with caplog.at_level(logging.WARNING):
         finetune_job.run_finetune(config, *args)
     text = caplog.text
     assert "finetune handedness: the phenotype table has no column 'handedness'" in text
-    assert "finetune missing: label(s) 99 are not in the cache's label table" in text
     assert (
         "finetune age: labelled count(s) 40 skipped: the task has 5 labelled training subjects"
         in text
     )
     table = pd.read_csv(args[-1]["table"], sep="\t")
-    assert set(table["task"]) <= {"age", "sex"} and "age" in set(table["task"])
+    assert {"age", "two"} <= set(table["task"]) <= {"age", "sex", "two"}
+    dice = table[table["task"] == "two"]
+    assert len(dice[dice["metric"] == "mean_dice"]) == 2 * 3 and dice["value"].between(0, 1).all()
+    assert {"dice:region-1", "dice:region-2"} <= set(dice["metric"])
+    held_out = {"sub-00", "sub-03", "sub-05"}
+    for path in (args[-1]["table"].parent / "units").glob("*.json"):
+        unit = json.loads(path.read_text())
+        assert set(unit["subjects"]) == held_out, path.name
+        assert not (set(unit["train"]) | set(unit["validation"])) & held_out, path.name
     # A unit whose subset holds one class is named with its subjects; the others of sex ran.
     one_class = [r.getMessage() for r in caplog.records if "hold one class only" in r.getMessage()]
     for message in one_class:
@@ -317,15 +328,15 @@ def test_no_task_that_can_run_is_an_error(tmp_path):
 
 @pytest.mark.slow
 def test_the_finetune_rule_on_the_trained_run(trained_copy):
-    """The rule through Snakemake on the session's trained run: phenotype and segmentation
-    units, pretrained and scratch, every count and seed; no held-out subject trains."""
+    """The rule through Snakemake on the session's trained run: every count, seed and init; no
+    held-out subject trains. (Segmentation units run in-process in
+    test_bad_tasks_are_named_and_the_others_still_run, and in the demo.)"""
     work = trained_copy.set(
         finetune={
+            **NO_FINETUNE,  # the default config's segmentation off
             "targets": [{"name": "age", "type": "regression"}],
-            # Left and right thalamus, the session cohort's largest deep structures.
-            "segmentation": {"name": "thalamus", "labels": [10, 49]},
-            "counts": [2, ALL], "seeds": [11, 12, 13], "epochs": 1, "crop": 64,
-            "crops_per_subject": 1, "bootstrap": 100, "threads": 2,
+            "counts": [2, ALL], "seeds": [11, 12, 13], "epochs": 1, "bootstrap": 100,
+            "threads": 2,
         }
     )  # fmt: skip
     out = work.results / "finetune" / "default"
@@ -334,22 +345,21 @@ def test_the_finetune_rule_on_the_trained_run(trained_copy):
     table = pd.read_csv(out / "finetune.tsv", sep="\t")
     assert set(table["init"]) == {PRETRAINED, SCRATCH} and set(table["seed"]) == {11, 12, 13}
     assert table["n_labelled"].nunique() == 2
-    dice = table[table["metric"] == "mean_dice"]
-    assert len(dice) == 2 * 2 * 3 and dice["value"].between(0, 1).all()
-    assert {"dice:Left-Thalamus", "dice:Right-Thalamus"} <= set(table["metric"])
-    held_out = set(
-        pd.read_parquet(work.results / "manifest.parquet").query("split == @HOLDOUT")[KEY]
-    )
+    manifest = pd.read_parquet(work.results / "manifest.parquet")
+    held_out = set(manifest.loc[manifest["split"] == HOLDOUT, KEY])
     units = [json.loads(p.read_text()) for p in (out / "units").glob("*.json")]
-    assert len(units) == 24
+    assert len(units) == 12
     for unit in units:
         assert set(unit["subjects"]) == held_out
         assert not (set(unit["train"]) | set(unit["validation"])) & held_out
     summary = pd.read_csv(out / "summary.tsv", sep="\t")
     assert "pretrained-scratch" in set(summary["init"])
+    # Two held-out subjects: the probe fell back to nested cross-validation, another split than
+    # the fine-tuning's, so its morphometry scores are no reference here.
+    assert "morphometry_probe" not in set(summary["init"])
     assert (out / "label_curves.png").stat().st_size > 10_000
     log = (work.results / "logs" / "finetune" / "default.log").read_text()
-    assert "24 unit(s) trained, 0 reused" in log
+    assert "12 unit(s) trained, 0 reused" in log
 
 
 @pytest.mark.slow
@@ -362,3 +372,36 @@ def test_an_experiment_plan_fine_tunes_every_run_into_its_summary(upstream_copy)
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", plan, re.MULTILINE))
     assert (jobs["pretrain"], jobs["finetune"], jobs["experiments_summary"]) == ("2", "2", "1")
     assert "results/experiments/finetune.tsv" in plan
+
+
+def test_the_morphometry_probe_is_a_reference_row_of_the_same_split(tmp_path):
+    from damt.finetune.summary import MORPHOMETRY_PROBE, morphometry_reference
+    from damt.probe.targets import TSV_COLUMNS
+
+    rows = [
+        ["age", "morphometry", "linear", 1.0, "mae", 7.0, 6.0, 8.0, 40, 10, "holdout"],
+        ["age", "morphometry", "linear", 0.5, "mae", 9.0, 8.0, 10.0, 20, 10, "holdout"],
+        ["age", "morphometry", "knn", 1.0, "mae", 8.0, 7.0, 9.0, 40, 10, "holdout"],
+        ["age", "pretrained", "linear", 1.0, "mae", 9.5, 8.0, 11.0, 40, 10, "holdout"],
+        ["sex", "morphometry", "linear", 1.0, "auc", 0.8, 0.7, 0.9, 40, 10, "holdout"],
+    ]
+    path = tmp_path / "probe.tsv"
+    pd.DataFrame(rows, columns=TSV_COLUMNS).to_csv(path, sep="\t", index=False)
+    (ref,) = morphometry_reference(path, {"age": "regression"})
+    assert ref["init"] == MORPHOMETRY_PROBE
+    assert (ref["metric"], ref["mean"], ref["n_labelled"], ref["n_test"]) == ("mae", 7.0, 40, 10)
+
+
+def test_a_target_with_one_class_among_the_labelled_training_subjects_is_refused(tmp_path):
+    from damt.finetune.job import prepare_task
+
+    train, test = ["a", "b", "c"], ["d", "e"]
+    phenotypes = pd.DataFrame({KEY: train + test, "dx": ["CN", "CN", "CN", "AD", "CN"]})
+    with pytest.raises(
+        FinetuneError,
+        match=r"finetune dx: one class \(CN\) among the labelled training subjects a, b, c",
+    ):
+        prepare_task(Task("dx", "classification"), train, test, {}, phenotypes, "", 32, 1)
+    empty = phenotypes.assign(dx=[None] * 5)
+    with pytest.raises(FinetuneError, match=r"finetune dx: only one class"):
+        prepare_task(Task("dx", "classification"), train, test, {}, empty, "", 32, 1)

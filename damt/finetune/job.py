@@ -37,7 +37,13 @@ from damt.finetune.settings import (
     Task,
     Unit,
 )
-from damt.finetune.summary import ROW_COLUMNS, summarise_task, summary_frame, unit_rows
+from damt.finetune.summary import (
+    ROW_COLUMNS,
+    morphometry_reference,
+    summarise_task,
+    summary_frame,
+    unit_rows,
+)
 from damt.finetune.train import Split, fit_phenotype, fit_segmentation
 from damt.freesurfer.labels import read_label_table
 from damt.io import sha256_file, stable_hash, write_atomic, write_json_atomic
@@ -158,11 +164,12 @@ def run_finetune(
     manifest: str | Path,
     run: str | Path,
     outputs: Mapping[str, str | Path],
+    probe_table: str | Path | None = None,
 ) -> pd.DataFrame:
     """The finetune rule: every unit of the config's ``finetune`` section for the run folder
     ``run``, on the subjects of the probe's ``phenotypes`` table and ``statuses``;
-    ``outputs`` names ``table``, ``summary`` and ``plot`` (the units go beside them). Its
-    summary."""
+    ``outputs`` names ``table``, ``summary`` and ``plot`` (the units go beside them). The run's
+    ``probe_table`` adds the morphometry probe's scores for reference. Its summary."""
     import torch
 
     settings = FinetuneSettings.from_config(finetune)
@@ -238,10 +245,10 @@ def run_finetune(
         write_json_atomic(path, result)
         results[unit] = result
     log.info("%d unit(s) trained, %d reused from %s", len(results) - reused, reused, folder)
-    return _write_outputs(settings, prepared, results, errors, outputs)
+    return _write_outputs(settings, prepared, results, errors, outputs, probe_table)
 
 
-def _write_outputs(settings, prepared, results, errors, outputs) -> pd.DataFrame:
+def _write_outputs(settings, prepared, results, errors, outputs, probe_table) -> pd.DataFrame:
     rows, summary = [], []
     for name, prep in prepared.items():
         kind = prep.task.kind
@@ -258,12 +265,17 @@ def _write_outputs(settings, prepared, results, errors, outputs) -> pd.DataFrame
         if done:
             by_key = {(u.init, u.count, u.seed): r for u, r in done.items()}
             summary += summarise_task(name, kind, by_key, y, prep.classes, settings.bootstrap, 0)
+    if probe_table:
+        kinds = {n: p.task.kind for n, p in prepared.items()}
+        summary += morphometry_reference(
+            probe_table, {n: k for n, k in kinds.items() if k != SEGMENTATION}
+        )
     table = pd.DataFrame(rows, columns=ROW_COLUMNS)
     frame = summary_frame(summary)
     write_atomic(outputs["table"], lambda tmp: table.to_csv(tmp, sep="\t", index=False))
     write_atomic(outputs["summary"], lambda tmp: frame.to_csv(tmp, sep="\t", index=False))
     n_test = max((len(p.test) for p in prepared.values()), default=0)
-    note = f"{n_test} held-out subjects"
+    note = f"at most {n_test} held-out subjects"
     if n_test < 20:
         note += ": too few to measure a difference (the intervals say so)"
     if errors:

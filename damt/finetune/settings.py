@@ -16,7 +16,7 @@ INITS = (PRETRAINED, SCRATCH)
 # A labelled count of `all`: every labelled training subject of the task.
 ALL = "all"
 MEAN_DICE = "mean_dice"
-# The metrics of a task kind, the first the one the figure and the summary lead with.
+# The metrics of a task kind.
 TASK_METRICS = {**METRICS, SEGMENTATION: (MEAN_DICE,)}
 
 
@@ -79,7 +79,7 @@ class FinetuneSettings:
         """From the config's ``finetune`` section."""
         tasks = [Task(t["name"], t["type"]) for t in finetune["targets"]]
         seg = finetune["segmentation"]
-        if seg is not None:
+        if seg["enabled"]:
             tasks.append(Task(seg["name"], SEGMENTATION, tuple(int(x) for x in seg["labels"])))
         names = [t.name for t in tasks]
         if len(set(names)) != len(names):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -107,6 +108,29 @@ def _seed_mean(kind: str, units: Sequence[Mapping], y, classes, idx) -> dict[str
         # A resample where no unit defines the metric (one class, a constant target) stays NaN.
         warnings.simplefilter("ignore", RuntimeWarning)
         return {m: np.nanmean([u[m] for u in per_unit], axis=0) for m in per_unit[0]}
+
+
+# The `init` of the reference rows: the morphometry table's linear probe on the same split.
+MORPHOMETRY_PROBE = "morphometry_probe"
+
+
+def morphometry_reference(probe_table: str | Path, tasks: Mapping[str, str]) -> list[dict]:
+    """``summary.tsv`` rows, for reference, of the probe's linear probe of the morphometry table
+    (all labelled training subjects, held-out protocol) on the phenotype ``tasks`` (name →
+    kind): the same held-out subjects, no fine-tuning."""
+    table = pd.read_csv(probe_table, sep="\t")
+    rows = table[
+        (table["features"] == "morphometry") & (table["method"] == "linear")
+        & (table["label_fraction"] == 1.0) & (table["protocol"] == "holdout")
+        & table["target"].isin(list(tasks))
+    ]  # fmt: skip
+    return [
+        {"task": r.target, "init": MORPHOMETRY_PROBE, "n_labelled": int(r.n_train),
+         "metric": r.metric, "mean": r.mean, "ci_low": r.ci_low, "ci_high": r.ci_high,
+         "n_seeds": 1, "n_test": int(r.n_test)}
+        for r in rows.itertuples()
+        if r.metric in TASK_METRICS[tasks[r.target]]
+    ]  # fmt: skip
 
 
 def summary_frame(rows: Sequence[Mapping]) -> pd.DataFrame:

@@ -22,4 +22,5 @@ with rule_log(snakemake.log[0], snakemake.output):
             "summary": snakemake.output.summary,
             "plot": snakemake.output.plot,
         },
+        snakemake.input.probe or None,
     )
