@@ -22,6 +22,7 @@ from damt.experiments.summary import (
     summarize,
     write_summary,
 )
+from damt.finetune.summary import SUMMARY_COLUMNS as FINETUNE_SUMMARY
 from damt.probe.targets import TSV_COLUMNS
 
 
@@ -186,18 +187,7 @@ def finetune_summary(path: Path, pretrained: float, scratch: float) -> Path:
         for init, mean in (("pretrained", pretrained), ("scratch", scratch),
                            ("pretrained-scratch", pretrained - scratch))
     ]  # fmt: skip
-    columns = [
-        "task",
-        "init",
-        "n_labelled",
-        "metric",
-        "mean",
-        "ci_low",
-        "ci_high",
-        "n_seeds",
-        "n_test",
-    ]
-    pd.DataFrame(rows, columns=columns).to_csv(path, sep="\t", index=False)
+    pd.DataFrame(rows, columns=FINETUNE_SUMMARY).to_csv(path, sep="\t", index=False)
     return path
 
 

@@ -16,6 +16,9 @@ from damt.probe.estimators import Fit
 from damt.probe.metrics import INTERVAL_PERCENTILES, scores
 
 ROW_COLUMNS = ["task", "init", "n_labelled", "seed", "metric", "value", "n_test"]
+SUMMARY_COLUMNS = [
+    "task", "init", "n_labelled", "metric", "mean", "ci_low", "ci_high", "n_seeds", "n_test",
+]  # fmt: skip
 
 
 def unit_scores(kind: str, result: Mapping, y: np.ndarray, classes, idx: np.ndarray) -> dict:
@@ -134,15 +137,5 @@ def morphometry_reference(probe_table: str | Path, tasks: Mapping[str, str]) -> 
 
 
 def summary_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
-    columns = [
-        "task",
-        "init",
-        "n_labelled",
-        "metric",
-        "mean",
-        "ci_low",
-        "ci_high",
-        "n_seeds",
-        "n_test",
-    ]
-    return pd.DataFrame(list(rows), columns=columns)
+    """``summary.tsv`` of its rows."""
+    return pd.DataFrame(list(rows), columns=SUMMARY_COLUMNS)
