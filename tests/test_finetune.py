@@ -269,6 +269,18 @@ def test_a_killed_job_redoes_only_its_unfinished_units(tmp_path, monkeypatch):
     finetune_job.run_finetune({**config, "epochs": 2}, *args)
     assert len(trained) == 12
 
+    # A training subject gone: only the units whose subset held it (and every `all`) train again.
+    before = ["sub-01", "sub-02", "sub-04", "sub-06", "sub-07"]
+    manifest = pd.read_parquet(args[3])
+    manifest.loc[manifest[KEY] == "sub-07", "status"] = "fail"
+    manifest.to_parquet(args[3])
+    trained.clear()
+    finetune_job.run_finetune({**config, "epochs": 2}, *args)
+    changed = [s for s in (11, 12, 13) if "sub-07" in labelled_subset(before, 2, s)]
+    expected = {f"age-{i}-n{c}-s{s}" for i in (PRETRAINED, SCRATCH)
+                for c, seeds in ((2, changed), (ALL, (11, 12, 13))) for s in seeds}  # fmt: skip
+    assert 0 < len(changed) < 3 and sorted(trained) == sorted(expected)
+
 
 @pytest.mark.slow
 def test_bad_tasks_are_named_and_the_others_still_run(tmp_path, caplog):

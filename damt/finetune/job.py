@@ -28,6 +28,7 @@ from damt.finetune.data import (
     with_every_structure,
 )
 from damt.finetune.figures import plot_label_curves
+from damt.finetune.models import build_model, freeze, parameter_groups
 from damt.finetune.plan import inner_split, labelled_subset, task_units
 from damt.finetune.settings import (
     CLASSIFICATION,
@@ -118,8 +119,6 @@ def run_unit(
     run: Path, unit: Unit, prep: Prepared, settings: FinetuneSettings, device: str
 ) -> dict:
     """Train one unit; its held-out result."""
-    from damt.finetune.models import build_model, freeze, parameter_groups
-
     subset = labelled_subset(prep.train, unit.count, unit.seed)
     train, validation = inner_split(subset, settings.validation_fraction, unit.seed)
     split = Split(train, validation, prep.test)
@@ -224,9 +223,9 @@ def run_finetune(
     progress = tqdm(units, desc="finetune units", unit="unit", mininterval=10)
     for unit in progress:
         prep = prepared[unit.task]
-        key = stable_hash(
-            [settings.training_fields(), prep.task, unit, weights, prep.train, prep.test]
-        )
+        # What the unit learns from: a new subject outside its subset leaves it as it was.
+        subset = labelled_subset(prep.train, unit.count, unit.seed)
+        key = stable_hash([settings.training_fields(), prep.task, unit, weights, subset, prep.test])
         path = folder / f"{unit.name}.json"
         if path.is_file():
             stored = json.loads(path.read_text())
