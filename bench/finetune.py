@@ -31,7 +31,8 @@ from damt.config import schema_defaults
 from damt.demo.training_set import write_training_set
 from damt.finetune.job import prepare_task, run_unit
 from damt.finetune.models import build_model
-from damt.finetune.settings import PRETRAINED, SEGMENTATION, FinetuneSettings, Task, Unit
+from damt.finetune.plan import labelled_subset
+from damt.finetune.settings import ALL, PRETRAINED, SEGMENTATION, FinetuneSettings, Task, Unit
 from damt.manifest import KEY
 from damt.paths import MODEL_CARD_FILE
 from damt.training.export import export_random_run
@@ -68,7 +69,9 @@ def time_units(preset: str, args) -> None:
             samples = len(train) * (settings.crops_per_subject if task.kind == SEGMENTATION else 1)
             per_epoch = math.ceil(samples / settings.batch_size)
             start = time.perf_counter()
-            run_unit(run, Unit(task.name, PRETRAINED, "all", 1), prep, settings, "cpu")
+            unit = Unit(task.name, PRETRAINED, ALL, 1)
+            subset = labelled_subset(prep.train, ALL, 1)
+            run_unit(run, unit, prep, subset, settings, "cpu")
             seconds = time.perf_counter() - start
             steps = per_epoch * args.epochs
             print(

@@ -35,11 +35,16 @@ def split_subjects(
     return train, test, caches
 
 
+def _class_of(table: LabelTable) -> dict[int, int]:
+    """Atlas label → cache class of the label table."""
+    return {int(label): int(cls) for label, cls in zip(table.labels, table.classes, strict=True)}
+
+
 def structure_lut(task: Task, table: LabelTable) -> np.ndarray:
     """Cache class → target class of a segmentation task (0: background, ``i + 1``: the task's
     ``i``-th label). A label missing from the label table, or two of them merged into one class
     by it, is a :class:`FinetuneError` naming them."""
-    index = {int(label): int(cls) for label, cls in zip(table.labels, table.classes, strict=True)}
+    index = _class_of(table)
     missing = [label for label in task.labels if label not in index]
     if missing:
         raise FinetuneError(
@@ -61,7 +66,7 @@ def structure_lut(task: Task, table: LabelTable) -> np.ndarray:
 
 def structure_names(task: Task, table: LabelTable) -> list[str]:
     """The names of a segmentation task's structures (the label table's), in target order."""
-    index = {int(label): int(cls) for label, cls in zip(table.labels, table.classes, strict=True)}
+    index = _class_of(table)
     return [table.names[index[label]] for label in task.labels]
 
 

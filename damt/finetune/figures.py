@@ -9,17 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from damt.finetune.settings import (
-    CLASSIFICATION,
-    MEAN_DICE,
-    PRETRAINED,
-    REGRESSION,
-    SCRATCH,
-    SEGMENTATION,
-)
+from damt.finetune.settings import MEAN_DICE, PRETRAINED, SCRATCH, SEGMENTATION
 from damt.finetune.summary import MORPHOMETRY_PROBE
 from damt.io import save_figure
 from damt.probe.figures import CHANCE
+from damt.probe.settings import CLASSIFICATION, REGRESSION
 
 INIT_COLOURS = {PRETRAINED: "tab:blue", SCRATCH: "tab:gray"}
 # The metric each task kind's panel shows.

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from damt.downstream import read_card
 from damt.finetune.data import (
     PhenotypeVolumes,
     segmentation_pair,
@@ -31,7 +32,6 @@ from damt.finetune.figures import plot_label_curves
 from damt.finetune.models import build_model, freeze, parameter_groups
 from damt.finetune.plan import inner_split, labelled_subset, task_units
 from damt.finetune.settings import (
-    CLASSIFICATION,
     SEGMENTATION,
     FinetuneError,
     FinetuneSettings,
@@ -49,7 +49,7 @@ from damt.finetune.train import Split, fit_phenotype, fit_segmentation
 from damt.freesurfer.labels import read_label_table
 from damt.io import sha256_file, stable_hash, write_atomic, write_json_atomic
 from damt.probe.phenotypes import read_phenotypes, target_values
-from damt.probe.settings import ProbeError, Target, listed
+from damt.probe.settings import CLASSIFICATION, ProbeError, Target, listed
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +116,14 @@ def prepare_task(
 
 
 def run_unit(
-    run: Path, unit: Unit, prep: Prepared, settings: FinetuneSettings, device: str
+    run: Path,
+    unit: Unit,
+    prep: Prepared,
+    subset: list[str],
+    settings: FinetuneSettings,
+    device: str,
 ) -> dict:
-    """Train one unit; its held-out result."""
-    subset = labelled_subset(prep.train, unit.count, unit.seed)
+    """Train one unit on its labelled ``subset``; its held-out result."""
     train, validation = inner_split(subset, settings.validation_fraction, unit.seed)
     split = Split(train, validation, prep.test)
     task = prep.task
@@ -172,8 +176,7 @@ def run_finetune(
     import torch
 
     settings = FinetuneSettings.from_config(finetune)
-    run = Path(run)
-    card = json.loads((run / "model_card.json").read_text())
+    card, run = read_card(run)
     # A card exported outside a run (damt.training.export) records no pretraining.
     pretrain_seed = card.get("pretraining", {}).get("config", {}).get("seed")
     if pretrain_seed in settings.seeds:
@@ -236,7 +239,7 @@ def run_finetune(
         progress.set_postfix_str(unit.name, refresh=False)
         start = time.monotonic()
         try:
-            result = run_unit(run, unit, prep, settings, device)
+            result = run_unit(run, unit, prep, subset, settings, device)
         except FinetuneError as exc:
             log.warning("%s", exc)
             continue

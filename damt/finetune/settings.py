@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from damt.probe.settings import CLASSIFICATION, METRICS, REGRESSION
+from damt.probe.settings import METRICS
 
 SEGMENTATION = "segmentation"
-KINDS = (REGRESSION, CLASSIFICATION, SEGMENTATION)
 # The two starting points compared: the run's encoder, and the same network at random.
 PRETRAINED, SCRATCH = "pretrained", "scratch"
 INITS = (PRETRAINED, SCRATCH)

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from damt.finetune.settings import CLASSIFICATION, FinetuneSettings
+from damt.finetune.settings import FinetuneSettings
 from damt.model.encoder import pad_to_stride
+from damt.probe.settings import CLASSIFICATION
 
 
 @dataclass(frozen=True)
