@@ -245,12 +245,12 @@ def open_tmp():
 
 # ---------------------------------------------------------------- the session's workflow runs
 
-# Small and quick: two ROIs at 2 mm (RADIOMICS_SPACING), a 2.5 mm cache padded to the tiny
+# Small and quick: one ROI at 2 mm (RADIOMICS_SPACING), a 2.5 mm cache padded to the tiny
 # preset's 64³ crops, two epochs of the tiny model without the k-NN monitor, age only, all
 # labels, the fewest bootstrap resamples.
 RADIOMICS_SPACING = [2, 2, 2]
 QUICK = {
-    "radiomics": {"rois": {"whole_brain": ["nonzero"], "cerebral_wm": [2, 41]}},
+    "radiomics": {"rois": {"whole_brain": ["nonzero"]}},
     "cache": {"spacing": 2.5, "min_size": 64},
     "pretrain": {
         "preset": "tiny",
@@ -354,6 +354,14 @@ class Workdir:
         return Workdir(dst)
 
 
+def write_radiomics_params(path: Path) -> Path:
+    """The repository's PyRadiomics parameter file, resampled to :data:`RADIOMICS_SPACING`."""
+    params = yaml.safe_load((REPO / "config" / "radiomics.yaml").read_text())
+    params["setting"]["resampledPixelSpacing"] = RADIOMICS_SPACING
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
 def new_workdir(root: Path, cohort: Path, subject_ids: list[str], **sections) -> Workdir:
     """A workdir over ``subject_ids`` of ``cohort`` (linked) with the :data:`QUICK` settings,
     its phenotypes and a private radiomics parameter file (resampled to
@@ -363,9 +371,7 @@ def new_workdir(root: Path, cohort: Path, subject_ids: list[str], **sections) ->
     for sid in subject_ids:
         (root / "subjects" / sid).symlink_to(cohort / sid)
     shutil.copy(cohort / "phenotypes.tsv", root / "phenotypes.tsv")
-    params = yaml.safe_load((REPO / "config" / "radiomics.yaml").read_text())
-    params["setting"]["resampledPixelSpacing"] = RADIOMICS_SPACING
-    (root / "radiomics.yaml").write_text(yaml.safe_dump(params))
+    write_radiomics_params(root / "radiomics.yaml")
     (root / "config").symlink_to(REPO / "config")
     cfg = {
         "outdir": "results",

@@ -28,7 +28,7 @@ from damt.stages.cache import CacheSettings, preprocessing_card, stage_from_sett
 from damt.stages.registry import build_stage
 from damt.stages.stats import StatsStage
 from damt.stages.store import SubjectTask, run_tasks
-from tests.conftest import REPO, discover
+from tests.conftest import QUICK, REPO, discover, write_radiomics_params
 
 CASES = {  # subject id prefix → (FastSurfer version, run)
     "fs23full-": ("2.3.0", "full"),
@@ -151,7 +151,7 @@ def test_fastsurfer_subject_end_to_end(fs_cohort: Path, tmp_path: Path):
     meta = read_long_metadata(out / "subjects" / "fs23full-001" / "stats" / "stats.parquet")
     assert (meta["segmenter"], meta["segmenter_version"]) == ("fastsurfer", "2.3.0")
 
-    cache = stage_from_settings({**config["cache"], "min_size": 48})
+    cache = stage_from_settings({**config["cache"], **QUICK["cache"]})
     cache.setup()
     results = {r.subject_id: r for r, _ in run_tasks(cache, tasks, out)}
     seg = results["fs21seg-001"]
@@ -166,7 +166,7 @@ def test_fastsurfer_subject_end_to_end(fs_cohort: Path, tmp_path: Path):
 
     # What a user of the weights reads (issue 26): `damt embed`'s inputs of this SUBJECTS_DIR
     # take each layout's image (and FastSurfer's mask), and preprocess gives the cache's array.
-    made = {**config["cache"], "min_size": 48}
+    made = {**config["cache"], **QUICK["cache"]}
     card = {"preprocessing": preprocessing_card(CacheSettings.from_config(made), made)}
     inputs = embedding_inputs(card, [fs_cohort])
     assert sorted(inputs.volumes) == ["bert", "fs21seg-001", "fs23full-001"]
@@ -181,15 +181,18 @@ def test_fastsurfer_subject_end_to_end(fs_cohort: Path, tmp_path: Path):
         expected = np.load(out / "subjects" / sid / "cache" / "image.npy")
         np.testing.assert_array_equal(pipeline(inputs.volumes[sid])["image"][0].numpy(), expected)
 
-    radiomics = build_stage("radiomics", {**config["radiomics"], "params": str(
-        REPO / "config" / "radiomics.yaml")})  # fmt: skip
+    # Quick (two ROIs at 2 mm), the same in the stage and in `damt radiomics`.
+    quick = {**QUICK["radiomics"], "params": str(write_radiomics_params(tmp_path / "r.yaml"))}
+    radiomics = build_stage("radiomics", {**config["radiomics"], **quick})
     radiomics.setup()
     rows = {r.subject_id: r for r, _ in run_tasks(radiomics, tasks[:1], out)}
     assert rows["fs21seg-001"].status == OK and rows["fs21seg-001"].info["n_features"] > 0
     # `damt radiomics SUBJECT_DIR` reads the subject's layout as the stage does (a
     # segmentation-only FastSurfer run has no brainmask.mgz): the same row.
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"subjects": {"dirs": [{"path": str(fs_cohort)}]}}))
+    cfg.write_text(yaml.safe_dump(
+        {"subjects": {"dirs": [{"path": str(fs_cohort)}]}, "radiomics": quick}, sort_keys=False
+    ))  # fmt: skip
     row = tmp_path / "cli" / "fs21seg-001.parquet"
     assert damt_main(["radiomics", str(fs_cohort / "fs21seg-001"), "-o", str(row),
                       "--config", str(cfg)]) == 0  # fmt: skip

@@ -12,7 +12,15 @@ import pytest
 from damt.features.normalize import Normalizer
 from damt.features.tables import read_metadata, read_table
 from damt.paths import ResultPaths
-from tests.conftest import UPSTREAM_SUBJECTS, Workdir, jobs_of, run_snakemake, workflow_config
+from tests.conftest import (
+    QUICK,
+    UPSTREAM_SUBJECTS,
+    Workdir,
+    jobs_of,
+    run_snakemake,
+    workflow_config,
+    write_radiomics_params,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +88,6 @@ def test_manifest_with_a_corrupt_subject(upstream_copy: Workdir):
         )
         return jobs_of(wd.dry_run(target))
 
-    assert planned() == {}
     assert planned(threads=2) == {}
     assert planned(montage_subjects=2, outlier_z=4.0, max_outliers=1) == {"manifest": 1}
     assert planned(expected_labels=[2, 41, 53]) == {"qc_checks": 1, "normalize": 3, "manifest": 1}
@@ -90,8 +97,9 @@ def test_cohort_of_one_stops_at_normalisation_with_a_clear_error(demo_cohort: Pa
     root = tmp_path / "one"
     root.mkdir()
     shutil.copytree(demo_cohort / "sub-001", root / "sub-001")
+    radiomics = {"rois": ROIS, "params": str(write_radiomics_params(tmp_path / "r.yaml"))}
     override = workflow_config(
-        tmp_path, [{"path": str(root)}], radiomics={"rois": ROIS}, cache={"min_size": 96}
+        tmp_path, [{"path": str(root)}], radiomics=radiomics, cache=QUICK["cache"]
     )
     results = tmp_path / "results"
     proc = run_snakemake(

@@ -143,8 +143,8 @@ def test_incremental_reruns(trained_copy: Workdir, cohort8: Path):
         assert shards_planned(dry, rule) == {"sub-007"}, rule
     assert {r: jobs[r] for r in COHORT} == {**dict.fromkeys(COHORT, 1), "normalize": 3}
     assert jobs["pretrain"] == 1 and jobs["probe"] == 1  # retrain: cohort (the default)
-    # The probe is planned (above) but not run: what it does is the trained run's business.
-    wd.snakemake("--cores", "2", "--omit-from", "probe")
+    # The probe and training report are planned (above) but not run: the trained run's business.
+    wd.snakemake("--cores", "2", "--omit-from", "probe", "training_report")
     assert {p: v for p, v in snapshot(results, UPSTREAM_SUBJECTS).items() if p in before} == before
     manifest = pd.read_parquet(results / "manifest.parquet")
     assert list(manifest["subject_id"]) == [*UPSTREAM_SUBJECTS, "sub-007"]
@@ -163,7 +163,7 @@ def test_incremental_reruns(trained_copy: Workdir, cohort8: Path):
     jobs = jobs_of(wd.dry_run())
     assert not set(jobs) & set(PER_SUBJECT)
     assert jobs["manifest"] == 1
-    wd.snakemake("--cores", "2", "--omit-from", "probe")
+    wd.snakemake("--cores", "2", "--omit-from", "probe", "training_report")
     manifest = pd.read_parquet(results / "manifest.parquet")
     assert "sub-001" not in set(manifest["subject_id"])
     for group in FEATURE_GROUPS:
