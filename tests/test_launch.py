@@ -17,7 +17,7 @@ import yaml
 from damt.config import load_config
 from damt.training.checkpoint import Checkpoint, save_checkpoint
 from damt.training.launch.checks import LaunchError, check_gpus, check_nodes
-from damt.training.launch.commands import torchrun_command
+from damt.training.launch.commands import torchrun_command, trainer_command
 from damt.training.launch.signature import (
     SIGNATURE_FILE,
     Action,
@@ -102,11 +102,14 @@ def test_gpu_grant_must_match_the_config():
     assert "--resources gpu=4" in msg and "pretrain.gpus: 2" in msg
 
 
-def test_torchrun_command_uses_this_interpreter():
+def test_trainer_commands_use_this_interpreter():
     cmd = torchrun_command(3, ["train", "--out", "x"])
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--standalone" in cmd and "--nproc_per_node=3" in cmd
     assert cmd[-5:] == ["-m", "damt", "train", "--out", "x"]
+    # One process runs without torchrun; several under it.
+    assert trainer_command(1, ["train"]) == [sys.executable, "-m", "damt", "train"]
+    assert trainer_command(2, ["train"]) == torchrun_command(2, ["train"])
 
 
 def _dispositions(cmd: list[str], **popen) -> str:

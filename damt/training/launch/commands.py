@@ -58,6 +58,14 @@ def torchrun_command(
     ]  # fmt: skip
 
 
+def trainer_command(n_processes: int, train_args: list[str]) -> list[str]:
+    """``damt train`` on this node: one process directly (torchrun would add a process and a
+    torch import, seconds per job on a CPU, for nothing), several under torchrun."""
+    if n_processes == 1:
+        return [sys.executable, "-m", "damt", *train_args]
+    return torchrun_command(n_processes, train_args)
+
+
 def _slurm(*args: str) -> str:
     """Run a SLURM command; its stdout (a LaunchError with its message when it fails)."""
     try:

@@ -18,7 +18,7 @@ import yaml
 
 from damt.io import write_json_atomic
 from damt.training.launch.checks import LaunchError, check_run_free, check_run_settings
-from damt.training.launch.commands import host_rendezvous_store, multinode_command, torchrun_command
+from damt.training.launch.commands import host_rendezvous_store, multinode_command, trainer_command
 from damt.training.launch.signature import (
     SIGNATURE_FILE,
     Action,
@@ -59,7 +59,7 @@ def launch(
     evaluation: dict | None = None,
     preprocessing: dict | None = None,
 ) -> None:
-    """Plan, then train/resume under torchrun or export the finished run.
+    """Plan, then train/resume (under torchrun for several processes) or export the finished run.
 
     ``pretrain`` is the run's validated ``pretrain`` section (the rule's params), parsed here
     once into the :class:`TrainSettings` that the checks, the signature and the commands read;
@@ -107,19 +107,20 @@ def _run_trainer(
     run_dir: Path,
     log_file: str | None,
 ) -> None:
-    """Start ``damt train`` as the plan says: one exporting process, torchrun on this node, or
-    srun over the allocation's nodes; a failure is a LaunchError saying how the run resumes."""
+    """Start ``damt train`` as the plan says: one exporting process, the trainers on this node
+    (one directly, several under torchrun), or srun over the allocation's nodes; a failure is a
+    LaunchError saying how the run resumes."""
     n_processes = settings.processes_per_node
     if plan.action == Action.EXPORT:
         # No training: one process on this node exports the weights of the last checkpoint.
-        cmd = torchrun_command(1, train_args)
         n_processes = 1
+        cmd = trainer_command(n_processes, train_args)
     elif settings.nodes > 1:
         # Referenced until this function returns: the store serves for the whole srun.
         store = host_rendezvous_store(settings.collective_timeout_s)
         cmd = multinode_command(settings, n_processes, cores, train_args, os.environ, store.port)
     else:
-        cmd = torchrun_command(n_processes, train_args)
+        cmd = trainer_command(n_processes, train_args)
     log.info("running: %s", " ".join(cmd))
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // n_processes))}
     take_stopped(run_dir)  # a stop the job before could not read (it was killed first)
@@ -149,8 +150,9 @@ def _run_trainer(
     if proc.returncode != 0:
         check_run_free(run_dir)  # a live trainer holding the lock is the real cause: name it
         nodes = cmd[0] == "srun"
+        launcher = "srun" if nodes else "torchrun" if n_processes > 1 else "damt train"
         raise LaunchError(
-            f"training failed ({'srun' if nodes else 'torchrun'} exit status {proc.returncode}); "
+            f"training failed ({launcher} exit status {proc.returncode}); "
             f"the run resumes from its latest checkpoint in {run_dir} when the job runs again "
             "(snakemake --rerun-incomplete)"
             + (f"; see {log_file} for the trainer's error" if log_file else "")
@@ -159,9 +161,11 @@ def _run_trainer(
 
 
 def _launched_process() -> None:
-    """In torchrun (or srun) before it starts: it dies with this job, so that a killed
-    Snakemake leaves no trainer behind holding the run lock; and torchrun ignores the stop
-    signals, which the trainers act on (srun forwards them to its nodes)."""
+    """In the launched process (the trainer, torchrun or srun) before it starts: it dies with
+    this job, so that a killed Snakemake leaves no trainer behind holding the run lock; and it
+    starts with the stop signals ignored: torchrun leaves them to the trainers (srun forwards
+    them to its nodes), and a trainer acts on them once it is ready to stop cleanly
+    (damt.training.process.StopSignal)."""
     die_with_parent()
     ignore_stop_signals()
 
