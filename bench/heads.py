@@ -1,0 +1,162 @@
+"""Fixed-batch check of every pretext head (issue 25, item 1a): can each task memorise one batch?
+
+A few subjects' views (``damt.training.data.PretrainDataset``, the trainer's own sampling) are
+drawn once and shown every step. A head whose signal (``damt.training.signals``, the epoch
+signals computed on that one batch) does not reach its level on a batch it sees over and over
+has a bug in its path from views to labels (or a documented limit); one that does can learn.
+Each task is trained alone (equal weighting), then all seven together (the configured
+balancing), each from the same random initialisation:
+
+    python bench/heads.py --results results            # the workflow's outputs (manifest, ...)
+    python bench/heads.py --results results --steps 200 --lr 1e-3 --batch 4
+
+It prints, per run and task, the first step at which the level was reached (or "not reached")
+and the last signal; ``--out`` also writes ``heads.jsonl`` (every step's signals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch.utils.data import default_collate
+
+from damt.config import load_config
+from damt.model.network import DAMTNetwork
+from damt.model.spec import TASKS
+from damt.training.data import PretrainDataset
+from damt.training.inputs import TrainInputs
+from damt.training.objective import PretrainObjective
+from damt.training.run import CONFIG_SECTIONS, network_spec
+from damt.training.settings import TrainSettings
+from damt.training.signals import SIGNALS, epoch_signals
+from damt.training.step import param_groups
+
+# The level each head's signal must reach on the batch it sees every step (MIM: at most).
+LEVELS = {
+    "rotation": 0.95,
+    "location": 0.95,
+    "contrastive": 0.95,
+    "atlas": 0.5,
+    "morphometry": 0.9,
+    "radiomics": 0.9,
+    "mim": 0.5,
+}
+
+
+def reached(task: str, value: float | None) -> bool:
+    if value is None:
+        return False
+    return value <= LEVELS[task] if task == "mim" else value >= LEVELS[task]
+
+
+def fixed_batch(settings: TrainSettings, inputs: TrainInputs, size: int, seed: int) -> dict:
+    """``size`` samples of the training subjects' views, drawn once."""
+    data = inputs.load(TASKS)
+    dataset = PretrainDataset(data, settings.views, seed)
+    if len(dataset) < size:
+        raise SystemExit(f"{len(dataset)} training subjects, fewer than the batch of {size}")
+    return default_collate([dataset[i] for i in range(size)])
+
+
+def train_on_batch(
+    settings: TrainSettings,
+    inputs: TrainInputs,
+    batch: dict,
+    tasks: tuple[str, ...],
+    balancing: str,
+    steps: int,
+    lr: float,
+    seed: int,
+) -> list[dict]:
+    """``steps`` AdamW steps on ``batch`` with only ``tasks`` on; each step's signals (of the
+    predictions before that step's update)."""
+    spec = replace(network_spec(settings, inputs.load(TASKS)), tasks=tasks)
+    torch.manual_seed(seed)
+    objective = PretrainObjective(
+        DAMTNetwork(spec, settings.attention),
+        balancing,
+        settings.contrastive_temperature,
+        settings.contrastive,
+        settings.ema,
+    )
+    optimizer = torch.optim.AdamW(param_groups(objective), lr=lr)
+    history = []
+    for step in range(steps):
+        total, _, _, stats = objective(batch)
+        signals = epoch_signals({k: v.detach() for k, v in stats.items()}, tasks, spec.n_rotations)
+        history.append(
+            {
+                "step": step,
+                "loss": float(total.detach()),
+                **{t: signals[f"signal/{SIGNALS[t]}"] for t in tasks},
+            }
+        )
+        if all(reached(t, history[-1][t]) for t in tasks):
+            break
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+    return history
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", type=Path, required=True, help="the workflow's outdir")
+    p.add_argument("--config", type=Path, default=Path("config/config.yaml"))
+    p.add_argument("--steps", type=int, default=150, help="at most this many steps per run")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tasks", default=",".join(TASKS), help="tasks to train alone")
+    p.add_argument("--no-joint", action="store_true", help="skip the run of all seven")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+
+    config = load_config(args.config, sections=CONFIG_SECTIONS)
+    settings = TrainSettings.from_config(config)
+    inputs = TrainInputs.from_arguments(
+        args.results / "manifest.parquet",
+        config["cache"]["label_table"],
+        args.results / "features",
+        {},
+    )
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    batch = fixed_batch(settings, inputs, args.batch, args.seed)
+    runs = [((t,), "equal") for t in args.tasks.split(",")]
+    if not args.no_joint:
+        runs.append((TASKS, settings.balancing))
+    rows = []
+    for tasks, balancing in runs:
+        name = "all" if len(tasks) > 1 else tasks[0]
+        start = time.perf_counter()
+        history = train_on_batch(
+            settings, inputs, batch, tasks, balancing, args.steps, args.lr, args.seed
+        )
+        seconds = time.perf_counter() - start
+        for task in tasks:
+            first = next((h["step"] for h in history if reached(task, h[task])), None)
+            last = history[-1][task]
+            rows.append({"run": name, "task": task, "first_step": first, "last": last})
+            shown = "not reached" if first is None else f"step {first}"
+            print(
+                f"{name:12s} {task:12s} level {LEVELS[task]:<5} {shown:12s} "
+                f"last {last if last is None else round(last, 3)} "
+                f"({len(history)} steps, {seconds:.0f} s)",
+                flush=True,
+            )
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            with open(args.out / "heads.jsonl", "a") as f:
+                for h in history:
+                    f.write(json.dumps({"run": name, **h}) + "\n")
+    failed = [r for r in rows if r["first_step"] is None]
+    print(f"heads_reached={len(rows) - len(failed)}/{len(rows)}")
+
+
+if __name__ == "__main__":
+    main()
