@@ -28,7 +28,7 @@ from torch.utils.data import default_collate
 from damt.config import load_config
 from damt.model.network import DAMTNetwork
 from damt.model.spec import TASKS
-from damt.training.data import PretrainDataset
+from damt.training.data import PretrainDataset, TrainingData
 from damt.training.inputs import TrainInputs
 from damt.training.objective import PretrainObjective
 from damt.training.run import CONFIG_SECTIONS, network_spec
@@ -54,9 +54,8 @@ def reached(task: str, value: float | None) -> bool:
     return value <= LEVELS[task] if task == "mim" else value >= LEVELS[task]
 
 
-def fixed_batch(settings: TrainSettings, inputs: TrainInputs, size: int, seed: int) -> dict:
+def fixed_batch(settings: TrainSettings, data: TrainingData, size: int, seed: int) -> dict:
     """``size`` samples of the training subjects' views, drawn once."""
-    data = inputs.load(TASKS)
     dataset = PretrainDataset(data, settings.views, seed)
     if len(dataset) < size:
         raise SystemExit(f"{len(dataset)} training subjects, fewer than the batch of {size}")
@@ -65,7 +64,7 @@ def fixed_batch(settings: TrainSettings, inputs: TrainInputs, size: int, seed: i
 
 def train_on_batch(
     settings: TrainSettings,
-    inputs: TrainInputs,
+    data: TrainingData,
     batch: dict,
     tasks: tuple[str, ...],
     balancing: str,
@@ -75,7 +74,7 @@ def train_on_batch(
 ) -> list[dict]:
     """``steps`` AdamW steps on ``batch`` with only ``tasks`` on; each step's signals (of the
     predictions before that step's update)."""
-    spec = replace(network_spec(settings, inputs.load(TASKS)), tasks=tasks)
+    spec = replace(network_spec(settings, data), tasks=tasks)
     torch.manual_seed(seed)
     objective = PretrainObjective(
         DAMTNetwork(spec, settings.attention),
@@ -125,8 +124,8 @@ def main() -> None:
         args.results / "features",
         {},
     )
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    batch = fixed_batch(settings, inputs, args.batch, args.seed)
+    data = inputs.load(TASKS)  # every table: each run switches on its own tasks
+    batch = fixed_batch(settings, data, args.batch, args.seed)
     runs = [((t,), "equal") for t in args.tasks.split(",")]
     if not args.no_joint:
         runs.append((TASKS, settings.balancing))
@@ -135,7 +134,7 @@ def main() -> None:
         name = "all" if len(tasks) > 1 else tasks[0]
         start = time.perf_counter()
         history = train_on_batch(
-            settings, inputs, batch, tasks, balancing, args.steps, args.lr, args.seed
+            settings, data, batch, tasks, balancing, args.steps, args.lr, args.seed
         )
         seconds = time.perf_counter() - start
         for task in tasks:

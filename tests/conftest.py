@@ -246,7 +246,7 @@ def open_tmp():
 # ---------------------------------------------------------------- the session's workflow runs
 
 # Small and quick: one ROI at 2 mm (RADIOMICS_SPACING), a 2.5 mm cache padded to the tiny
-# preset's 64³ crops, two epochs of the tiny model without the k-NN monitor, age only, all
+# preset's 64³ crops, one epoch of the tiny model without the k-NN monitor, age only, all
 # labels, the fewest bootstrap resamples.
 RADIOMICS_SPACING = [2, 2, 2]
 QUICK = {
