@@ -116,7 +116,7 @@ def build_objective(
         encoder=settings.encoder, tasks=settings.tasks, n_rotations=len(ROTATIONS),
         n_locations=settings.views.n_locations, contrastive_dim=settings.contrastive_dim,
         morphometry_dim=widths.morphometry, radiomics_dim=widths.radiomics,
-        n_atlas_classes=widths.classes,
+        n_atlas_classes=widths.classes, contrastive_projector=settings.contrastive.projector,
     )  # fmt: skip
     torch.manual_seed(0)
     network = DAMTNetwork(spec, attention)

@@ -535,6 +535,15 @@ def test_a_key_added_since_the_first_runs_signs_only_away_from_its_default():
     for key, value in changed.items():
         signed = model_settings({**defaults, key: value})
         assert signed != model_settings(defaults), key
+    # The projector signs where it is not the linear head every earlier run had, whatever
+    # the method.
+    mlp = {**defaults["contrastive"], "projector": "mlp"}
+    assert model_settings({**defaults, "contrastive": mlp})["contrastive"] == {"projector": "mlp"}
+    vicreg = {**changed["contrastive"], "vicreg": defaults["contrastive"]["vicreg"]}
+    assert "projector" not in model_settings({**defaults, "contrastive": vicreg})["contrastive"]
+    assert model_settings({**defaults, "contrastive": {**vicreg, "projector": "mlp"}})[
+        "contrastive"
+    ] == {"method": "vicreg", "vicreg": defaults["contrastive"]["vicreg"], "projector": "mlp"}
     # Only the part a model depends on: an augmentation at probability 0, an EMA switched off.
     off = {**defaults["ema"], "momentum": 0.5}
     assert model_settings({**defaults, "ema": off}) == model_settings(defaults)

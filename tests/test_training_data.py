@@ -75,7 +75,9 @@ def test_a_batch_with_missing_features_masks_them(files):
     ds = PretrainDataset(data, VIEWS, seed=0)
     torch.manual_seed(0)
     enc = EncoderSpec(embed_dim=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window=4)
-    spec = NetworkSpec(enc, ("morphometry", "radiomics"), 10, 9, 16, 12, 4, files.n_classes)
+    spec = NetworkSpec(
+        enc, ("morphometry", "radiomics"), 10, 9, 16, 12, 4, files.n_classes, "linear"
+    )
     objective = PretrainObjective(DAMTNetwork(spec), "uncertainty", 0.5).eval()
 
     # sub-02 has no morphometry at all: its pair with sub-01 gives sub-01's loss alone.

@@ -232,6 +232,24 @@ def test_resume_refuses_a_run_with_another_network(finished_run, files, tmp_path
 
 
 @pytest.mark.slow
+def test_a_checkpoint_from_before_the_projector_option_resumes_with_the_linear_head(
+    finished_run, files, tmp_path, capsys
+):
+    """A run interrupted before ``contrastive.projector`` existed (its checkpoint's network
+    spec has no such key) resumes with the default, linear head, and refuses ``mlp``."""
+    run = _copy_run(finished_run[0], tmp_path / "run")
+    latest = run / "checkpoints" / "checkpoint.pt"
+    state = torch.load(latest, weights_only=True)
+    del state["network"]["contrastive_projector"]
+    torch.save(state, latest)
+    mlp = write_config(tmp_path / "mlp.yaml", contrastive={"projector": "mlp"}, epochs=3)
+    assert damt_main(train_args(files, mlp, run)) == 2
+    assert "contrastive_projector linear in the checkpoint, mlp now" in capsys.readouterr().err
+    assert damt_main(train_args(files, write_config(tmp_path / "c.yaml", epochs=3), run)) == 0
+    assert load_checkpoint(run / "checkpoints").epoch == 3
+
+
+@pytest.mark.slow
 def test_resume_refuses_a_run_with_another_task_balancing(finished_run, files, tmp_path, capsys):
     run = _copy_run(finished_run[0], tmp_path / "run")
     other = write_config(tmp_path / "equal.yaml", balancing="equal", epochs=3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from damt.model import TASKS, DAMTNetwork, EncoderSpec, NetworkSpec, ViewSpec
 from damt.model.encoder import pooled_features
@@ -12,7 +13,7 @@ from damt.training.objective import PretrainObjective
 ENC = EncoderSpec(embed_dim=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window=4)
 
 
-def _spec(tasks=TASKS, encoder=ENC, **widths) -> NetworkSpec:
+def _spec(tasks=TASKS, encoder=ENC, projector="linear", **widths) -> NetworkSpec:
     sizes = {"morphometry_dim": 9, "radiomics_dim": 5, "n_atlas_classes": 6, **widths}
     return NetworkSpec(
         encoder=encoder,
@@ -20,6 +21,7 @@ def _spec(tasks=TASKS, encoder=ENC, **widths) -> NetworkSpec:
         n_rotations=10,
         n_locations=9,
         contrastive_dim=16,
+        contrastive_projector=projector,
         **sizes,
     )
 
@@ -99,6 +101,30 @@ def test_every_parameter_gets_a_gradient(tasks):
     missing = [n for n, p in objective.named_parameters() if p.grad is None]
     assert missing == []
     assert all(torch.isfinite(p.grad).all() for p in objective.parameters())
+
+
+def test_the_mlp_projector_trains_on_a_batch_of_one_and_old_specs_are_linear():
+    """The two-layer projector (pretrain.contrastive.projector: mlp) has no batch statistics,
+    so a process's batch of one sample trains; a spec stored before the projector could be
+    chosen (no key) is the linear head it had."""
+    torch.manual_seed(0)
+    spec = _spec(("contrastive",), projector="mlp")
+    objective = PretrainObjective(DAMTNetwork(spec), "uncertainty", 0.5)
+    head = objective.network.heads["contrastive"]
+    assert [type(m) for m in head] == [nn.Linear, nn.GELU, nn.Linear]
+    width = ENC.out_channels
+    assert (head[0].in_features, head[0].out_features, head[2].out_features) == (width, width, 16)
+    total, _, _, _ = objective(_batch(b=1))
+    total.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in head.parameters())
+    stored = spec.to_dict()
+    assert NetworkSpec.from_dict(stored) == spec
+    del stored["contrastive_projector"]
+    old = NetworkSpec.from_dict(stored)
+    assert isinstance(DAMTNetwork(old).heads["contrastive"], nn.Linear)
+    assert old.differences(spec) == [("contrastive_projector", "linear", "mlp")]
+    with pytest.raises(ValueError, match="unknown contrastive projector 'bn'"):
+        _spec(projector="bn")
 
 
 def test_switched_off_tasks_build_no_head():

@@ -11,6 +11,19 @@ def pool(hidden: torch.Tensor) -> torch.Tensor:
     return hidden.mean(dim=(2, 3, 4))
 
 
+def projection_head(in_channels: int, out_dim: int, projector: str) -> nn.Module:
+    """The contrastive head (``pretrain.contrastive.projector``): one linear layer, or
+    SimCLR's two-layer projector (Chen et al. 2020) with a GELU and without its batch norm, so
+    that a process's batch of one sample still trains."""
+    if projector == "linear":
+        return nn.Linear(in_channels, out_dim)
+    if projector == "mlp":
+        return nn.Sequential(
+            nn.Linear(in_channels, in_channels), nn.GELU(), nn.Linear(in_channels, out_dim)
+        )
+    raise ValueError(f"unknown contrastive projector {projector!r}")
+
+
 class RegressionHead(nn.Module):
     """Per-token 1×1×1 convolution and GELU, average pool, then a linear map to ``out_dim``.
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from damt.model.decoders import AtlasDecoder, MIMDecoder
 from damt.model.encoder import SwinEncoder
-from damt.model.heads import RegressionHead, pool
+from damt.model.heads import RegressionHead, pool, projection_head
 from damt.model.spec import NetworkSpec
 
 
@@ -32,7 +32,9 @@ class DAMTNetwork(nn.Module):
         if "location" in tasks:
             heads["location"] = nn.Linear(width, spec.n_locations)
         if "contrastive" in tasks:
-            heads["contrastive"] = nn.Linear(width, spec.contrastive_dim)
+            heads["contrastive"] = projection_head(
+                width, spec.contrastive_dim, spec.contrastive_projector
+            )
         if "morphometry" in tasks:
             heads["morphometry"] = RegressionHead(width, spec.morphometry_dim)
         if "radiomics" in tasks:

@@ -135,6 +135,8 @@ class ViewSpec:
 
 
 TASKS = ("rotation", "location", "contrastive", "atlas", "morphometry", "radiomics", "mim")
+# The contrastive heads (pretrain.contrastive.projector).
+PROJECTORS = ("linear", "mlp")
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ class NetworkSpec:
     morphometry_dim: int
     radiomics_dim: int
     n_atlas_classes: int
+    contrastive_projector: str
 
     def __post_init__(self) -> None:
         unknown = set(self.tasks) - set(TASKS)
@@ -162,6 +165,11 @@ class NetworkSpec:
         ):
             if task in self.tasks and width < 1:
                 raise ValueError(f"the {task} task is on but its table has no feature columns")
+        if self.contrastive_projector not in PROJECTORS:
+            raise ValueError(
+                f"unknown contrastive projector {self.contrastive_projector!r}; known: "
+                f"{list(PROJECTORS)}"
+            )
         if "atlas" in self.tasks and self.n_atlas_classes < 2:
             raise ValueError("the atlas task needs a label table with at least 2 classes")
 
@@ -171,7 +179,10 @@ class NetworkSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> NetworkSpec:
+        """From :meth:`to_dict`'s form; a spec stored before the projector could be chosen had
+        the linear one."""
         encoder = EncoderSpec.from_json(json.dumps(d["encoder"]))
+        d = {"contrastive_projector": "linear", **d}
         return cls(**{**d, "encoder": encoder, "tasks": tuple(d["tasks"])})
 
     def differences(self, other: NetworkSpec) -> list[tuple[str, object, object]]:

@@ -52,6 +52,7 @@ def network_spec(settings: TrainSettings, data: TrainingData) -> NetworkSpec:
         morphometry_dim=data.width("morphometry"),
         radiomics_dim=data.width("radiomics"),
         n_atlas_classes=data.n_classes,
+        contrastive_projector=settings.contrastive.projector,
     )
 
 

@@ -99,6 +99,7 @@ class ContrastiveSettings:
     """``pretrain.contrastive``: which loss the contrastive task uses and its settings."""
 
     method: str
+    projector: str
     queue_size: int
     export: str
     vicreg: VICRegSettings
@@ -111,6 +112,7 @@ class ContrastiveSettings:
         c = pretrain["contrastive"]
         return cls(
             method=c["method"],
+            projector=c["projector"],
             queue_size=c["queue_size"],
             export=c["export"],
             vicreg=VICRegSettings(**c["vicreg"]),

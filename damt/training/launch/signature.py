@@ -114,19 +114,20 @@ def _preset_in_use(presets: dict, pretrain: dict) -> dict:
 
 
 def _contrastive_in_use(section: dict, pretrain: dict) -> dict | None:
-    """None for NT-Xent without a queue (the original), else the method, its own settings and,
-    for dino, what is exported."""
+    """None for NT-Xent without a queue through the linear head (the original), else the
+    method, its own settings, for dino what is exported, and a projector other than the
+    linear one (the only one before it could be chosen)."""
     method = section["method"]
     if method == "ntxent":
-        return (
-            {"method": method, "queue_size": section["queue_size"]}
-            if section["queue_size"]
-            else None
-        )
-    kept = {"method": method, method: section[method]}
+        queue = section["queue_size"]
+        kept = {"method": method, "queue_size": queue} if queue else {}
+    else:
+        kept = {"method": method, method: section[method]}
     if method == "dino":
         kept["export"] = section["export"]
-    return kept
+    if section["projector"] != "linear":
+        kept["projector"] = section["projector"]
+    return kept or None
 
 
 def _ema_in_use(ema: dict, pretrain: dict) -> dict | None:

@@ -1,0 +1,43 @@
+"""bench/heads.py on the session's upstream: the view-defined heads memorise a fixed batch.
+
+Rotation, location and contrastive (through the two-layer projector) are each trained alone on
+one batch of four training subjects' views, drawn once by the trainer's own dataset; each must
+reach its level (top-1 ≥ 0.95) within the steps bench/RESULTS.md measured, with room to spare.
+The other heads' fixed-batch runs, and the linear contrastive head that stays at chance, are in
+bench/RESULTS.md ("Pretext heads on a fixed batch"): they take minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, Workdir, subprocess_env
+
+# Measured first steps at the level: contrastive (mlp) 1, location 4, rotation 18.
+STEPS = 40
+
+
+@pytest.mark.slow
+def test_view_defined_heads_memorise_a_fixed_batch(upstream: Workdir, tmp_path):
+    config = upstream.override()
+    config["pretrain"] = {**config["pretrain"], "contrastive": {"projector": "mlp"}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "heads.py"), "--results", str(upstream.results),
+         "--config", str(tmp_path / "config.yaml"), "--tasks", "contrastive,location,rotation",
+         "--no-joint", "--steps", str(STEPS), "--out", str(tmp_path / "out")],
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "heads_reached=3/3", done.stdout
+    lines = (tmp_path / "out" / "heads.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    for task in ("contrastive", "location", "rotation"):
+        history = [r[task] for r in rows if r["run"] == task]
+        # From chance (a random head) to the level: learnt, not given.
+        assert history[0] < 0.95 <= history[-1], (task, history)
