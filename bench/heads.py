@@ -9,6 +9,7 @@ balancing), each from the same random initialisation:
 
     python bench/heads.py --results results            # the workflow's outputs (manifest, ...)
     python bench/heads.py --results results --steps 200 --lr 1e-3 --batch 4
+    python bench/heads.py --results results --tasks atlas --no-joint --atlas-groups 8
 
 It prints, per run and task, the first step at which the level was reached (or "not reached")
 and the last signal; ``--out`` also writes ``heads.jsonl`` (every step's signals).
@@ -62,6 +63,21 @@ def fixed_batch(settings: TrainSettings, data: TrainingData, size: int, seed: in
     return default_collate([dataset[i] for i in range(size)])
 
 
+def merge_atlas_classes(batch: dict, groups: int) -> int:
+    """Merge the batch's atlas classes into ``groups`` by voxel count (in place): the
+    ``groups - 1`` largest alone (background first), all the others as the last group. Tells a
+    decoder that cannot learn many small classes from one whose targets do not match its views:
+    large classes are learnt only if target and image line up. Returns ``groups``."""
+    atlases = ("global_atlas", "local_atlas")
+    k = 1 + max(int(batch[key].max()) for key in atlases)
+    counts = sum(torch.bincount(batch[key].long().flatten(), minlength=k) for key in atlases)
+    rank = torch.empty(k, dtype=torch.long)
+    rank[torch.argsort(counts, descending=True, stable=True)] = torch.arange(k)
+    for key in atlases:
+        batch[key] = rank.clamp(max=groups - 1)[batch[key].long()]
+    return groups
+
+
 def train_on_batch(
     settings: TrainSettings,
     data: TrainingData,
@@ -71,10 +87,13 @@ def train_on_batch(
     steps: int,
     lr: float,
     seed: int,
+    n_atlas_classes: int | None = None,
 ) -> list[dict]:
     """``steps`` AdamW steps on ``batch`` with only ``tasks`` on; each step's signals (of the
-    predictions before that step's update)."""
+    predictions before that step's update). ``n_atlas_classes``: of a merged batch."""
     spec = replace(network_spec(settings, data), tasks=tasks)
+    if n_atlas_classes is not None:
+        spec = replace(spec, n_atlas_classes=n_atlas_classes)
     torch.manual_seed(seed)
     objective = PretrainObjective(
         DAMTNetwork(spec, settings.attention),
@@ -114,6 +133,10 @@ def main() -> None:
     p.add_argument("--tasks", default=",".join(TASKS), help="tasks to train alone")
     p.add_argument("--no-joint", action="store_true", help="skip the run of all seven")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument(
+        "--atlas-groups", type=int, default=None,
+        help="merge the atlas classes into this many groups by size (merge_atlas_classes)",
+    )  # fmt: skip
     args = p.parse_args()
 
     config = load_config(args.config, sections=CONFIG_SECTIONS)
@@ -126,6 +149,7 @@ def main() -> None:
     )
     data = inputs.load(TASKS)  # every table: each run switches on its own tasks
     batch = fixed_batch(settings, data, args.batch, args.seed)
+    groups = merge_atlas_classes(batch, args.atlas_groups) if args.atlas_groups else None
     runs = [((t,), "equal") for t in args.tasks.split(",")]
     if not args.no_joint:
         runs.append((TASKS, settings.balancing))
@@ -134,7 +158,7 @@ def main() -> None:
         name = "all" if len(tasks) > 1 else tasks[0]
         start = time.perf_counter()
         history = train_on_batch(
-            settings, data, batch, tasks, balancing, args.steps, args.lr, args.seed
+            settings, data, batch, tasks, balancing, args.steps, args.lr, args.seed, groups
         )
         seconds = time.perf_counter() - start
         for task in tasks:

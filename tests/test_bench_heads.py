@@ -1,4 +1,5 @@
-"""bench/heads.py on the session's upstream: the view-defined heads memorise a fixed batch.
+"""bench/heads.py: the view-defined heads memorise a fixed batch of the session's upstream, and
+the atlas classes merge by size (its diagnosis of the atlas head).
 
 Rotation, location and contrastive (through the two-layer projector) are each trained alone on
 one batch of four training subjects' views, drawn once by the trainer's own dataset; each must
@@ -9,17 +10,33 @@ bench/RESULTS.md ("Pretext heads on a fixed batch"): they take minutes.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import REPO, Workdir, subprocess_env
 
 # Measured first steps at the level: contrastive (mlp) 1, location 4, rotation 18.
 STEPS = 40
+
+
+def test_atlas_classes_merge_by_size_with_the_small_ones_together():
+    spec = importlib.util.spec_from_file_location("heads", REPO / "bench" / "heads.py")
+    heads = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(heads)
+    # Voxels per class over both atlases: 0: 6, 3: 4, 1: 3, 2: 2, 4: 1.
+    batch = {
+        "global_atlas": torch.tensor([[0, 0, 0, 3, 3, 1, 1, 2]]),
+        "local_atlas": torch.tensor([[0, 0, 0, 3, 3, 1, 2, 4]]),
+    }
+    assert heads.merge_atlas_classes(batch, 3) == 3
+    assert batch["global_atlas"].tolist() == [[0, 0, 0, 1, 1, 2, 2, 2]]
+    assert batch["local_atlas"].tolist() == [[0, 0, 0, 1, 1, 2, 2, 2]]
 
 
 @pytest.mark.slow
