@@ -13,6 +13,14 @@ balancing), each from the same random initialisation:
 
 It prints, per run and task, the first step at which the level was reached (or "not reached")
 and the last signal; ``--out`` also writes ``heads.jsonl`` (every step's signals).
+
+``--fresh`` asks the other question (issue 25, item 1b): trained on fresh views of the training
+subjects every step (the trainer's stream: epoch by epoch), does a task score above its chance
+level on views of the held-out subjects it never saw? Every ``--eval-every`` steps it scores
+``--eval-draws`` view draws of each held-out subject (unaugmented, eval mode) and prints the
+signal against its chance level:
+
+    python bench/heads.py --results results --tasks rotation --no-joint --fresh --steps 300
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from damt.model.network import DAMTNetwork
 from damt.model.spec import TASKS
 from damt.training.data import PretrainDataset, TrainingData
 from damt.training.inputs import TrainInputs
+from damt.training.meter import EpochMeter
 from damt.training.objective import PretrainObjective
 from damt.training.run import CONFIG_SECTIONS, network_spec
 from damt.training.settings import TrainSettings
@@ -122,6 +131,90 @@ def train_on_batch(
     return history
 
 
+@torch.no_grad()
+def held_out_signals(objective: PretrainObjective, batches: list[dict]) -> dict:
+    """The epoch signals of ``batches`` (eval mode), chance levels included."""
+    objective.eval()
+    meter = EpochMeter(torch.device("cpu"))
+    for batch in batches:
+        for name, value in objective(batch)[3].items():
+            meter.add(name, value)
+    objective.train()
+    spec = objective.network.spec
+    return epoch_signals(meter.reduce(), spec.tasks, spec.n_rotations)
+
+
+def train_on_fresh_views(
+    settings: TrainSettings,
+    data: TrainingData,
+    held_out: list[dict],
+    tasks: tuple[str, ...],
+    args: argparse.Namespace,
+) -> list[dict]:
+    """``args.steps`` AdamW steps on fresh batches of the training subjects' views; the
+    held-out signals every ``args.eval_every`` steps and at the end."""
+    spec = replace(network_spec(settings, data), tasks=tasks)
+    torch.manual_seed(args.seed)
+    objective = PretrainObjective(
+        DAMTNetwork(spec, settings.attention),
+        "equal",
+        settings.contrastive_temperature,
+        settings.contrastive,
+        settings.ema,
+    )
+    optimizer = torch.optim.AdamW(param_groups(objective), lr=args.lr)
+    dataset = PretrainDataset(data, settings.views, args.seed)
+    order = torch.Generator().manual_seed(args.seed)
+    history, epoch, queue = [], 0, []
+    for step in range(args.steps + 1):
+        if step % args.eval_every == 0 or step == args.steps:
+            signals = held_out_signals(objective, held_out)
+            row = {"step": step}
+            for t in tasks:
+                row[t] = signals[f"signal/{SIGNALS[t]}"]
+                row[f"{t}_chance"] = signals[f"chance/{SIGNALS[t]}"]
+            history.append(row)
+            print(
+                f"step {step:4d} held-out "
+                + " ".join(f"{t} {row[t]:.3f} (chance {row[f'{t}_chance']:.3f})" for t in tasks),
+                flush=True,
+            )
+        if step == args.steps:
+            break
+        while len(queue) < args.batch:
+            dataset.set_epoch(epoch)
+            queue += [int(i) for i in torch.randperm(len(dataset), generator=order)]
+            epoch += 1
+        batch = default_collate([dataset[i] for i in queue[: args.batch]])
+        queue = queue[args.batch :]
+        total = objective(batch)[0]
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+    return history
+
+
+def fresh(args: argparse.Namespace, settings: TrainSettings, inputs: TrainInputs) -> None:
+    """``--fresh``: each task alone on fresh views, scored on held-out subjects' views."""
+    data = inputs.load(TASKS)
+    held = inputs.load(TASKS, holdout=True)
+    if not held.subjects:
+        raise SystemExit("the manifest holds no subject out: nothing to score fresh views on")
+    dataset = PretrainDataset(held, settings.views, args.seed + 1)
+    held_out = []
+    for draw in range(args.eval_draws):
+        dataset.set_epoch(draw)
+        held_out.append(default_collate([dataset[i] for i in range(len(dataset))]))
+    print(f"{len(data.subjects)} training subjects, {len(held.subjects)} held out", flush=True)
+    for task in args.tasks.split(","):
+        history = train_on_fresh_views(settings, data, held_out, (task,), args)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            with open(args.out / "fresh.jsonl", "a") as f:
+                for h in history:
+                    f.write(json.dumps({"run": task, **h}) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, required=True, help="the workflow's outdir")
@@ -133,6 +226,9 @@ def main() -> None:
     p.add_argument("--tasks", default=",".join(TASKS), help="tasks to train alone")
     p.add_argument("--no-joint", action="store_true", help="skip the run of all seven")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--fresh", action="store_true", help="fresh views, held-out signals")
+    p.add_argument("--eval-every", type=int, default=50, help="--fresh: steps between scores")
+    p.add_argument("--eval-draws", type=int, default=8, help="--fresh: views per subject")
     p.add_argument(
         "--atlas-groups", type=int, default=None,
         help="merge the atlas classes into this many groups by size (merge_atlas_classes)",
@@ -147,6 +243,9 @@ def main() -> None:
         args.results / "features",
         {},
     )
+    if args.fresh:
+        fresh(args, settings, inputs)
+        return
     data = inputs.load(TASKS)  # every table: each run switches on its own tasks
     batch = fixed_batch(settings, data, args.batch, args.seed)
     groups = merge_atlas_classes(batch, args.atlas_groups) if args.atlas_groups else None

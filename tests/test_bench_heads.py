@@ -58,3 +58,22 @@ def test_view_defined_heads_memorise_a_fixed_batch(upstream: Workdir, tmp_path):
         history = [r[task] for r in rows if r["run"] == task]
         # From chance (a random head) to the level: learnt, not given.
         assert history[0] < 0.95 <= history[-1], (task, history)
+
+
+@pytest.mark.slow
+def test_fresh_views_are_scored_on_the_held_out_subjects(upstream: Workdir, tmp_path):
+    """``--fresh``: trains on fresh views and scores the held-out subjects' views against the
+    chance level (its measurement: bench/RESULTS.md; here two steps, for the code path)."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "heads.py"), "--results", str(upstream.results),
+         "--config", str(upstream.config), "--tasks", "rotation", "--fresh", "--steps", "2",
+         "--eval-every", "1", "--eval-draws", "2", "--out", str(tmp_path)],
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("4 training subjects, 2 held out"), done.stdout
+    rows = [json.loads(line) for line in (tmp_path / "fresh.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    # Two held-out subjects, two draws, a global and a local view each: multiples of 1/8.
+    assert all(r["rotation_chance"] == pytest.approx(0.1) for r in rows)
+    assert all((r["rotation"] * 8).is_integer() for r in rows), rows
