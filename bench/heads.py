@@ -38,8 +38,9 @@ from damt.config import load_config
 from damt.model.network import DAMTNetwork
 from damt.model.spec import TASKS
 from damt.training.data import PretrainDataset, TrainingData
+from damt.training.distributed import DistEnv
+from damt.training.heldout import held_out_signals
 from damt.training.inputs import TrainInputs
-from damt.training.meter import EpochMeter
 from damt.training.objective import PretrainObjective
 from damt.training.run import CONFIG_SECTIONS, network_spec
 from damt.training.settings import TrainSettings
@@ -87,6 +88,29 @@ def merge_atlas_classes(batch: dict, groups: int) -> int:
     return groups
 
 
+def new_objective(
+    settings: TrainSettings,
+    data: TrainingData,
+    tasks: tuple[str, ...],
+    balancing: str,
+    seed: int,
+    n_atlas_classes: int | None = None,
+) -> PretrainObjective:
+    """The trainer's objective with only ``tasks`` on, from ``seed``'s initialisation
+    (``n_atlas_classes``: of a merged batch)."""
+    spec = replace(network_spec(settings, data), tasks=tasks)
+    if n_atlas_classes is not None:
+        spec = replace(spec, n_atlas_classes=n_atlas_classes)
+    torch.manual_seed(seed)
+    return PretrainObjective(
+        DAMTNetwork(spec, settings.attention),
+        balancing,
+        settings.contrastive_temperature,
+        settings.contrastive,
+        settings.ema,
+    )
+
+
 def train_on_batch(
     settings: TrainSettings,
     data: TrainingData,
@@ -100,22 +124,13 @@ def train_on_batch(
 ) -> list[dict]:
     """``steps`` AdamW steps on ``batch`` with only ``tasks`` on; each step's signals (of the
     predictions before that step's update). ``n_atlas_classes``: of a merged batch."""
-    spec = replace(network_spec(settings, data), tasks=tasks)
-    if n_atlas_classes is not None:
-        spec = replace(spec, n_atlas_classes=n_atlas_classes)
-    torch.manual_seed(seed)
-    objective = PretrainObjective(
-        DAMTNetwork(spec, settings.attention),
-        balancing,
-        settings.contrastive_temperature,
-        settings.contrastive,
-        settings.ema,
-    )
+    objective = new_objective(settings, data, tasks, balancing, seed, n_atlas_classes)
+    n_rotations = objective.network.spec.n_rotations
     optimizer = torch.optim.AdamW(param_groups(objective), lr=lr)
     history = []
     for step in range(steps):
         total, _, _, stats = objective(batch)
-        signals = epoch_signals({k: v.detach() for k, v in stats.items()}, tasks, spec.n_rotations)
+        signals = epoch_signals({k: v.detach() for k, v in stats.items()}, tasks, n_rotations)
         history.append(
             {
                 "step": step,
@@ -131,17 +146,8 @@ def train_on_batch(
     return history
 
 
-@torch.no_grad()
-def held_out_signals(objective: PretrainObjective, batches: list[dict]) -> dict:
-    """The epoch signals of ``batches`` (eval mode), chance levels included."""
-    objective.eval()
-    meter = EpochMeter(torch.device("cpu"))
-    for batch in batches:
-        for name, value in objective(batch)[3].items():
-            meter.add(name, value)
-    objective.train()
-    spec = objective.network.spec
-    return epoch_signals(meter.reduce(), spec.tasks, spec.n_rotations)
+# This process alone, on the CPU (damt.training.heldout scores the held-out views).
+ALONE = DistEnv(0, 1, 0, 1, torch.device("cpu"))
 
 
 def train_on_fresh_views(
@@ -153,26 +159,18 @@ def train_on_fresh_views(
 ) -> list[dict]:
     """``args.steps`` AdamW steps on fresh batches of the training subjects' views; the
     held-out signals every ``args.eval_every`` steps and at the end."""
-    spec = replace(network_spec(settings, data), tasks=tasks)
-    torch.manual_seed(args.seed)
-    objective = PretrainObjective(
-        DAMTNetwork(spec, settings.attention),
-        "equal",
-        settings.contrastive_temperature,
-        settings.contrastive,
-        settings.ema,
-    )
+    objective = new_objective(settings, data, tasks, "equal", args.seed)
     optimizer = torch.optim.AdamW(param_groups(objective), lr=args.lr)
     dataset = PretrainDataset(data, settings.views, args.seed)
     order = torch.Generator().manual_seed(args.seed)
     history, epoch, queue = [], 0, []
     for step in range(args.steps + 1):
         if step % args.eval_every == 0 or step == args.steps:
-            signals = held_out_signals(objective, held_out)
+            signals = held_out_signals(objective, held_out, ALONE, "fp32")
             row = {"step": step}
             for t in tasks:
-                row[t] = signals[f"signal/{SIGNALS[t]}"]
-                row[f"{t}_chance"] = signals[f"chance/{SIGNALS[t]}"]
+                row[t] = signals[f"eval_signal/{SIGNALS[t]}"]
+                row[f"{t}_chance"] = signals[f"eval_chance/{SIGNALS[t]}"]
             history.append(row)
             print(
                 f"step {step:4d} held-out "
